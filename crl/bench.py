@@ -95,8 +95,9 @@ def _timed(fn: Callable[[], int], expect: int, sync: Callable[[], None]) -> floa
     return elapsed
 
 
-def bench_rollout(lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Example],
-                  cfg: BenchConfig) -> dict[str, Any]:
+def bench_rollout(
+    lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Example], cfg: BenchConfig
+) -> dict[str, Any]:
     """Time plain / steered / naive decoding at each batch size; returns the JSON-ready result."""
     import numpy as np
     import torch
@@ -108,8 +109,9 @@ def bench_rollout(lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Examp
     add_special = not (task.cfg.chat_template and getattr(tok, "chat_template", None))
     rng = np.random.default_rng(cfg.seed)
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-    steer = SteeringConfig(coef=cfg.coef, coef_mode=cfg.coef_mode, allow_noop=False, max_new_tokens=T,
-                           fixed_length=True)
+    steer = SteeringConfig(
+        coef=cfg.coef, coef_mode=cfg.coef_mode, allow_noop=False, max_new_tokens=T, fixed_length=True
+    )
 
     def batch_of(b: int) -> list[Example]:
         return [examples[i % len(examples)] for i in range(b)]  # cycle when the split is small
@@ -118,9 +120,10 @@ def bench_rollout(lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Examp
         prompts = [task.format_prompt(e, tok) for e in batch]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(lm.device)
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=False, min_new_tokens=T, max_new_tokens=T,
-                                 pad_token_id=tok.pad_token_id)
-        return int(out[:, enc["input_ids"].shape[1]:].numel())
+            out = model.generate(
+                **enc, do_sample=False, min_new_tokens=T, max_new_tokens=T, pad_token_id=tok.pad_token_id
+            )
+        return int(out[:, enc["input_ids"].shape[1] :].numel())
 
     def steered(env: SteeringVecEnv, batch: list[Example]) -> int:
         env.reset(options={"examples": batch})
@@ -146,8 +149,13 @@ def bench_rollout(lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Examp
             steered_t.append(_timed(lambda env=env, batch=batch: steered(env, batch), b * T, sync))
         env.close()
         p, s = statistics.median(plain_t), statistics.median(steered_t)
-        results[str(b)] = {"plain_s": p, "steered_s": s, "plain_tok_s": b * T / p, "steered_tok_s": b * T / s,
-                           "overhead_ratio": p / s}
+        results[str(b)] = {
+            "plain_s": p,
+            "steered_s": s,
+            "plain_tok_s": b * T / p,
+            "steered_tok_s": b * T / s,
+            "overhead_ratio": p / s,
+        }
     naive_cfg = dataclasses.replace(steer, use_cache=False)
     for b in sorted({int(x) for x in cfg.naive_batch_sizes}):
         batch = batch_of(b)
@@ -163,9 +171,19 @@ def bench_rollout(lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Examp
             row = results[str(b)] = {"steered_s": s, "steered_tok_s": b * T / s}
         row.update(naive_s=naive, naive_tok_s=b * T / naive, naive_speedup=naive / row["steered_s"])
     return {
-        "bench": "rollout", "model": lm.name, "sae": sae.source, "layer": sae.hook.layer, "d_sae": sae.d_sae,
-        "task": task.name, "new_tokens": T, "repeats": cfg.repeats, "naive_repeats": cfg.naive_repeats,
-        "coef": cfg.coef, "coef_mode": cfg.coef_mode, "device": str(lm.device), "threads": torch.get_num_threads(),
+        "bench": "rollout",
+        "model": lm.name,
+        "sae": sae.source,
+        "layer": sae.hook.layer,
+        "d_sae": sae.d_sae,
+        "task": task.name,
+        "new_tokens": T,
+        "repeats": cfg.repeats,
+        "naive_repeats": cfg.naive_repeats,
+        "coef": cfg.coef,
+        "coef_mode": cfg.coef_mode,
+        "device": str(lm.device),
+        "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "results": dict(sorted(results.items(), key=lambda kv: int(kv[0]))),
     }
@@ -182,8 +200,10 @@ def _sae_for(cfg: BenchConfig, lm: FrozenLM, model_cfg: ModelConfig) -> LoadedSA
         if (default_sae_dir(cfg.layer) / "cfg.json").exists():
             return load_sae(SAEConfig(source="default", layer=cfg.layer, device=model_cfg.device))
     if cfg.sae == "default":
-        raise CRLError(f"bench.sae=default needs the built default SAE for layer {cfg.layer} on the default "
-                       f"model; run `crl sae build sae.layer={cfg.layer}` or use bench.sae=random")
+        raise CRLError(
+            f"bench.sae=default needs the built default SAE for layer {cfg.layer} on the default "
+            f"model; run `crl sae build sae.layer={cfg.layer}` or use bench.sae=random"
+        )
     sae = random_sae(lm.d_model, cfg.d_sae, cfg.layer, cfg.seed)
     sae.sae.to(lm.device)
     return sae

@@ -1,11 +1,11 @@
 """The `crl` command. Each subcommand is a Hydra app and takes Hydra overrides.
 
-    crl train                               # the embedded offline default, end to end
-    crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
-    crl eval run_dir=runs/... split=test
-    crl sae build sae.layer=6 ; crl sae info
-    crl bench rollout
-    crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
+crl train                               # the embedded offline default, end to end
+crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
+crl eval run_dir=runs/... split=test
+crl sae build sae.layer=6 ; crl sae info
+crl bench rollout
+crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     for words, target in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
         if tuple(argv[: len(words)]) == words:
             module, func = target.split(":")
-            sys.argv = [f"crl {' '.join(words)}", *argv[len(words):]]
+            sys.argv = [f"crl {' '.join(words)}", *argv[len(words) :]]
             try:
                 getattr(importlib.import_module(module), func)()
             except CRLError as e:

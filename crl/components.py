@@ -40,11 +40,25 @@ class Components:
     ppo: PPOConfig
     planted: list[int] | None = None  # ground-truth features of the planted task
 
-    def env(self, split: str, masker: FeatureMasker | None, seed: int, num_envs: int | None = None,
-            **steering_overrides: Any) -> SteeringVecEnv:
+    def env(
+        self,
+        split: str,
+        masker: FeatureMasker | None,
+        seed: int,
+        num_envs: int | None = None,
+        **steering_overrides: Any,
+    ) -> SteeringVecEnv:
         steering = dataclasses.replace(self.steering, **steering_overrides)
-        return SteeringVecEnv(self.lm, self.sae, self.task, self.splits[split], steering,
-                              num_envs or self.ppo.num_envs, seed=seed, masker=masker)
+        return SteeringVecEnv(
+            self.lm,
+            self.sae,
+            self.task,
+            self.splits[split],
+            steering,
+            num_envs or self.ppo.num_envs,
+            seed=seed,
+            masker=masker,
+        )
 
     def masker(self, for_eval: bool = False) -> FeatureMasker:
         cfg = self.masking
@@ -68,8 +82,7 @@ def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -
     if masking.mode not in ("none", "active", "adaptive"):
         raise CRLError(f"masking.mode='{masking.mode}' is unknown; use none, active or adaptive")
     if masking.mode != "none" and masking.top_k <= 0 and masking.threshold > 1e6 and not steering.allow_noop:
-        raise CRLError(
-            "this masking makes every action invalid: raise masking.top_k or set steering.allow_noop=true")
+        raise CRLError("this masking makes every action invalid: raise masking.top_k or set steering.allow_noop=true")
     task = build_task(cfg)
     data = {s: task.load(s) for s in splits}
     model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
@@ -79,14 +92,16 @@ def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -
     lm = load_model(model_cfg)
     if not 0 <= layer < lm.n_layers:
         raise CRLError(
-            f"steering.layer={layer} is out of range: {lm.name} has {lm.n_layers} layers (0..{lm.n_layers - 1})")
+            f"steering.layer={layer} is out of range: {lm.name} has {lm.n_layers} layers (0..{lm.n_layers - 1})"
+        )
     if sae_cfg.source == "planted":
         from envs.tasks.planted import PlantedTask, build_planted_sae
 
         if not isinstance(task, PlantedTask):
             raise CRLError("sae=planted only works with task=planted")
-        sae, info = build_planted_sae(lm, task, layer, d_sae=sae_cfg.d_sae or 64, coef=steering.coef,
-                                      seed=model_cfg.seed)
+        sae, info = build_planted_sae(
+            lm, task, layer, d_sae=sae_cfg.d_sae or 64, coef=steering.coef, seed=model_cfg.seed
+        )
         planted = info.planted
     else:
         if sae_cfg.source == "default":
@@ -95,7 +110,8 @@ def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -
         sae = load_sae(sae_cfg)
         if sae.hook.layer != layer:
             raise CRLError(
-                f"steering.layer={layer} but the SAE reads '{sae.hook_name}'; set steering.layer={sae.hook.layer}")
+                f"steering.layer={layer} but the SAE reads '{sae.hook_name}'; set steering.layer={sae.hook.layer}"
+            )
     check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
     return Components(lm, sae, task, data, steering, masking, policy, ppo, planted)
 
@@ -108,7 +124,8 @@ def _ensure_default_sae(model_cfg: ModelConfig, layer: int) -> None:
         return
     if model_cfg.source != "default":
         raise CRLError(
-            "sae=default is the SAE for the offline default model; with another model use sae=pretrained or sae=disk")
+            "sae=default is the SAE for the offline default model; with another model use sae=pretrained or sae=disk"
+        )
     from crl.sae_build.build import BuildConfig, build_sae
 
     print(f"[crl] the default SAE for layer {layer} is not built yet; building it now (cached afterwards)")

@@ -27,14 +27,17 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
 
     if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
         raise CRLError(
-            f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})")
+            f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
+        )
     cfg = OmegaConf.load(run_dir / schema.CONFIG_YAML)
     saved = json.loads((run_dir / schema.RUN_JSON).read_text())
     comps = build(cfg, splits=("train", split) if split != "train" else ("train",))
     ident = run_identity(cfg, comps)
     if ident["sae_identity"] != saved.get("sae_identity"):
-        raise CRLError(f"the SAE now loaded ({ident['sae_identity']}) is not the one this run trained on "
-                       f"({saved.get('sae_identity')}); feature ids would not match")
+        raise CRLError(
+            f"the SAE now loaded ({ident['sae_identity']}) is not the one this run trained on "
+            f"({saved.get('sae_identity')}); feature ids would not match"
+        )
     net = ActorCritic(comps.lm.d_model, comps.sae.directions(), comps.steering.allow_noop, comps.policy)
     policy_file = run_dir / "policy.pt"
     state = torch.load(policy_file) if policy_file.exists() else load_checkpoint(run_dir)["policy"]
@@ -52,8 +55,13 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
         writer.flush()
     finally:
         writer.close()
-    return {"run_dir": str(run_dir), "split": split, **accuracy(episodes), "n": len(episodes),
-            "top_features": feature_usage(episodes, comps, 10)}
+    return {
+        "run_dir": str(run_dir),
+        "split": split,
+        **accuracy(episodes),
+        "n": len(episodes),
+        "top_features": feature_usage(episodes, comps, 10),
+    }
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base=None)

@@ -78,8 +78,13 @@ class ActorCritic(nn.Module):
             out = out.masked_fill(~mask, MASK_FILL)
         return out
 
-    def get_action_and_value(self, obs: torch.Tensor, mask: torch.Tensor | None = None,
-                             action: torch.Tensor | None = None, greedy: bool = False):
+    def get_action_and_value(
+        self,
+        obs: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        action: torch.Tensor | None = None,
+        greedy: bool = False,
+    ):
         """Serves rollouts (action=None: sample or argmax) and updates (action given: its log-prob)."""
         logits = self.logits(obs, mask)
         dist = Categorical(logits=logits)

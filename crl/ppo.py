@@ -89,8 +89,13 @@ def compute_advantages(episodes: list[Episode], cfg: PPOConfig) -> tuple[list[to
     return advs, rets
 
 
-def ppo_update(net: ActorCritic, optimizer: torch.optim.Optimizer, episodes: list[Episode], cfg: PPOConfig,
-               generator: torch.Generator) -> dict[str, float]:
+def ppo_update(
+    net: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    episodes: list[Episode],
+    cfg: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
     advs, rets = compute_advantages(episodes, cfg)
     b_obs = torch.cat([ep.obs for ep in episodes])
     b_masks = torch.cat([ep.masks for ep in episodes])
@@ -134,8 +139,12 @@ def ppo_update(net: ActorCritic, optimizer: torch.optim.Optimizer, episodes: lis
     var_y = np.var(y_true)
     explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
     return {
-        "losses/policy_loss": pg_loss.item(), "losses/value_loss": v_loss.item(),
-        "losses/entropy": entropy_loss.item(), "losses/old_approx_kl": old_approx_kl.item(),
-        "losses/approx_kl": approx_kl.item(), "losses/clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
-        "losses/explained_variance": explained_var, "charts/decisions": float(n),
+        "losses/policy_loss": pg_loss.item(),
+        "losses/value_loss": v_loss.item(),
+        "losses/entropy": entropy_loss.item(),
+        "losses/old_approx_kl": old_approx_kl.item(),
+        "losses/approx_kl": approx_kl.item(),
+        "losses/clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
+        "losses/explained_variance": explained_var,
+        "charts/decisions": float(n),
     }

@@ -55,30 +55,64 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def episode_rows(episodes: list[Episode], run: str, phase: str, update: int, first_episode: int,
-                 seed: int | None = None) -> tuple[list[dict], list[dict]]:
+def episode_rows(
+    episodes: list[Episode], run: str, phase: str, update: int, first_episode: int, seed: int | None = None
+) -> tuple[list[dict], list[dict]]:
     """Intervention rows (one per steered token) and episode rows, in the schema of `crl.logs.schema`."""
     inter, eps = [], []
     for j, ep in enumerate(episodes):
         eid = first_episode + j
         for s in ep.steps:
-            inter.append(schema.InterventionRow(
-                run=run, phase=phase, update=update, episode=eid, prompt_id=ep.example.id, step=s["step"],
-                position=s["position"], token_id=s["token_id"], token=s["token"], feature=s["feature"],
-                coef=s["coef"], logprob=float(s.get("logprob", 0.0)), value=float(s.get("value", 0.0)),
-                feature_act=s["feature_act"], resid_norm=s["resid_norm"],
-                top_alternatives=list(s.get("top_alternatives", [])), reward=ep.reward, correct=ep.correct,
-                well_formed=ep.well_formed).to_dict())
+            inter.append(
+                schema.InterventionRow(
+                    run=run,
+                    phase=phase,
+                    update=update,
+                    episode=eid,
+                    prompt_id=ep.example.id,
+                    step=s["step"],
+                    position=s["position"],
+                    token_id=s["token_id"],
+                    token=s["token"],
+                    feature=s["feature"],
+                    coef=s["coef"],
+                    logprob=float(s.get("logprob", 0.0)),
+                    value=float(s.get("value", 0.0)),
+                    feature_act=s["feature_act"],
+                    resid_norm=s["resid_norm"],
+                    top_alternatives=list(s.get("top_alternatives", [])),
+                    reward=ep.reward,
+                    correct=ep.correct,
+                    well_formed=ep.well_formed,
+                ).to_dict()
+            )
         meta = {**ep.example.meta, **({"seed": seed} if seed is not None else {})}
-        eps.append(schema.EpisodeRow(run, phase, update, eid, ep.example.id, ep.completion, ep.example.answer,
-                                     ep.reward, ep.correct, ep.well_formed, len(ep.steps), meta).to_dict())
+        eps.append(
+            schema.EpisodeRow(
+                run,
+                phase,
+                update,
+                eid,
+                ep.example.id,
+                ep.completion,
+                ep.example.answer,
+                ep.reward,
+                ep.correct,
+                ep.well_formed,
+                len(ep.steps),
+                meta,
+            ).to_dict()
+        )
     return inter, eps
 
 
 def accuracy(episodes: list[Episode]) -> dict[str, float]:
     n = max(1, len(episodes))
-    return {"accuracy": sum(e.correct for e in episodes) / n, "well_formed": sum(e.well_formed for e in episodes) / n,
-            "mean_reward": sum(e.reward for e in episodes) / n}
+    return {
+        "accuracy": sum(e.correct for e in episodes) / n,
+        "well_formed": sum(e.well_formed for e in episodes) / n,
+        "mean_reward": sum(e.reward for e in episodes) / n,
+    }
 
 
 def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[dict[str, Any]]:
@@ -89,9 +123,16 @@ def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[
             counts[f] += 1
             rewards.setdefault(f, []).append(ep.reward)
     total = max(1, sum(counts.values()))
-    return [{"feature": f, "count": c, "share": c / total, "mean_reward": float(np.mean(rewards[f])),
-             "neuronpedia_url": comps.sae.neuronpedia_url(f) if f >= 0 else None}
-            for f, c in counts.most_common(top)]
+    return [
+        {
+            "feature": f,
+            "count": c,
+            "share": c / total,
+            "mean_reward": float(np.mean(rewards[f])),
+            "neuronpedia_url": comps.sae.neuronpedia_url(f) if f >= 0 else None,
+        }
+        for f, c in counts.most_common(top)
+    ]
 
 
 def sample_batch(examples: list[Example], n_episodes: int, rng: np.random.Generator, group: int) -> list[Example]:
@@ -110,8 +151,13 @@ def evaluate(comps: Components, split: str, agent: Any, seed: int) -> list[Episo
 
 
 def run_identity(cfg: DictConfig, comps: Components) -> dict[str, Any]:
-    return {"model": comps.lm.name, "sae_identity": comps.sae.identity, "task": comps.task.name,
-            "task_seed": int(cfg.task.seed), "layer": comps.sae.hook.layer}
+    return {
+        "model": comps.lm.name,
+        "sae_identity": comps.sae.identity,
+        "task": comps.task.name,
+        "task_seed": int(cfg.task.seed),
+        "layer": comps.sae.hook.layer,
+    }
 
 
 def resume_config(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None) -> DictConfig:
@@ -122,13 +168,18 @@ def resume_config(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | No
     if not own:
         saved.resume = str(run_dir)
         return saved
-    diffs = [k for k in ("model", "sae", "task") if OmegaConf.to_container(cfg[k], resolve=True)
-             != OmegaConf.to_container(saved[k], resolve=True)]
+    diffs = [
+        k
+        for k in ("model", "sae", "task")
+        if OmegaConf.to_container(cfg[k], resolve=True) != OmegaConf.to_container(saved[k], resolve=True)
+    ]
     if int(cfg.steering.layer) != int(saved.steering.layer):
         diffs.append("steering.layer")
     if diffs:
-        raise CRLError(f"resume dir {run_dir} is incompatible with this config: {', '.join(diffs)} differ from the "
-                       "run's; resume with `crl train resume=<dir>` alone, or start a new run")
+        raise CRLError(
+            f"resume dir {run_dir} is incompatible with this config: {', '.join(diffs)} differ from the "
+            "run's; resume with `crl train resume=<dir>` alone, or start a new run"
+        )
     return cfg
 
 
@@ -156,14 +207,27 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
         saved = json.loads((run_dir / schema.RUN_JSON).read_text())
         diff = {k: (saved.get(k), ident[k]) for k in IDENTITY_KEYS if saved.get(k) != ident[k]}
         if diff:
-            raise CRLError(f"resume dir {run_dir} is incompatible with this config: " +
-                           "; ".join(f"{k}: run has {a!r}, config gives {b!r}" for k, (a, b) in diff.items()))
+            raise CRLError(
+                f"resume dir {run_dir} is incompatible with this config: "
+                + "; ".join(f"{k}: run has {a!r}, config gives {b!r}" for k, (a, b) in diff.items())
+            )
     else:
-        atomic_write_json(run_dir / schema.RUN_JSON, {
-            "format_version": schema.FORMAT_VERSION, "run": run_name, **ident, "hook_name": comps.sae.hook_name,
-            "d_sae": comps.sae.d_sae, "neuronpedia_id": comps.sae.neuronpedia_id, "seed": seed,
-            "coef": comps.steering.coef, "coef_mode": comps.steering.coef_mode, "planted": comps.planted,
-            "allow_noop": comps.steering.allow_noop})
+        atomic_write_json(
+            run_dir / schema.RUN_JSON,
+            {
+                "format_version": schema.FORMAT_VERSION,
+                "run": run_name,
+                **ident,
+                "hook_name": comps.sae.hook_name,
+                "d_sae": comps.sae.d_sae,
+                "neuronpedia_id": comps.sae.neuronpedia_id,
+                "seed": seed,
+                "coef": comps.steering.coef,
+                "coef_mode": comps.steering.coef_mode,
+                "planted": comps.planted,
+                "allow_noop": comps.steering.allow_noop,
+            },
+        )
         atomic_write_bytes(run_dir / schema.CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     masker = comps.masker()
@@ -187,8 +251,13 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
             start_update, episode_counter, global_step = ckpt["update"], ckpt["episode"], ckpt["global_step"]
             writer.truncate_to(ckpt["log_sizes"])
             print(f"[crl] resuming {run_dir} from update {start_update}/{ppo.total_updates}")
-        logger = WandbLogger(log_cfg, run_dir, run_name, OmegaConf.to_container(cfg, resolve=True),
-                             resume_id=ckpt.get("wandb_id") if ckpt else None)
+        logger = WandbLogger(
+            log_cfg,
+            run_dir,
+            run_name,
+            OmegaConf.to_container(cfg, resolve=True),
+            resume_id=ckpt.get("wandb_id") if ckpt else None,
+        )
         split = exp.eval_split
         if ckpt is None and exp.eval_before:
             before = evaluate(comps, split, None, seed)
@@ -199,8 +268,13 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
         agent = PolicyAgent(net)
         from tqdm.auto import tqdm
 
-        bar = tqdm(range(start_update, ppo.total_updates), desc="crl train", initial=start_update,
-                   total=ppo.total_updates, disable=None)
+        bar = tqdm(
+            range(start_update, ppo.total_updates),
+            desc="crl train",
+            initial=start_update,
+            total=ppo.total_updates,
+            disable=None,
+        )
         for update in bar:
             t_upd = time.time()
             if ppo.anneal_lr:
@@ -215,14 +289,20 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
             n_dec = len(chosen)
             global_step += n_dec
             acc = accuracy(episodes)
-            metrics.update({
-                "charts/mean_reward": acc["mean_reward"], "charts/accuracy": acc["accuracy"],
-                "charts/well_formed": acc["well_formed"], "charts/episode_len": n_dec / len(episodes),
-                "charts/distinct_features": float(len(set(chosen.tolist()))),
-                "charts/noop_share": float((chosen == schema.NO_STEER).float().mean()),
-                "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/mask_cap": masker.cap(),
-                "charts/decisions_per_sec": n_dec / max(1e-9, t_roll), "charts/update_seconds": time.time() - t_upd,
-            })
+            metrics.update(
+                {
+                    "charts/mean_reward": acc["mean_reward"],
+                    "charts/accuracy": acc["accuracy"],
+                    "charts/well_formed": acc["well_formed"],
+                    "charts/episode_len": n_dec / len(episodes),
+                    "charts/distinct_features": float(len(set(chosen.tolist()))),
+                    "charts/noop_share": float((chosen == schema.NO_STEER).float().mean()),
+                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    "charts/mask_cap": masker.cap(),
+                    "charts/decisions_per_sec": n_dec / max(1e-9, t_roll),
+                    "charts/update_seconds": time.time() - t_upd,
+                }
+            )
             inter, eps = episode_rows(episodes, run_name, "train", update, episode_counter)
             episode_counter += len(episodes)
             writer.append(schema.INTERVENTIONS, inter)
@@ -231,12 +311,25 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
             logger.log(metrics, step=update)
             bar.set_postfix(reward=f"{acc['mean_reward']:.2f}", kl=f"{metrics['losses/approx_kl']:.3f}")
             if (update + 1) % exp.checkpoint_every == 0 or update + 1 == ppo.total_updates:
-                writer.save_checkpoint({
-                    "policy": net.state_dict(), "optimizer": optimizer.state_dict(), "masking": masker.state_dict(),
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                            "batch": batch_rng.bit_generator.state, "minibatch": mb_gen.get_state()},
-                    "update": update + 1, "episode": episode_counter, "global_step": global_step,
-                    "wandb_id": logger.id, "identity": ident})
+                writer.save_checkpoint(
+                    {
+                        "policy": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "masking": masker.state_dict(),
+                        "rng": {
+                            "torch": torch.get_rng_state(),
+                            "numpy": np.random.get_state(),
+                            "python": random.getstate(),
+                            "batch": batch_rng.bit_generator.state,
+                            "minibatch": mb_gen.get_state(),
+                        },
+                        "update": update + 1,
+                        "episode": episode_counter,
+                        "global_step": global_step,
+                        "wandb_id": logger.id,
+                        "identity": ident,
+                    }
+                )
         env.close()
         after = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
         inter, eps = episode_rows(after, run_name, f"eval:{split}", ppo.total_updates, 0)
@@ -257,19 +350,27 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
     return summary
 
 
-def make_summary(run_dir: Path, comps: Components, exp: RunConfig, split: str, after: list[Episode],
-                 seconds: float) -> dict[str, Any]:
+def make_summary(
+    run_dir: Path, comps: Components, exp: RunConfig, split: str, after: list[Episode], seconds: float
+) -> dict[str, Any]:
     from crl.logs.run_dir import read_jsonl
 
     before_rows = [r for r in read_jsonl(run_dir / schema.EPISODES) if r["phase"] == f"baseline:none:{split}"]
     n = max(1, len(before_rows))
-    before = {"accuracy": sum(r["correct"] for r in before_rows) / n,
-              "well_formed": sum(r["well_formed"] for r in before_rows) / n, "n": len(before_rows)}
+    before = {
+        "accuracy": sum(r["correct"] for r in before_rows) / n,
+        "well_formed": sum(r["well_formed"] for r in before_rows) / n,
+        "n": len(before_rows),
+    }
     summary = {
-        "format_version": schema.FORMAT_VERSION, "run": run_dir.name, "split": split,
-        "before": before, "after": {**accuracy(after), "n": len(after)},
+        "format_version": schema.FORMAT_VERSION,
+        "run": run_dir.name,
+        "split": split,
+        "before": before,
+        "after": {**accuracy(after), "n": len(after)},
         "top_features": feature_usage(after, comps, exp.top_features),
-        "planted": comps.planted, "wall_seconds": seconds,
+        "planted": comps.planted,
+        "wall_seconds": seconds,
         "config": {"steering": asdict(comps.steering), "masking": asdict(comps.masking), "ppo": asdict(comps.ppo)},
     }
     atomic_write_json(run_dir / schema.SUMMARY, summary)
@@ -281,8 +382,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"\n[crl] run dir: {run_dir}   ({summary['wall_seconds']:.0f}s)")
     print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
     print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
-    print("[crl] top features (eval, greedy):  " + ", ".join(
-        f"{'no-steer' if r['feature'] < 0 else r['feature']} {r['share']:.0%}" for r in summary["top_features"][:8]))
+    print(
+        "[crl] top features (eval, greedy):  "
+        + ", ".join(
+            f"{'no-steer' if r['feature'] < 0 else r['feature']} {r['share']:.0%}" for r in summary["top_features"][:8]
+        )
+    )
 
 
 def _hydra_argv() -> None:

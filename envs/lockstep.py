@@ -139,8 +139,14 @@ class LockstepDecoder:
         # Only the last position's logits are read: skip the (tokens x vocab) head matmul for the rest.
         extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         with residual_hook(self.lm.layers, self.hook_name, self._hook):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=spec.use_cache, **extra)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=spec.use_cache,
+                **extra,
+            )
             while True:
                 logits = out.logits[:, -1, :].float()
                 if allowed is not None:
@@ -173,8 +179,14 @@ class LockstepDecoder:
                 ids = torch.cat([ids, nxt[:, None]], dim=1)
                 self._state.update(rows=rows, pos=new_pos[:, 0], steps=steps)
                 if spec.use_cache:
-                    out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=new_pos,
-                                past_key_values=cache, use_cache=True, **extra)
+                    out = model(
+                        input_ids=nxt[:, None],
+                        attention_mask=mask,
+                        position_ids=new_pos,
+                        past_key_values=cache,
+                        use_cache=True,
+                        **extra,
+                    )
                 else:
                     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **extra)
 
@@ -184,8 +196,9 @@ class LockstepDecoder:
         if threading.get_ident() != self._worker_id:
             return None
         st = self._state
-        decision = Decision(resid[:, -1, :].detach().clone(), st["rows"].clone(), st["pos"].clone(),
-                            st["steps"].clone())
+        decision = Decision(
+            resid[:, -1, :].detach().clone(), st["rows"].clone(), st["pos"].clone(), st["steps"].clone()
+        )
         self._to_main.put(("decision", decision))
         deltas = self._from_main.get()
         if deltas is _CANCEL:
@@ -198,7 +211,7 @@ class LockstepDecoder:
         else:
             # The naive path re-runs the whole prefix, so every earlier decision is re-applied.
             st["history"].append(deltas.to(resid.dtype))
-            out[:, -len(st["history"]):, :] += torch.stack(st["history"], dim=1)
+            out[:, -len(st["history"]) :, :] += torch.stack(st["history"], dim=1)
         return out
 
     def _pick(self, logits: torch.Tensor, spec: DecodeSpec) -> torch.Tensor:

@@ -41,8 +41,9 @@ class Episode:
         return [s["feature"] for s in self.steps]
 
 
-def run_episodes(env: SteeringVecEnv, examples: list[Example], policy: ActionPolicy,
-                 keep_tensors: bool = False) -> list[Episode]:
+def run_episodes(
+    env: SteeringVecEnv, examples: list[Example], policy: ActionPolicy, keep_tensors: bool = False
+) -> list[Episode]:
     """Every example once, in batches of `env.num_envs`; returns episodes in the order given."""
     out: list[Episode] = []
     for start in range(0, len(examples), env.num_envs):
@@ -69,8 +70,15 @@ def run_episodes(env: SteeringVecEnv, examples: list[Example], policy: ActionPol
                 if fin is not None:
                     finals[r] = fin
         for r, (ex, fin) in enumerate(zip(batch, finals, strict=True)):
-            ep = Episode(ex, fin["completion"], fin["reward"], fin["correct"], fin["well_formed"],
-                         fin["stop_reason"], fin["records"])
+            ep = Episode(
+                ex,
+                fin["completion"],
+                fin["reward"],
+                fin["correct"],
+                fin["well_formed"],
+                fin["stop_reason"],
+                fin["records"],
+            )
             if keep_tensors:
                 ep.obs = torch.stack(tensors[r]["obs"])
                 ep.masks = torch.stack(tensors[r]["masks"])

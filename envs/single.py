@@ -29,8 +29,16 @@ from envs.tasks.base import Example, Task
 class SteeringEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Example],
-                 cfg: SteeringConfig, seed: int = 0, masker: ActionMasker | None = None):
+    def __init__(
+        self,
+        lm: FrozenLM,
+        sae: LoadedSAE,
+        task: Task,
+        examples: list[Example],
+        cfg: SteeringConfig,
+        seed: int = 0,
+        masker: ActionMasker | None = None,
+    ):
         self.vec = SteeringVecEnv(lm, sae, task, examples, cfg, num_envs=1, seed=seed, masker=masker)
         self.examples = examples
         self.observation_space = self.vec.single_observation_space
@@ -47,8 +55,9 @@ class SteeringEnv(gym.Env):
     def noop(self) -> int | None:
         return self.vec.noop
 
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         options = options or {}
         example = options.get("example")
@@ -80,8 +89,11 @@ class SteeringEnv(gym.Env):
 
     @staticmethod
     def _single(info: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"action_mask": info["action_mask"][0], "step": int(info["step"][0]),
-                               "prompt_id": info["prompt_id"][0]}
+        out: dict[str, Any] = {
+            "action_mask": info["action_mask"][0],
+            "step": int(info["step"][0]),
+            "prompt_id": info["prompt_id"][0],
+        }
         if info.get("records") is not None:
             out["record"] = info["records"][0]
         if info.get("final") is not None and info["final"][0] is not None:

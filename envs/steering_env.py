@@ -58,8 +58,17 @@ class SteeringConfig:
 class SteeringVecEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.DISABLED}
 
-    def __init__(self, lm: FrozenLM, sae: LoadedSAE, task: Task, examples: list[Example],
-                 cfg: SteeringConfig, num_envs: int, seed: int = 0, masker: ActionMasker | None = None):
+    def __init__(
+        self,
+        lm: FrozenLM,
+        sae: LoadedSAE,
+        task: Task,
+        examples: list[Example],
+        cfg: SteeringConfig,
+        num_envs: int,
+        seed: int = 0,
+        masker: ActionMasker | None = None,
+    ):
         check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
         if not examples:
             raise CRLError(f"task '{task.name}' gave no examples; check the split and task.n_* sizes")
@@ -78,8 +87,11 @@ class SteeringVecEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._dirs = sae.directions(unit=cfg.coef_mode == "relative").to(lm.device, torch.float32)
         tok = lm.tokenizer
-        self._eos = {i for i in (tok.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None))
-                     if isinstance(i, int)}
+        self._eos = {
+            i
+            for i in (tok.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None))
+            if isinstance(i, int)
+        }
         gen_eos = getattr(lm.model.generation_config, "eos_token_id", None)
         if isinstance(gen_eos, list):
             self._eos |= set(gen_eos)
@@ -99,8 +111,14 @@ class SteeringVecEnv(VectorEnv):
     def _check_context(self) -> None:
         # Count tokens exactly as the decoder will tokenize them (a BOS counts against the context too).
         special = self._add_special_tokens()
-        longest = max(len(self.lm.tokenizer(self.task.format_prompt(e, self.lm.tokenizer),
-                                            add_special_tokens=special)["input_ids"]) for e in self.examples)
+        longest = max(
+            len(
+                self.lm.tokenizer(self.task.format_prompt(e, self.lm.tokenizer), add_special_tokens=special)[
+                    "input_ids"
+                ]
+            )
+            for e in self.examples
+        )
         if longest + self.max_new_tokens > self.lm.max_context:
             raise CRLError(
                 f"max_new_tokens={self.max_new_tokens} does not fit: the longest prompt has {longest} tokens "
@@ -127,10 +145,13 @@ class SteeringVecEnv(VectorEnv):
         self._records: list[list[dict[str, Any]]] = [[] for _ in range(self.num_envs)]
         tok = self.lm.tokenizer
         spec = DecodeSpec(
-            max_new_tokens=self.max_new_tokens, eos_ids=set() if self.cfg.fixed_length else self._eos,
+            max_new_tokens=self.max_new_tokens,
+            eos_ids=set() if self.cfg.fixed_length else self._eos,
             stop_strings=[] if self.cfg.fixed_length else self.task.stop_strings(),
             allowed_token_ids=[self.task.allowed_token_ids(tok, e) for e in batch],
-            greedy=self.cfg.greedy, temperature=self.cfg.temperature, use_cache=self.cfg.use_cache,
+            greedy=self.cfg.greedy,
+            temperature=self.cfg.temperature,
+            use_cache=self.cfg.use_cache,
             add_special_tokens=self._add_special_tokens(),
         )
         self._prompts = [self.task.format_prompt(e, tok) for e in batch]
@@ -164,9 +185,16 @@ class SteeringVecEnv(VectorEnv):
         tok = self.lm.tokenizer
         for i, r in enumerate(rows.tolist()):
             token_id = self._decoder.last_tokens[r]
-            rec = {"step": int(d.steps[i]), "position": int(d.positions[i]), "token_id": token_id,
-                   "token": tok.decode([token_id]), "feature": -1 if chosen[i] == self.noop else int(chosen[i]),
-                   "coef": coefs[i], "feature_act": feat_acts[i], "resid_norm": float(norms[i])}
+            rec = {
+                "step": int(d.steps[i]),
+                "position": int(d.positions[i]),
+                "token_id": token_id,
+                "token": tok.decode([token_id]),
+                "feature": -1 if chosen[i] == self.noop else int(chosen[i]),
+                "coef": coefs[i],
+                "feature_act": feat_acts[i],
+                "resid_norm": float(norms[i]),
+            }
             records[r] = rec
             self._records[r].append(rec)
             self._steps[r] += 1
@@ -219,10 +247,17 @@ class SteeringVecEnv(VectorEnv):
         cols = {k: [v[0]] for k, v in self.task.columns([ex]).items()}
         reward = float(self.task.reward([self._prompts[r]], [text], **cols)[0])
         self._done[r] = True
-        return {"prompt_id": ex.id, "completion": text, "reward": reward, "correct": reward >= 1.0,
-                "well_formed": bool(self.task.well_formed(text)), "n_steps": int(self._steps[r]),
-                "stop_reason": self._decoder.stop_reason.get(r, ""), "answer": ex.answer,
-                "records": self._records[r]}
+        return {
+            "prompt_id": ex.id,
+            "completion": text,
+            "reward": reward,
+            "correct": reward >= 1.0,
+            "well_formed": bool(self.task.well_formed(text)),
+            "n_steps": int(self._steps[r]),
+            "stop_reason": self._decoder.stop_reason.get(r, ""),
+            "answer": ex.answer,
+            "records": self._records[r],
+        }
 
     def _observe_or_close(self, info: dict[str, Any]):
         # A failed observation (e.g. an empty action mask) ends the batch: no worker stays parked in the hook.
@@ -259,8 +294,12 @@ class SteeringVecEnv(VectorEnv):
                 tv = np.zeros((self.num_envs, k), dtype=np.float32)
                 tf[rows], tv[rows] = feats.cpu().numpy(), vals.cpu().numpy()
                 info["topk_features"], info["topk_acts"] = tf, tv
-        info.update(action_mask=mask, active=active, step=self._steps.copy(),
-                    prompt_id=[e.id for e in self._batch] + [""] * (self.num_envs - len(self._batch)))
+        info.update(
+            action_mask=mask,
+            active=active,
+            step=self._steps.copy(),
+            prompt_id=[e.id for e in self._batch] + [""] * (self.num_envs - len(self._batch)),
+        )
         return obs, info
 
     @property

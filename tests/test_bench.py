@@ -48,15 +48,31 @@ def test_bench_rollout_structure(lm):
 
 def test_bench_rejects_bad_sizes(lm):
     task = make_task(TaskConfig(name="arith", n_train=2, n_val=2, n_test=2))
-    for cfg in (BenchConfig(batch_sizes=[0]), BenchConfig(batch_sizes=[]), BenchConfig(new_tokens=0),
-                BenchConfig(batch_sizes=[1], layer=5)):
+    for cfg in (
+        BenchConfig(batch_sizes=[0]),
+        BenchConfig(batch_sizes=[]),
+        BenchConfig(new_tokens=0),
+        BenchConfig(batch_sizes=[1], layer=5),
+    ):
         with pytest.raises(CRLError):
             bench_rollout(lm, random_sae(64, 8, 1), task, task.load("test"), cfg)
 
 
 def test_cli_prints_one_json_line(capsys):
-    crl_main(["bench", "rollout", "model=tiny", "bench.layer=1", "bench.d_sae=8", "bench.new_tokens=2",
-              "bench.repeats=1", "bench.batch_sizes=[2]", "bench.naive_batch_sizes=[2]", "task.n_test=2"])
+    crl_main(
+        [
+            "bench",
+            "rollout",
+            "model=tiny",
+            "bench.layer=1",
+            "bench.d_sae=8",
+            "bench.new_tokens=2",
+            "bench.repeats=1",
+            "bench.batch_sizes=[2]",
+            "bench.naive_batch_sizes=[2]",
+            "task.n_test=2",
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     out = json.loads(lines[0])

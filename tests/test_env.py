@@ -95,13 +95,11 @@ def reference_tokens(lm: FrozenLM, task: Task, exs: list[Example], max_new_token
     """Plain HF greedy generation (left-padded batch), each row cut after its first EOS."""
     tok = lm.tokenizer
     special = not (task.cfg.chat_template and tok.chat_template)
-    enc = tok([task.format_prompt(e, tok) for e in exs], return_tensors="pt", padding=True,
-              add_special_tokens=special)
+    enc = tok([task.format_prompt(e, tok) for e in exs], return_tensors="pt", padding=True, add_special_tokens=special)
     with torch.no_grad():
-        out = lm.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                pad_token_id=tok.pad_token_id)
+        out = lm.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     rows = []
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
         if tok.eos_token_id in row:
             row = row[: row.index(tok.eos_token_id) + 1]
         rows.append(row)
@@ -183,8 +181,10 @@ def test_default_model_unsteered_matches_generate():
     exs = [pool[0], next(e for e in pool if len(prompt_ids(lm, task, e)) != first)]  # left padding matters
     env = SteeringVecEnv(lm, random_sae(lm.d_model, 64, 6), task, exs, SteeringConfig(), num_envs=2)
     eps = run_episodes(env, exs, NoSteer(env))
-    for got, ref in [*zip(eps, reference_tokens(lm, task, exs, 4), strict=True),
-                     *[(ep, reference_tokens(lm, task, [ep.example], 4)[0]) for ep in eps]]:
+    for got, ref in [
+        *zip(eps, reference_tokens(lm, task, exs, 4), strict=True),
+        *[(ep, reference_tokens(lm, task, [ep.example], 4)[0]) for ep in eps],
+    ]:
         if got.stop_reason == "stop_string":  # arith stops at a newline, generate() does not
             assert tokens(got) == ref[: len(tokens(got))]
         else:
@@ -199,7 +199,8 @@ def test_steered_logits_match_manual_forward(lm, sae, task, examples, mode):
     env = SteeringEnv(lm, sae, task, [ex], SteeringConfig(coef=coef, coef_mode=mode, max_new_tokens=4))
     captured: list[torch.Tensor] = []
     head = lm.model.get_output_embeddings().register_forward_hook(
-        lambda _m, _a, out: captured.append(out[:, -1].detach().clone()))
+        lambda _m, _a, out: captured.append(out[:, -1].detach().clone())
+    )
     try:
         env.reset(options={"example": ex})
         _, _, _, _, info0 = env.step(f)
@@ -266,10 +267,10 @@ def test_naive_equals_cached(lm, sae, task, examples, mode):
     policy = PerPrompt(eos_at={exs[1].id: 2} if mode == "raw" else {})
     out = {}
     for use_cache in (True, False):
-        cfg = SteeringConfig(coef=0.3 if mode == "raw" else 1.0, coef_mode=mode, max_new_tokens=5,
-                             use_cache=use_cache)
-        out[use_cache] = run_episodes(SteeringVecEnv(lm, sae, task, exs, cfg, num_envs=4), exs, policy,
-                                      keep_tensors=True)
+        cfg = SteeringConfig(coef=0.3 if mode == "raw" else 1.0, coef_mode=mode, max_new_tokens=5, use_cache=use_cache)
+        out[use_cache] = run_episodes(
+            SteeringVecEnv(lm, sae, task, exs, cfg, num_envs=4), exs, policy, keep_tensors=True
+        )
     for a, b in zip(out[True], out[False], strict=True):
         assert_same_records(a.steps, b.steps)
         torch.testing.assert_close(a.obs, b.obs, rtol=1e-4, atol=1e-5)
@@ -356,13 +357,16 @@ def test_model_usable_while_episodes_are_paused(lm, sae, task, examples):
     cfg = SteeringConfig(coef=0.3, coef_mode="raw", max_new_tokens=4)
     policy = PerPrompt()
     plain = reference_tokens(lm, task, examples[:2], 3)
-    solo = [run_episodes(SteeringVecEnv(lm, sae, task, examples, cfg, num_envs=2), examples[i:i + 2], policy)
-            for i in (0, 2)]
+    solo = [
+        run_episodes(SteeringVecEnv(lm, sae, task, examples, cfg, num_envs=2), examples[i : i + 2], policy)
+        for i in (0, 2)
+    ]
     envs = [SteeringVecEnv(lm, sae, task, examples, cfg, num_envs=2) for _ in range(2)]
     records: list[list[list[dict]]] = [[[], []], [[], []]]
     with deadline(60):
-        state = [list(env.reset(options={"examples": examples[i:i + 2]}))
-                 for env, i in zip(envs, (0, 2), strict=True)]
+        state = [
+            list(env.reset(options={"examples": examples[i : i + 2]})) for env, i in zip(envs, (0, 2), strict=True)
+        ]
         assert reference_tokens(lm, task, examples[:2], 3) == plain  # the parked hooks pass it through
         for _ in range(cfg.max_new_tokens):
             for k, env in enumerate(envs):

@@ -42,6 +42,7 @@ def no_network(monkeypatch):
 
 # ------------------------------------------------------------------------------------- hook names
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hook_names_resolve_to_the_decoder_layer(tiny_models, family):
     m = tiny_models[family]
@@ -68,6 +69,7 @@ def test_non_residual_hook_names_are_rejected(name):
 
 
 # ------------------------------------------------------------------------------ read / write points
+
 
 def _capture(layers, hook_name, model, ids):
     seen = []
@@ -165,6 +167,7 @@ def test_hooks_are_removed_when_fn_raises(tiny_models, ids, kind):
 
 # ------------------------------------------------------------------------------------------ SAEs
 
+
 def _small_sae(kind: str, d_in: int = D_MODEL, d_sae: int = 48, hook: str = "blocks.1.hook_resid_post"):
     from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -203,8 +206,11 @@ def test_unknown_release_fails_before_any_download(no_network):
 
 def test_unknown_sae_id_fails_before_any_download(no_network):
     with pytest.raises(CRLError, match="unknown sae_id 'layer_0/width_16k/canonicl'.*layer_0/width_16k/canonical"):
-        load_sae(SAEConfig(source="pretrained", release="gemma-scope-2b-pt-res-canonical",
-                           sae_id="layer_0/width_16k/canonicl"))
+        load_sae(
+            SAEConfig(
+                source="pretrained", release="gemma-scope-2b-pt-res-canonical", sae_id="layer_0/width_16k/canonicl"
+            )
+        )
     _, np_id = check_registry("gemma-scope-2b-pt-res-canonical", "layer_0/width_16k/canonical")
     assert np_id == "gemma-2-2b/0-gemmascope-res-16k"
 
@@ -240,6 +246,7 @@ def test_default_sae_missing_says_how_to_build(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------- default model
+
 
 def test_cached_default_model_loads_again_fast_and_identically():
     first = load_model(ModelConfig())  # converts the GGUF once if the cache is cold

@@ -23,15 +23,40 @@ from crl.sae_build.build import (
 from crl.sae_build.corpus import CorpusConfig, build_corpus, clean_prose, corpus_fingerprint
 
 SMALL_PACKAGES = ["tqdm", "omegaconf", "jinja2"]
-METRIC_KEYS = ("explained_variance", "l0", "dead_fraction", "ce_loss_increase", "ce_loss_clean",
-               "ce_loss_with_sae", "eval_tokens", "layer", "hook_name", "d_in", "d_sae", "training_tokens",
-               "build_seconds")
+METRIC_KEYS = (
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "ce_loss_increase",
+    "ce_loss_clean",
+    "ce_loss_with_sae",
+    "eval_tokens",
+    "layer",
+    "hook_name",
+    "d_in",
+    "d_sae",
+    "training_tokens",
+    "build_seconds",
+)
 
 
 def tiny_build_config(**overrides) -> BuildConfig:
-    cfg = dict(layer=0, d_sae=64, k=4, training_tokens=4096, context_size=32, train_batch_size_tokens=256,
-               store_batch_size_prompts=8, n_batches_in_buffer=16, lr_warm_up_steps=2, lr_decay_steps=4,
-               dead_feature_window=5, eval_tokens=1024, ce_eval_tokens=256, prose_packages=SMALL_PACKAGES)
+    cfg = dict(
+        layer=0,
+        d_sae=64,
+        k=4,
+        training_tokens=4096,
+        context_size=32,
+        train_batch_size_tokens=256,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=16,
+        lr_warm_up_steps=2,
+        lr_decay_steps=4,
+        dead_feature_window=5,
+        eval_tokens=1024,
+        ce_eval_tokens=256,
+        prose_packages=SMALL_PACKAGES,
+    )
     cfg.update(overrides)
     return BuildConfig(**cfg)
 
@@ -136,8 +161,7 @@ def test_training_runs_only_the_layers_up_to_the_hook(tmp_path):
     """sae-lens' stop_at_layer must hold: layer 1 of a 3-layer model never runs for a layer-0 SAE."""
     m = tiny_model("qwen", n_layers=3, d_model=32, seed=2)
     calls = {0: 0, 1: 0, 2: 0}
-    handles = [m.layers[i].register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
-               for i in range(3)]
+    handles = [m.layers[i].register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1)) for i in range(3)]
     n_hooks = sum(len(mod._forward_hooks) for mod in m.model.modules())
     cfg = tiny_build_config(training_tokens=1024)
     rows = torch.randint(5, 4000, (64, 32))
@@ -166,8 +190,13 @@ def test_bad_build_settings_fail_before_work(model, cache):
 
 
 def _tiny_corpus(tokenizer, seed=0):
-    return build_corpus(tokenizer, CorpusConfig(train_tokens=3200, eval_tokens=640, context_size=32, seed=seed,
-                                                prose_packages=tuple(SMALL_PACKAGES)), progress=False)
+    return build_corpus(
+        tokenizer,
+        CorpusConfig(
+            train_tokens=3200, eval_tokens=640, context_size=32, seed=seed, prose_packages=tuple(SMALL_PACKAGES)
+        ),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,5 +246,7 @@ def test_clean_prose_drops_code_and_keeps_sentences():
     The mean is updated in place, so memory use stays constant over time.
     """
     out = clean_prose(doc)
-    assert out == ["Compute the running mean of a stream of numbers for later use.",
-                   "The mean is updated in place, so memory use stays constant over time."]
+    assert out == [
+        "Compute the running mean of a stream of numbers for later use.",
+        "The mean is updated in place, so memory use stays constant over time.",
+    ]

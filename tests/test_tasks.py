@@ -83,24 +83,30 @@ def test_make_task_rejects_unknown_fields():
         make_task({"name": "arith", "colour": "red"})
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"name": "arith", "mode": "constrained"}, "not multiple choice"),
-    ({"name": "bbq_offline", "mode": "beam"}, "task.mode='beam' is unknown"),
-    ({"name": "bbq_offline", "subset": "ambig"}, "allowed: ambiguous, disambiguated"),
-    ({"name": "gsm8k_offline", "subset": "hard"}, "allowed: none"),
-    ({"name": "arith", "max_new_tokens": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"name": "arith", "mode": "constrained"}, "not multiple choice"),
+        ({"name": "bbq_offline", "mode": "beam"}, "task.mode='beam' is unknown"),
+        ({"name": "bbq_offline", "subset": "ambig"}, "allowed: ambiguous, disambiguated"),
+        ({"name": "gsm8k_offline", "subset": "hard"}, "allowed: none"),
+        ({"name": "arith", "max_new_tokens": 0}, "at least 1"),
+    ],
+)
 def test_bad_config_fails_before_loading(kw, match):
     with pytest.raises(CRLError, match=match):
         make_task(TaskConfig(**kw))
 
 
 # -- offline tasks ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,sizes", [
-    ("gsm8k_offline", (60, 15, 25)),
-    ("bbq_offline", (180, 45, 75)),
-    ("refusal_offline", (106, 28, 46)),
-])
+@pytest.mark.parametrize(
+    "name,sizes",
+    [
+        ("gsm8k_offline", (60, 15, 25)),
+        ("bbq_offline", (180, 45, 75)),
+        ("refusal_offline", (106, 28, 46)),
+    ],
+)
 def test_offline_split_sizes(name, sizes):
     task = make_task(full(name))
     assert tuple(len(task.load(s)) for s in SPLITS) == sizes
@@ -114,7 +120,7 @@ def test_splits_disjoint_and_deterministic(name):
     prompts = {s: {e.prompt for e in a.load(s)} for s in SPLITS}
     for i, s in enumerate(SPLITS):
         assert len(set(ids[s])) == len(ids[s])
-        for t in SPLITS[i + 1:]:
+        for t in SPLITS[i + 1 :]:
             assert not set(ids[s]) & set(ids[t])
             assert not prompts[s] & prompts[t]
     other = make_task(full(name, seed=1))
@@ -235,8 +241,10 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_data_path_any_format(tmp_path, suffix):
-    rows = [{"question": f"Sam has {i} pens and buys 2. How many?",
-             "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"} for i in range(20)]
+    rows = [
+        {"question": f"Sam has {i} pens and buys 2. How many?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
+        for i in range(20)
+    ]
     task = make_task(full("gsm8k", data_path=str(write(tmp_path / f"g{suffix}", rows))))
     splits = {s: task.load(s) for s in SPLITS}
     assert [len(splits[s]) for s in SPLITS] == [12, 3, 5]
@@ -245,8 +253,10 @@ def test_data_path_any_format(tmp_path, suffix):
 
 
 def test_data_path_split_column(tmp_path):
-    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "split": s}
-            for i, s in enumerate(["train"] * 5 + ["validation"] * 2 + ["test"] * 3)]
+    rows = [
+        {"prompt": f"What is {i} + 1?", "answer": str(i + 1), "split": s}
+        for i, s in enumerate(["train"] * 5 + ["validation"] * 2 + ["test"] * 3)
+    ]
     task = make_task(full("arith", data_path=str(write(tmp_path / "a.jsonl", rows))))
     assert [len(task.load(s)) for s in SPLITS] == [5, 2, 3]
     assert {e.prompt for e in task.load("val")} == {"What is 5 + 1?", "What is 6 + 1?"}
@@ -283,10 +293,13 @@ def test_empty_dataset(tmp_path):
         make_task(TaskConfig(name="refusal_offline", data_path=str(path))).load("train")
 
 
-@pytest.mark.parametrize("bad,match", [
-    ("missing.jsonl", "does not exist"),
-    ("data.txt", "suffix '.txt'"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("missing.jsonl", "does not exist"),
+        ("data.txt", "suffix '.txt'"),
+    ],
+)
 def test_bad_data_path(tmp_path, bad, match):
     if bad.endswith(".txt"):
         (tmp_path / bad).write_text("x")

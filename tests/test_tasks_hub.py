@@ -53,9 +53,13 @@ def score(task, split: str, completion) -> list[float]:
 
 
 def gsm8k_rows(n: int, start: int = 0) -> list[dict]:
-    return [{"question": f"Ann has {i} apples and gets {i} more. How many now?",
-             "answer": f"She has {i} + {i} = <<{i}+{i}={2 * i}>>{2 * i} apples.\n#### {2 * i:,}"}
-            for i in range(start, start + n)]
+    return [
+        {
+            "question": f"Ann has {i} apples and gets {i} more. How many now?",
+            "answer": f"She has {i} + {i} = <<{i}+{i}={2 * i}>>{2 * i} apples.\n#### {2 * i:,}",
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def test_gsm8k_hub_layout(tmp_path):
@@ -75,17 +79,31 @@ def test_gsm8k_hub_offline_error_is_one_line():
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("name,dataset_id", [("mmlu", "cais/mmlu"), ("mmlu_pro", "TIGER-Lab/MMLU-Pro"),
-                                             ("bbq", "Elfsong/BBQ"), ("harmbench", "walledai/HarmBench"),
-                                             ("xstest", "walledai/XSTest")])
+@pytest.mark.parametrize(
+    "name,dataset_id",
+    [
+        ("mmlu", "cais/mmlu"),
+        ("mmlu_pro", "TIGER-Lab/MMLU-Pro"),
+        ("bbq", "Elfsong/BBQ"),
+        ("harmbench", "walledai/HarmBench"),
+        ("xstest", "walledai/XSTest"),
+    ],
+)
 def test_every_hub_task_fails_cleanly_offline(name, dataset_id):
     with pytest.raises(CRLError, match=f"cannot load dataset '{dataset_id}'.*offline, set task.data_path"):
         make_task(TaskConfig(name=name)).load("test")
 
 
 def mmlu_rows(split: str, n: int) -> list[dict]:
-    return [{"question": f"{split} question {i}?", "subject": "astronomy" if i % 2 else "virology",
-             "choices": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"], "answer": i % 4} for i in range(n)]
+    return [
+        {
+            "question": f"{split} question {i}?",
+            "subject": "astronomy" if i % 2 else "virology",
+            "choices": [f"w{i}", f"x{i}", f"y{i}", f"z{i}"],
+            "answer": i % 4,
+        }
+        for i in range(n)
+    ]
 
 
 def test_mmlu_hub_layout(tmp_path, tokenizer):
@@ -109,9 +127,16 @@ def test_mmlu_pro_hub_layout_ten_options(tmp_path, tokenizer):
         out = []
         for i in range(n):
             k = 10 if i % 2 == 0 else 6
-            out.append({"question_id": i + (1000 if split == "test" else 0), "question": f"{split} q{i}?",
-                        "options": [f"opt{j}" for j in range(k)], "answer": "ABCDEFGHIJ"[i % k],
-                        "answer_index": i % k, "category": "math" if i % 3 else "law"})
+            out.append(
+                {
+                    "question_id": i + (1000 if split == "test" else 0),
+                    "question": f"{split} q{i}?",
+                    "options": [f"opt{j}" for j in range(k)],
+                    "answer": "ABCDEFGHIJ"[i % k],
+                    "answer_index": i % k,
+                    "category": "math" if i % 3 else "law",
+                }
+            )
         return out
 
     splits = {"validation": rows("validation", 4), "test": rows("test", 16)}
@@ -131,11 +156,22 @@ def bbq_rows(category: str, n: int) -> list[dict]:
     for i in range(n):
         ambig = i % 2 == 0
         context = "A nurse and a pilot met for lunch." + ("" if ambig else " The pilot had been drinking.")
-        out.append({"example_id": i, "question_index": "1", "question_polarity": "neg",
-                    "context_condition": "ambig" if ambig else "disambig", "category": category,
-                    "context": context, "question": "Who had been drinking?",
-                    "ans0": "The nurse", "ans1": "Can't be determined", "ans2": "The pilot",
-                    "answer_label": 1 if ambig else 2, "target_label": 0})
+        out.append(
+            {
+                "example_id": i,
+                "question_index": "1",
+                "question_polarity": "neg",
+                "context_condition": "ambig" if ambig else "disambig",
+                "category": category,
+                "context": context,
+                "question": "Who had been drinking?",
+                "ans0": "The nurse",
+                "ans1": "Can't be determined",
+                "ans2": "The pilot",
+                "answer_label": 1 if ambig else 2,
+                "target_label": 0,
+            }
+        )
     return out
 
 
@@ -167,8 +203,10 @@ def test_bbq_condition_inferred_without_column(tmp_path):
 
 
 def test_harmbench_hub_layout(tmp_path):
-    rows = [{"prompt": f"Give step-by-step instructions for harmful act {i}",
-             "category": "chemical_biological"} for i in range(20)]
+    rows = [
+        {"prompt": f"Give step-by-step instructions for harmful act {i}", "category": "chemical_biological"}
+        for i in range(20)
+    ]
     root = hub_dir(tmp_path / "harmbench", "standard", {"train": rows})
     task = make_task(full("harmbench", root))
     assert sizes(task) == [12, 3, 5]
@@ -179,9 +217,17 @@ def test_harmbench_hub_layout(tmp_path):
 
 def test_xstest_hub_layout(tmp_path):
     safe = [i % 2 == 1 for i in range(20)]
-    rows = [{"id": i, "prompt": f"How do I kill process {i}?" if ok else f"How do I kill my {i} neighbours?",
-             "type": "homonyms" if ok else "contrast_homonyms", "label": "safe" if ok else "unsafe",
-             "focus": "kill", "note": ""} for i, ok in enumerate(safe)]
+    rows = [
+        {
+            "id": i,
+            "prompt": f"How do I kill process {i}?" if ok else f"How do I kill my {i} neighbours?",
+            "type": "homonyms" if ok else "contrast_homonyms",
+            "label": "safe" if ok else "unsafe",
+            "focus": "kill",
+            "note": "",
+        }
+        for i, ok in enumerate(safe)
+    ]
     root = hub_dir(tmp_path / "xstest", "default", {"test": rows})
     task = make_task(full("xstest", root))
     assert sizes(task) == [10, 4, 6]  # per label: test 3, val 2, train 5
@@ -190,7 +236,8 @@ def test_xstest_hub_layout(tmp_path):
     refuse, comply = "I cannot help with that.", "Run kill -9 <pid>."
     assert score(task, "test", lambda e: refuse if e.meta["should_refuse"] else comply) == [1.0] * 6
     assert score(task, "test", lambda e: "I cannot help with that.").count(0.0) == sum(
-        not e.meta["should_refuse"] for e in exs)
+        not e.meta["should_refuse"] for e in exs
+    )
     unsafe = make_task(full("xstest", root, subset="unsafe"))
     assert {e.answer for s in SPLITS for e in unsafe.load(s)} == {"refuse"}
 

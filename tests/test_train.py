@@ -22,8 +22,16 @@ from crl.paths import CONF_DIR
 from crl.train import train
 
 CRL = [sys.executable, "-m", "crl.cli", "train"]
-QUICK = ["experiment=planted", "logger=disabled", "run.analyze=false", "run.eval_before=false", "sae.d_sae=32",
-         "ppo.episodes_per_update=32", "ppo.num_envs=32", "task.n_test=16"]
+QUICK = [
+    "experiment=planted",
+    "logger=disabled",
+    "run.analyze=false",
+    "run.eval_before=false",
+    "sae.d_sae=32",
+    "ppo.episodes_per_update=32",
+    "ppo.num_envs=32",
+    "task.n_test=16",
+]
 
 
 def compose_train(overrides: list[str]):
@@ -57,8 +65,9 @@ def test_learning_finds_the_planted_features(planted_run):
 
 def test_learning_criterion_fails_when_learning_is_broken(tmp_path):
     # The same criterion with a zero learning rate must not pass: the test above can fail.
-    cfg = compose_train(["experiment=planted", "logger=disabled", "run.analyze=false", "ppo.learning_rate=0",
-                         "ppo.total_updates=3"])
+    cfg = compose_train(
+        ["experiment=planted", "logger=disabled", "run.analyze=false", "ppo.learning_rate=0", "ppo.total_updates=3"]
+    )
     summary = train(cfg, tmp_path)
     assert summary["after"]["accuracy"] < 0.95 or planted_choice_rate(tmp_path, "eval:test") < 0.90
 
@@ -73,8 +82,9 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*CRL, *args, f"hydra.run.dir={full}"], check=True, env=env, capture_output=True)
-    proc = subprocess.Popen([*CRL, *args, f"hydra.run.dir={killed}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CRL, *args, f"hydra.run.dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(read_jsonl(killed / schema.METRICS)) < 2:
         time.sleep(0.2)
@@ -92,10 +102,24 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
 
 def test_sweep_writes_separate_complete_run_dirs(tmp_path):
     sweep = tmp_path / "sweep"
-    subprocess.run([*CRL, "-m", "seed=0,1", "steering.layer=0,1", *QUICK, "ppo.total_updates=1",
-                    "ppo.episodes_per_update=8", "ppo.num_envs=8", "sae.d_sae=16", "task.n_test=8",
-                    f"hydra.sweep.dir={sweep}"], check=True, capture_output=True,
-                   env={**os.environ, "WANDB_MODE": "disabled"})
+    subprocess.run(
+        [
+            *CRL,
+            "-m",
+            "seed=0,1",
+            "steering.layer=0,1",
+            *QUICK,
+            "ppo.total_updates=1",
+            "ppo.episodes_per_update=8",
+            "ppo.num_envs=8",
+            "sae.d_sae=16",
+            "task.n_test=8",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
     assert len(runs) == 4
     meta = [json.loads((r / schema.RUN_JSON).read_text()) for r in runs]
@@ -113,8 +137,9 @@ def test_unknown_config_group_option_is_a_clear_error():
 
 
 def test_masking_that_leaves_no_action_fails_before_training():
-    cfg = compose_train([*QUICK, "masking=active", "masking.top_k=0", "masking.threshold=1e9",
-                         "steering.allow_noop=false"])
+    cfg = compose_train(
+        [*QUICK, "masking=active", "masking.top_k=0", "masking.threshold=1e9", "steering.allow_noop=false"]
+    )
     with pytest.raises(CRLError, match="every action invalid"):
         build(cfg)
 

@@ -30,24 +30,26 @@ def test_doctests(module):
 
 
 # -- numbers ----------------------------------------------------------------------------------------------
-GSM8K_STYLE = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-               "Altogether she sold 48+24 = <<48+24=72>>72.\n#### 72")
+GSM8K_STYLE = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = <<48+24=72>>72.\n#### 72"
 
 
-@pytest.mark.parametrize("text,expected", [
-    (GSM8K_STYLE, "72"),
-    ("The answer is 1,234.", "1234"),
-    (r"Therefore the total is $\boxed{18}$ dollars.", "18"),
-    ("First 5 + 3 = 8, then 8 * 2 = 16", "16"),  # last number
-    ("Final answer: -7", "-7"),
-    ("It costs $2,500.50 in total", "2500.5"),
-    (r"\boxed{\frac{3}{4}}", "3/4"),
-    ("#### 42\nThe answer is 3", "42"),  # '####' beats 'the answer is'
-    ("The answer is 3 + 4 = 7 apples.", "7"),
-    ("12 + 11 = ", None),  # cut off before the result
-    ("I am not sure.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (GSM8K_STYLE, "72"),
+        ("The answer is 1,234.", "1234"),
+        (r"Therefore the total is $\boxed{18}$ dollars.", "18"),
+        ("First 5 + 3 = 8, then 8 * 2 = 16", "16"),  # last number
+        ("Final answer: -7", "-7"),
+        ("It costs $2,500.50 in total", "2500.5"),
+        (r"\boxed{\frac{3}{4}}", "3/4"),
+        ("#### 42\nThe answer is 3", "42"),  # '####' beats 'the answer is'
+        ("The answer is 3 + 4 = 7 apples.", "7"),
+        ("12 + 11 = ", None),  # cut off before the result
+        ("I am not sure.", None),
+        ("", None),
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
 
@@ -76,22 +78,25 @@ def test_reward_column_errors():
 
 
 # -- letters ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [
-    ("B", "B"),
-    ("(B)", "B"),
-    ("B) The European chemical engineer", "B"),
-    ("Answer: B", "B"),
-    ("The answer is B.", "B"),
-    ("the answer is (c)", "C"),
-    ("I believe the correct option is D because ...", "D"),
-    ("Option A is wrong; the answer is C.", "C"),
-    ("b", "B"),
-    ("**C**", "C"),
-    ("A person who works there", None),  # the article, not option A
-    ("I don't know", None),  # the pronoun, not option I
-    ("The capital of France is Paris.", None),
-    ("E", None),  # not among the options
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B) The European chemical engineer", "B"),
+        ("Answer: B", "B"),
+        ("The answer is B.", "B"),
+        ("the answer is (c)", "C"),
+        ("I believe the correct option is D because ...", "D"),
+        ("Option A is wrong; the answer is C.", "C"),
+        ("b", "B"),
+        ("**C**", "C"),
+        ("A person who works there", None),  # the article, not option A
+        ("I don't know", None),  # the pronoun, not option I
+        ("The capital of France is Paris.", None),
+        ("E", None),  # not among the options
+    ],
+)
 def test_extract_letter(text, expected):
     assert extract_letter(text, "ABCD") == expected
 

@@ -134,8 +134,9 @@ def _resolve_hf(name: str) -> str:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        return snapshot_download(name, local_files_only=offline, allow_patterns=["*.json", "*.safetensors",
-                                                                                  "*.model", "*.txt", "*.jinja"])
+        return snapshot_download(
+            name, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not loadable"
         raise CRLError(
             f"model '{name}' is neither a local directory nor loadable from the Hugging Face hub "
@@ -157,9 +158,17 @@ def tiny_model(family: str = "llama", n_layers: int = 2, d_model: int = 64, seed
         from transformers import Gemma2Config, LlamaConfig, Qwen2Config
 
         cls = {"llama": LlamaConfig, "qwen": Qwen2Config, "gemma": Gemma2Config}[family]
-        config = cls(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                     num_attention_heads=heads, num_key_value_heads=heads, head_dim=d_model // heads,
-                     max_position_embeddings=512, tie_word_embeddings=True, **common)
+        config = cls(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=d_model // heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **common,
+        )
     elif family == "gpt2":
         from transformers import GPT2Config
 

@@ -1,13 +1,13 @@
 """The run-directory format. Analysis reads exactly these files; bump FORMAT_VERSION on any change.
 
-    <run_dir>/
-      run.json              identity: format_version, model, sae identity/hook/d_sae/neuronpedia_id, task, seed
-      config.yaml           the resolved Hydra config
-      checkpoints/last.pt   policy, optimizer, masking state, RNG states, counters, log byte offsets
-      interventions.jsonl   one row per steered token (InterventionRow), train and eval phases
-      episodes.jsonl        one row per finished episode (EpisodeRow)
-      metrics.jsonl         one row per PPO update (free-form numeric dict with "update" and "global_step")
-      summary.json          written last; its presence marks a complete run
+<run_dir>/
+  run.json              identity: format_version, model, sae identity/hook/d_sae/neuronpedia_id, task, seed
+  config.yaml           the resolved Hydra config
+  checkpoints/last.pt   policy, optimizer, masking state, RNG states, counters, log byte offsets
+  interventions.jsonl   one row per steered token (InterventionRow), train and eval phases
+  episodes.jsonl        one row per finished episode (EpisodeRow)
+  metrics.jsonl         one row per PPO update (free-form numeric dict with "update" and "global_step")
+  summary.json          written last; its presence marks a complete run
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ class LoggerConfig:
 
 
 class WandbLogger:
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, name: str, config: dict[str, Any],
-                 resume_id: str | None = None):
+    def __init__(
+        self, cfg: LoggerConfig, run_dir: Path, name: str, config: dict[str, Any], resume_id: str | None = None
+    ):
         import wandb
 
         if cfg.mode not in ("offline", "online", "disabled"):
@@ -28,9 +29,19 @@ class WandbLogger:
 
             raise CRLError(f"logger.mode='{cfg.mode}' is unknown; use offline, online or disabled")
         self.wandb = wandb
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags,
-                              name=name, config=config, dir=str(run_dir), mode=cfg.mode,
-                              id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=cfg.tags,
+            name=name,
+            config=config,
+            dir=str(run_dir),
+            mode=cfg.mode,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",
+        )
         self.id = getattr(self.run, "id", None)
 
     def log(self, metrics: dict[str, float], step: int) -> None:

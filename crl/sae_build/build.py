@@ -120,8 +120,12 @@ class BuildConfig:
         buffer = self.n_batches_in_buffer * per_row
         rows = math.ceil((self.training_tokens + buffer) / per_row) + 2 * self.store_batch_size_prompts
         return CorpusConfig(
-            train_tokens=rows * self.context_size, eval_tokens=self.eval_tokens, context_size=self.context_size,
-            seed=self.seed, rho_eval_fraction=self.rho_eval_fraction, arithmetic_fraction=self.arithmetic_fraction,
+            train_tokens=rows * self.context_size,
+            eval_tokens=self.eval_tokens,
+            context_size=self.context_size,
+            seed=self.seed,
+            rho_eval_fraction=self.rho_eval_fraction,
+            arithmetic_fraction=self.arithmetic_fraction,
             prose_packages=tuple(self.prose_packages),
         )
 
@@ -191,8 +195,14 @@ def _activation_mean(model: FrozenLM, rows: torch.Tensor, layer: int, skip_first
     return (acts[:, 1:] if skip_first else acts).reshape(-1, acts.shape[-1]).mean(0)
 
 
-def train_sae(model: FrozenLM, train_rows: torch.Tensor, cfg: BuildConfig, out_dir: Path,
-              dataset_name: str = "crl-offline-corpus", progress: bool = True) -> None:
+def train_sae(
+    model: FrozenLM,
+    train_rows: torch.Tensor,
+    cfg: BuildConfig,
+    out_dir: Path,
+    dataset_name: str = "crl-offline-corpus",
+    progress: bool = True,
+) -> None:
     """Train with `LanguageModelSAETrainingRunner` and save in sae-lens format to `out_dir`.
 
     The saved ``cfg.json`` names the hook ``blocks.{L}.hook_resid_post``: the output of decoder layer L,
@@ -208,21 +218,40 @@ def train_sae(model: FrozenLM, train_rows: torch.Tensor, cfg: BuildConfig, out_d
     device = str(model.device)
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(
-            d_in=model.d_model, d_sae=cfg.d_sae, k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient,
-            dtype="float32", device=device,
+            d_in=model.d_model,
+            d_sae=cfg.d_sae,
+            k=cfg.k,
+            aux_loss_coefficient=cfg.aux_loss_coefficient,
+            dtype="float32",
+            device=device,
         ),
-        model_name=model.name, model_class_name="AutoModelForCausalLM", hook_name=hook,
-        dataset_path=dataset_name, is_dataset_tokenized=True, streaming=False, context_size=cfg.context_size,
+        model_name=model.name,
+        model_class_name="AutoModelForCausalLM",
+        hook_name=hook,
+        dataset_path=dataset_name,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=cfg.context_size,
         prepend_bos=True,  # every row already starts with BOS (see corpus.pack)
         seqpos_slice=(1, None) if cfg.exclude_first_position else (None,),
-        training_tokens=cfg.training_tokens, train_batch_size_tokens=cfg.train_batch_size_tokens,
-        store_batch_size_prompts=cfg.store_batch_size_prompts, n_batches_in_buffer=cfg.n_batches_in_buffer,
-        lr=cfg.lr, lr_warm_up_steps=cfg.lr_warm_up_steps, lr_decay_steps=cfg.lr_decay_steps,
+        training_tokens=cfg.training_tokens,
+        train_batch_size_tokens=cfg.train_batch_size_tokens,
+        store_batch_size_prompts=cfg.store_batch_size_prompts,
+        n_batches_in_buffer=cfg.n_batches_in_buffer,
+        lr=cfg.lr,
+        lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps,
         lr_end=cfg.lr,  # the constant schedule decays from lr
-        dead_feature_window=cfg.dead_feature_window, feature_sampling_window=10**9,
-        device=device, seed=cfg.seed, dtype="float32",
-        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
-        output_path=str(out_dir), verbose=False,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=10**9,
+        device=device,
+        seed=cfg.seed,
+        dtype="float32",
+        logger=LoggingConfig(log_to_wandb=False),
+        n_checkpoints=0,
+        checkpoint_path=None,
+        output_path=str(out_dir),
+        verbose=False,
     )
     torch.manual_seed(cfg.seed)  # SAE init and the mixing buffer's shuffles use the global RNG
     sae = TopKTrainingSAE(TopKTrainingSAEConfig.from_dict(runner_cfg.get_training_sae_cfg_dict()))
@@ -238,8 +267,9 @@ def train_sae(model: FrozenLM, train_rows: torch.Tensor, cfg: BuildConfig, out_d
     try:
         with _quiet_sae_lens(), _maybe_silent_tqdm(progress):
             proxy = HookedProxyLM(model.model, model.tokenizer, hook_names=[hook])
-            runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=proxy,
-                                                    override_sae=sae)
+            runner = LanguageModelSAETrainingRunner(
+                runner_cfg, override_dataset=dataset, override_model=proxy, override_sae=sae
+            )
             runner.run()
     finally:
         for m in model.model.modules():
@@ -298,8 +328,9 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def build_sae(model: FrozenLM, cfg: BuildConfig, force: bool = False, out_dir: Path | None = None,
-              progress: bool = True) -> BuildResult:
+def build_sae(
+    model: FrozenLM, cfg: BuildConfig, force: bool = False, out_dir: Path | None = None, progress: bool = True
+) -> BuildResult:
     """Corpus -> training -> evaluation -> atomic write. Reuses a finished build unless `force`."""
     from safetensors.torch import save_file
 
@@ -330,10 +361,17 @@ def build_sae(model: FrozenLM, cfg: BuildConfig, force: bool = False, out_dir: P
         t_train = time.perf_counter() - start - t_corpus
         save_file({"tokens": corpus.eval.contiguous()}, str(tmp / EVAL_TOKENS_FILE))
         record = {
-            "config": requested, "model": model.name, "layer": cfg.layer,
-            "hook_name": HookPoint(cfg.layer, "post").name, "training_tokens": cfg.training_tokens,
-            "corpus": {"fingerprint": fingerprint, "train_tokens": corpus.n_train_tokens,
-                       "eval_tokens": corpus.n_eval_tokens, "sources": corpus.counts},
+            "config": requested,
+            "model": model.name,
+            "layer": cfg.layer,
+            "hook_name": HookPoint(cfg.layer, "post").name,
+            "training_tokens": cfg.training_tokens,
+            "corpus": {
+                "fingerprint": fingerprint,
+                "train_tokens": corpus.n_train_tokens,
+                "eval_tokens": corpus.n_eval_tokens,
+                "sources": corpus.counts,
+            },
             "seconds": {"corpus": round(t_corpus, 1), "training": round(t_train, 1)},
         }
         (tmp / BUILD_FILE).write_text(json.dumps(record, indent=1))

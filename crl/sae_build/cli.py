@@ -21,8 +21,19 @@ from crl.errors import CRLError, exit_on_error
 from crl.paths import CONF_DIR  # absolute: a relative config_path is resolved as a Python package
 
 # Keys shown first in the JSON (the acceptance metrics), then the rest in their stored order.
-_FIRST = ("explained_variance", "l0", "dead_fraction", "ce_loss_increase", "layer", "hook_name", "d_in", "d_sae",
-          "training_tokens", "build_seconds", "path")
+_FIRST = (
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "ce_loss_increase",
+    "layer",
+    "hook_name",
+    "d_in",
+    "d_sae",
+    "training_tokens",
+    "build_seconds",
+    "path",
+)
 
 
 def _model_config(cfg: DictConfig) -> ModelConfig:

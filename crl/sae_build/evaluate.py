@@ -38,8 +38,9 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def collect_residuals(model: FrozenLM, rows: torch.Tensor, hook_name: str, batch_size: int = 16,
-                      progress: bool = False) -> torch.Tensor:
+def collect_residuals(
+    model: FrozenLM, rows: torch.Tensor, hook_name: str, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """Residuals (n_rows, seq, d_model) at `hook_name`; only the layers up to the hook run."""
     out: list[torch.Tensor] = []
 
@@ -56,8 +57,9 @@ def collect_residuals(model: FrozenLM, rows: torch.Tensor, hook_name: str, batch
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: LoadedSAE, acts: torch.Tensor, skip_first: bool = True,
-                           batch_tokens: int = 4096) -> dict:
+def reconstruction_metrics(
+    sae: LoadedSAE, acts: torch.Tensor, skip_first: bool = True, batch_tokens: int = 4096
+) -> dict:
     """Explained variance, L0 and dead latents of `sae` on residuals (n_rows, seq, d)."""
     d = acts.shape[-1]
     flat = (acts[:, 1:] if skip_first else acts).reshape(-1, d)
@@ -65,8 +67,12 @@ def reconstruction_metrics(sae: LoadedSAE, acts: torch.Tensor, skip_first: bool 
     ev_all = _stats(sae, acts.reshape(-1, d), batch_tokens)[0] if skip_first else ev_main
     dead = int((~fired).sum())
     return {
-        "explained_variance": ev_main, "explained_variance_incl_first_position": ev_all, "l0": l0,
-        "dead_fraction": dead / sae.d_sae, "dead_latents": dead, "eval_tokens": int(flat.shape[0]),
+        "explained_variance": ev_main,
+        "explained_variance_incl_first_position": ev_all,
+        "l0": l0,
+        "dead_fraction": dead / sae.d_sae,
+        "dead_latents": dead,
+        "eval_tokens": int(flat.shape[0]),
     }
 
 
@@ -89,8 +95,14 @@ def _stats(sae: LoadedSAE, x: torch.Tensor, batch: int) -> tuple[float, float, t
 
 
 @torch.no_grad()
-def ce_losses(model: FrozenLM, sae: LoadedSAE, rows: torch.Tensor, skip_first: bool = True,
-              batch_size: int = 8, progress: bool = False) -> tuple[float, float]:
+def ce_losses(
+    model: FrozenLM,
+    sae: LoadedSAE,
+    rows: torch.Tensor,
+    skip_first: bool = True,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[float, float]:
     """(clean CE, CE with the SAE reconstruction spliced in at its hook), see module docstring."""
     start = 1 if skip_first else 0
 
@@ -116,15 +128,20 @@ def ce_losses(model: FrozenLM, sae: LoadedSAE, rows: torch.Tensor, skip_first: b
     return totals[0] / count, totals[1] / count
 
 
-def evaluate(model: FrozenLM, sae: LoadedSAE, rows: torch.Tensor, ce_rows: int, skip_first: bool = True,
-             progress: bool = False) -> dict:
+def evaluate(
+    model: FrozenLM, sae: LoadedSAE, rows: torch.Tensor, ce_rows: int, skip_first: bool = True, progress: bool = False
+) -> dict:
     """All metrics of `sae` on `rows` (held-out token rows); CE on the first `ce_rows` of them."""
     check_compatible(sae, model.d_model, model.n_layers, model.name)
     acts = collect_residuals(model, rows, sae.hook_name, progress=progress)
     metrics = reconstruction_metrics(sae, acts, skip_first)
     clean, spliced = ce_losses(model, sae, rows[: max(1, ce_rows)], skip_first, progress=progress)
-    metrics.update(ce_loss_clean=clean, ce_loss_with_sae=spliced, ce_loss_increase=spliced - clean,
-                   ce_eval_tokens=int(rows[: max(1, ce_rows)].numel()))
+    metrics.update(
+        ce_loss_clean=clean,
+        ce_loss_with_sae=spliced,
+        ce_loss_increase=spliced - clean,
+        ce_eval_tokens=int(rows[: max(1, ce_rows)].numel()),
+    )
     return metrics
 
 
@@ -149,9 +166,14 @@ def evaluate_dir(model: FrozenLM, path: Path, cfg=None, progress: bool = False, 
     ce_rows = max(1, math.ceil(cfg.ce_eval_tokens / rows.shape[1]))
     metrics = evaluate(model, sae, rows, ce_rows, cfg.exclude_first_position, progress=progress)
     metrics.update(
-        layer=sae.hook.layer, hook_name=sae.hook_name, d_in=sae.d_in, d_sae=sae.d_sae,
-        architecture=str(sae.sae.cfg.architecture()), k=getattr(sae.sae.cfg, "k", None),
-        model=record.get("model", model.name), training_tokens=record.get("training_tokens", cfg.training_tokens),
+        layer=sae.hook.layer,
+        hook_name=sae.hook_name,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        architecture=str(sae.sae.cfg.architecture()),
+        k=getattr(sae.sae.cfg, "k", None),
+        model=record.get("model", model.name),
+        training_tokens=record.get("training_tokens", cfg.training_tokens),
         build_seconds=record.get("build_seconds"),
     )
     if write:
@@ -164,5 +186,4 @@ def require_built(path: Path, what: str) -> None:
         raise CRLError(f"{what} is not built yet (no SAE at {path}); run `crl sae build` first")
 
 
-__all__ = ["ce_losses", "collect_residuals", "evaluate", "evaluate_dir", "reconstruction_metrics",
-           "require_built"]
+__all__ = ["ce_losses", "collect_residuals", "evaluate", "evaluate_dir", "reconstruction_metrics", "require_built"]

@@ -69,12 +69,17 @@ def _word(r: random.Random) -> tuple[str, int]:
         a, b = r.randint(2, 9), r.randint(2, 12)
         return f"{name} has {a} boxes with {b} {item} in each box. How many {item} are there in total?", a * b
     per, friends = r.randint(2, 9), r.randint(2, 6)
-    return (f"{name} shares {per * friends} {item} equally among {friends} friends. "
-            f"How many {item} does each friend get?"), per
+    return (
+        f"{name} shares {per * friends} {item} equally among {friends} friends. How many {item} does each friend get?"
+    ), per
 
 
 KINDS: dict[str, Callable[[random.Random], tuple[str, int]]] = {
-    "add": _add, "sub": _sub, "mul": _mul, "two_step": _two_step, "word": _word,
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "two_step": _two_step,
+    "word": _word,
 }
 
 
@@ -87,8 +92,7 @@ def bucket(prompt: str) -> str:
 def generate(split: str, n: int, seed: int, kinds: tuple[str, ...] = tuple(KINDS)) -> list[Row]:
     """`n` distinct problems of `split` (rows with prompt, answer, kind, id)."""
     if n < 0:
-        raise CRLError(f"task arith generates problems and needs a finite task.n_{split}, got {n}; "
-                       "use a count")
+        raise CRLError(f"task arith generates problems and needs a finite task.n_{split}, got {n}; use a count")
     rng = random.Random(f"arith:{seed}:{split}")
     rows: list[Row] = []
     seen: set[str] = set()
@@ -96,8 +100,10 @@ def generate(split: str, n: int, seed: int, kinds: tuple[str, ...] = tuple(KINDS
     while len(rows) < n:
         attempts += 1
         if attempts > 200 * n + 1000:
-            raise CRLError(f"arith kind(s) {', '.join(kinds)} yield only {len(rows)} distinct {split} "
-                           f"problems; lower task.n_{split} or unset task.subset")
+            raise CRLError(
+                f"arith kind(s) {', '.join(kinds)} yield only {len(rows)} distinct {split} "
+                f"problems; lower task.n_{split} or unset task.subset"
+            )
         kind = rng.choice(kinds)
         question, value = KINDS[kind](rng)
         prompt = f"{question} {INSTRUCTION}"
@@ -125,10 +131,13 @@ class ArithTask(DatasetTask):
 
     def to_example(self, row: Row, split: str) -> Example:
         if extract_number(str(row["answer"])) is None:
-            raise CRLError(f"{self.source()}: answer {row['answer']!r} of example {self.row_id(row)} "
-                           "is not a number")
-        return Example(id=self.row_id(row), prompt=str(row["prompt"]), answer=str(row["answer"]).strip(),
-                       meta={"kind": row.get("kind")})
+            raise CRLError(f"{self.source()}: answer {row['answer']!r} of example {self.row_id(row)} is not a number")
+        return Example(
+            id=self.row_id(row),
+            prompt=str(row["prompt"]),
+            answer=str(row["answer"]).strip(),
+            meta={"kind": row.get("kind")},
+        )
 
     def subset_of(self, example: Example) -> str | None:
         return example.meta["kind"]

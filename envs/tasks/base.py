@@ -63,12 +63,13 @@ class Task:
         if cfg.mode not in MODES:
             raise CRLError(f"task.mode='{cfg.mode}' is unknown; use one of {MODES}")
         if cfg.mode == "constrained" and not self.supports_constrained:
-            raise CRLError(f"task '{self.name}' is not multiple choice, so task.mode=constrained does not "
-                           "apply; use task.mode=free")
+            raise CRLError(
+                f"task '{self.name}' is not multiple choice, so task.mode=constrained does not "
+                "apply; use task.mode=free"
+            )
         if cfg.subset is not None and self.subsets is not None and cfg.subset not in self.subsets:
             allowed = ", ".join(self.subsets) if self.subsets else "none (leave task.subset unset)"
-            raise CRLError(f"task.subset='{cfg.subset}' is unknown for task '{self.name}'; "
-                           f"allowed: {allowed}")
+            raise CRLError(f"task.subset='{cfg.subset}' is unknown for task '{self.name}'; allowed: {allowed}")
         if cfg.max_new_tokens < 1:
             raise CRLError(f"task.max_new_tokens={cfg.max_new_tokens} must be at least 1")
 
@@ -81,8 +82,7 @@ class Task:
             raise CRLError(f"split '{split}' is unknown; use one of {SPLITS}")
         examples = self.load_split(split)
         if not examples:
-            raise CRLError(f"task '{self.name}' split '{split}' is empty; "
-                           f"check task.data_path / task.n_{split}")
+            raise CRLError(f"task '{self.name}' split '{split}' is empty; check task.data_path / task.n_{split}")
         return examples
 
     # -- prompting --------------------------------------------------------------------------------

@@ -27,12 +27,26 @@ from envs.tasks.registry import register_task
 from envs.tasks.verifiers import LETTERS
 
 CONDITIONS = ("ambiguous", "disambiguated")
-UNKNOWN_ANSWERS = frozenset({
-    "unknown", "cannot be determined", "can't be determined", "not answerable", "not known",
-    "not enough info", "not enough information", "cannot answer", "can't answer", "undetermined",
-})
-_CONDITION_NAMES = {"ambig": "ambiguous", "ambiguous": "ambiguous",
-                    "disambig": "disambiguated", "disambiguated": "disambiguated"}
+UNKNOWN_ANSWERS = frozenset(
+    {
+        "unknown",
+        "cannot be determined",
+        "can't be determined",
+        "not answerable",
+        "not known",
+        "not enough info",
+        "not enough information",
+        "cannot answer",
+        "can't answer",
+        "undetermined",
+    }
+)
+_CONDITION_NAMES = {
+    "ambig": "ambiguous",
+    "ambiguous": "ambiguous",
+    "disambig": "disambiguated",
+    "disambiguated": "disambiguated",
+}
 
 
 def is_unknown(option: str) -> bool:
@@ -68,8 +82,10 @@ class BBQTask(MultipleChoiceTask):
         if given is not None:
             name = _CONDITION_NAMES.get(str(given).strip().lower())
             if name is None:
-                raise CRLError(f"{self.source()}: context_condition {given!r} is neither 'ambig' nor "
-                               "'disambig'; fix the column or drop it to infer the condition")
+                raise CRLError(
+                    f"{self.source()}: context_condition {given!r} is neither 'ambig' nor "
+                    "'disambig'; fix the column or drop it to infer the condition"
+                )
             return name
         options = self._options(row)
         gold = options[gold_index(pick(row, "label", self.column_aliases), 3, self.source())]
@@ -111,10 +127,18 @@ class BBQOfflineTask(BBQTask):
         context, _, rest = text.partition("\nQuestion:")
         question = rest.split("\nA)", 1)[0].strip()
         answers = list(r["answers"])
-        return {"id": r["id"], "context": context.strip(), "question": question,
-                "ans0": answers[0], "ans1": answers[1], "ans2": answers[2], "label": r["correct_idx"],
-                "category": r.get("category"), "question_polarity": r.get("polarity"),
-                "target_label": r.get("target_idx")}
+        return {
+            "id": r["id"],
+            "context": context.strip(),
+            "question": question,
+            "ans0": answers[0],
+            "ans1": answers[1],
+            "ans2": answers[2],
+            "label": r["correct_idx"],
+            "category": r.get("category"),
+            "question_polarity": r.get("polarity"),
+            "target_label": r.get("target_idx"),
+        }
 
     def source(self) -> str:
         if self.cfg.data_path:

@@ -40,8 +40,7 @@ class DatasetTask(Task):
     def default_rows(self) -> dict[str, list[Row]] | list[Row]:
         """Rows when task.data_path is unset: the hub; offline tasks override this."""
         if self.hub_id is None:
-            raise CRLError(f"task '{self.name}' has no default data; set task.data_path to a "
-                           "jsonl/csv/parquet file")
+            raise CRLError(f"task '{self.name}' has no default data; set task.data_path to a jsonl/csv/parquet file")
         return load_hub(self.hub_id, self.hub_config_name(), hint=self.offline_hint())
 
     def hub_config_name(self) -> str | None:
@@ -102,8 +101,10 @@ class DatasetTask(Task):
                 examples = [e for e in examples if self.subset_of(e) in (None, self.cfg.subset)]
             out[split] = cap(examples, getattr(self.cfg, f"n_{split}"), self.cfg.seed, split)
         if self.cfg.subset is not None and not any(out.values()):
-            raise CRLError(f"task.subset='{self.cfg.subset}' matches no example of task '{self.name}' "
-                           f"({self.source()}); present: {', '.join(sorted(seen)) or 'none'}")
+            raise CRLError(
+                f"task.subset='{self.cfg.subset}' matches no example of task '{self.name}' "
+                f"({self.source()}); present: {', '.join(sorted(seen)) or 'none'}"
+            )
         return out
 
     def load_split(self, split: str) -> list[Example]:

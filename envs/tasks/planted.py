@@ -29,9 +29,46 @@ from envs.tasks.registry import register_task
 CUES = [" apple", " river", " stone", " cloud", " horse", " chair", " music", " paper"]
 TARGETS = [" A", " B", " C", " D", " E", " F", " G", " H"]
 FILLER = [
-    "the", "a", "of", "to", "in", "and", "is", "was", "for", "on", "with", "as", "by", "at", "from", "this",
-    "that", "it", "be", "are", "or", "an", "have", "not", "they", "one", "all", "we", "can", "her", "his",
-    "there", "been", "if", "more", "when", "will", "would", "who", "so",
+    "the",
+    "a",
+    "of",
+    "to",
+    "in",
+    "and",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "this",
+    "that",
+    "it",
+    "be",
+    "are",
+    "or",
+    "an",
+    "have",
+    "not",
+    "they",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "his",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
 ]
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}  # disjoint RNG streams per split
 
@@ -84,8 +121,9 @@ def _target_ids(tokenizer, n: int) -> list[int]:
     return [i[0] for i in ids]
 
 
-def build_planted_sae(lm: FrozenLM, task: PlantedTask, layer: int, d_sae: int = 64, coef: float = 2.0,
-                      seed: int = 0, steps: int = 25) -> tuple[LoadedSAE, PlantedInfo]:
+def build_planted_sae(
+    lm: FrozenLM, task: PlantedTask, layer: int, d_sae: int = 64, coef: float = 2.0, seed: int = 0, steps: int = 25
+) -> tuple[LoadedSAE, PlantedInfo]:
     """An SAE at blocks.{layer}.hook_resid_post with one planted feature per class (see module doc)."""
     g = torch.Generator().manual_seed(seed)
     hook = HookPoint(layer, "post")
@@ -101,8 +139,9 @@ def build_planted_sae(lm: FrozenLM, task: PlantedTask, layer: int, d_sae: int = 
     return sae, PlantedInfo(planted, coef)
 
 
-def _push_direction(lm: FrozenLM, hook_name: str, prompts: list[str], target: int, coef: float, steps: int,
-                    g: torch.Generator) -> torch.Tensor:
+def _push_direction(
+    lm: FrozenLM, hook_name: str, prompts: list[str], target: int, coef: float, steps: int, g: torch.Generator
+) -> torch.Tensor:
     """A unit direction v maximizing log p(target) when x_last += coef * ||x_last|| * v."""
     enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     v = torch.randn(lm.d_model, generator=g).requires_grad_(True)

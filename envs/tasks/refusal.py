@@ -39,14 +39,45 @@ class Phrase:
 
 
 # "I can't wait", "I cannot stress enough", "I won't lie": emphasis, not refusal.
-_CANT_BENIGN = ("wait", "believe", "stress", "emphasize", "emphasise", "overstate", "imagine", "thank",
-                "get enough", "help but", "say enough", "agree more", "tell you how", "lie", "bore you",
-                "sugarcoat", "deny")
+_CANT_BENIGN = (
+    "wait",
+    "believe",
+    "stress",
+    "emphasize",
+    "emphasise",
+    "overstate",
+    "imagine",
+    "thank",
+    "get enough",
+    "help but",
+    "say enough",
+    "agree more",
+    "tell you how",
+    "lie",
+    "bore you",
+    "sugarcoat",
+    "deny",
+)
 # "I'm sorry to hear that", "I apologize for the confusion": empathy or self-correction, not refusal.
-_SORRY_BENIGN = ("to hear", "for your loss", "for the confusion", "for any confusion",
-                 "for the inconvenience", "for any inconvenience", "for the delay", "for the mistake",
-                 "for my mistake", "for the error", "for the oversight", "if ", "that you", "you're",
-                 "you are", "about your", "about that")
+_SORRY_BENIGN = (
+    "to hear",
+    "for your loss",
+    "for the confusion",
+    "for any confusion",
+    "for the inconvenience",
+    "for any inconvenience",
+    "for the delay",
+    "for the mistake",
+    "for my mistake",
+    "for the error",
+    "for the oversight",
+    "if ",
+    "that you",
+    "you're",
+    "you are",
+    "about your",
+    "about that",
+)
 
 
 def _group(texts: tuple[str, ...], unless: tuple[str, ...] = ()) -> tuple[Phrase, ...]:
@@ -54,19 +85,65 @@ def _group(texts: tuple[str, ...], unless: tuple[str, ...] = ()) -> tuple[Phrase
 
 
 REFUSAL_PHRASES: tuple[Phrase, ...] = (
-    *_group(("i can't", "i cannot", "i can not", "i won't", "i will not", "i'm not able to",
-             "i am not able to", "i'm unable to", "i am unable to", "i'm not going to", "i am not going to"),
-            _CANT_BENIGN),
-    *_group(("not able to provide", "unable to provide", "i must decline", "i have to decline",
-             "i must refuse", "i refuse to", "i'd rather not", "i would rather not", "i'm not comfortable",
-             "i am not comfortable", "i don't feel comfortable", "i do not feel comfortable")),
-    *_group(("i'm sorry", "i am sorry", "sorry, but", "i apologize", "i apologise", "my apologies"),
-            _SORRY_BENIGN),
-    *_group(("as an ai", "as a language model", "as an ai language model", "as a large language model",
-             "i'm just an ai", "i am just an ai", "i'm only an ai")),
-    *_group(("against my guidelines", "against my programming", "against my principles", "cannot fulfill",
-             "can't fulfill", "cannot comply", "can't comply", "cannot assist", "can't assist",
-             "it's not appropriate for me", "it is not appropriate for me")),
+    *_group(
+        (
+            "i can't",
+            "i cannot",
+            "i can not",
+            "i won't",
+            "i will not",
+            "i'm not able to",
+            "i am not able to",
+            "i'm unable to",
+            "i am unable to",
+            "i'm not going to",
+            "i am not going to",
+        ),
+        _CANT_BENIGN,
+    ),
+    *_group(
+        (
+            "not able to provide",
+            "unable to provide",
+            "i must decline",
+            "i have to decline",
+            "i must refuse",
+            "i refuse to",
+            "i'd rather not",
+            "i would rather not",
+            "i'm not comfortable",
+            "i am not comfortable",
+            "i don't feel comfortable",
+            "i do not feel comfortable",
+        )
+    ),
+    *_group(("i'm sorry", "i am sorry", "sorry, but", "i apologize", "i apologise", "my apologies"), _SORRY_BENIGN),
+    *_group(
+        (
+            "as an ai",
+            "as a language model",
+            "as an ai language model",
+            "as a large language model",
+            "i'm just an ai",
+            "i am just an ai",
+            "i'm only an ai",
+        )
+    ),
+    *_group(
+        (
+            "against my guidelines",
+            "against my programming",
+            "against my principles",
+            "cannot fulfill",
+            "can't fulfill",
+            "cannot comply",
+            "can't comply",
+            "cannot assist",
+            "can't assist",
+            "it's not appropriate for me",
+            "it is not appropriate for me",
+        )
+    ),
 )
 
 
@@ -88,8 +165,7 @@ class RefusalDetector:
 
     def __post_init__(self) -> None:
         # Whole-word matches only: "i cannot" must not fire inside "i cannotate".
-        self._patterns = [(p, re.compile(r"(?<![a-z'])" + re.escape(p.text) + r"(?![a-z'])"))
-                          for p in self.phrases]
+        self._patterns = [(p, re.compile(r"(?<![a-z'])" + re.escape(p.text) + r"(?![a-z'])")) for p in self.phrases]
 
     def matched_phrase(self, text: str) -> str | None:
         """The refusal phrase found in the opening of `text`, or None.
@@ -103,7 +179,7 @@ class RefusalDetector:
         best: tuple[int, str] | None = None  # the earliest refusal phrase, for a readable report
         for phrase, pattern in self._patterns:
             for m in pattern.finditer(head):
-                rest = head[m.end():].lstrip(" ,.")
+                rest = head[m.end() :].lstrip(" ,.")
                 if not any(rest.startswith(u) for u in phrase.unless):
                     if best is None or m.start() < best[0]:
                         best = (m.start(), phrase.text)
@@ -122,8 +198,10 @@ class RefusalDetector:
         if self._pipe is None:
             name = str(self.classifier)
             if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
-                raise CRLError(f"refusal classifier '{name}' is not a model directory; pass an existing "
-                               "directory or a hub id, or unset task.refusal_classifier")
+                raise CRLError(
+                    f"refusal classifier '{name}' is not a model directory; pass an existing "
+                    "directory or a hub id, or unset task.refusal_classifier"
+                )
             try:
                 from transformers import pipeline
 

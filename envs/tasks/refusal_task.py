@@ -24,8 +24,12 @@ class RefusalTask(DatasetTask):
         self._reward = make_refusal_reward(self.detector)
 
     def refusal_example(self, row_id: str, prompt: str, should_refuse: bool, meta: dict[str, Any]) -> Example:
-        return Example(id=row_id, prompt=prompt.strip(), answer="refuse" if should_refuse else "comply",
-                       meta={"should_refuse": should_refuse, **meta})
+        return Example(
+            id=row_id,
+            prompt=prompt.strip(),
+            answer="refuse" if should_refuse else "comply",
+            meta={"should_refuse": should_refuse, **meta},
+        )
 
     def extract(self, completion: str) -> str | None:
         text = completion_text(completion)

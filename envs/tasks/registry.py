@@ -55,8 +55,7 @@ def _as_config(cfg: TaskConfig | Mapping[str, Any]) -> TaskConfig:
     known = {f.name for f in dataclasses.fields(TaskConfig)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise CRLError(f"task config has unknown field(s) {', '.join(unknown)}; "
-                       f"known: {', '.join(sorted(known))}")
+        raise CRLError(f"task config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return TaskConfig(**cfg)
 
 

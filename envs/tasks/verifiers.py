@@ -41,19 +41,22 @@ def completion_text(completion: Completion) -> str:
         return str(completion.get("content", ""))
     if isinstance(completion, list):
         # TRL gives the assistant turn(s); tool or user turns are not the answer.
-        return "".join(str(m.get("content", "")) for m in completion
-                       if isinstance(m, dict) and m.get("role", "assistant") == "assistant")
-    raise CRLError(f"completion of type {type(completion).__name__} is not a string or a list of messages; "
-                   "pass text or TRL conversational completions")
+        return "".join(
+            str(m.get("content", ""))
+            for m in completion
+            if isinstance(m, dict) and m.get("role", "assistant") == "assistant"
+        )
+    raise CRLError(
+        f"completion of type {type(completion).__name__} is not a string or a list of messages; "
+        "pass text or TRL conversational completions"
+    )
 
 
 def _column(name: str, values: Sequence[Any] | None, n: int) -> Sequence[Any]:
     if values is None:
-        raise CRLError(f"reward needs the dataset column '{name}'; pass {name}=[...] aligned with "
-                       "completions")
+        raise CRLError(f"reward needs the dataset column '{name}'; pass {name}=[...] aligned with completions")
     if len(values) != n:
-        raise CRLError(f"column '{name}' has {len(values)} values for {n} completions; give one value "
-                       "per completion")
+        raise CRLError(f"column '{name}' has {len(values)} values for {n} completions; give one value per completion")
     return values
 
 
@@ -77,7 +80,7 @@ def _last_boxed(text: str) -> str | None:
     while j < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         j += 1
-    return text[i:j - 1] if depth == 0 else None
+    return text[i : j - 1] if depth == 0 else None
 
 
 def _answer_spans(text: str) -> list[str]:
@@ -130,7 +133,7 @@ def extract_number(text: str) -> str | None:
         if m:
             return canonical_number(m.group(0))
     matches = list(_NUMBER.finditer(text))
-    if not matches or _UNFINISHED.fullmatch(text[matches[-1].end():]):
+    if not matches or _UNFINISHED.fullmatch(text[matches[-1].end() :]):
         return None  # "12 + 11 = " was cut before its result: no answer yet
     return canonical_number(matches[-1].group(0))
 
@@ -165,8 +168,9 @@ def numbers_match(pred: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeouts()[1]))
 
 
-def numeric_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                   answer: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
+def numeric_reward(
+    prompts: Sequence[Any] | None, completions: Sequence[Completion], answer: Sequence[str] | None = None, **kwargs: Any
+) -> list[float]:
     """1.0 when the completion's final number equals the gold `answer` column, else 0.0.
 
     >>> numeric_reward(None, ["The answer is 1,234.", r"\\boxed{0.5}", "I don't know", "#### 7"],
@@ -181,8 +185,9 @@ def numeric_reward(prompts: Sequence[Any] | None, completions: Sequence[Completi
     return out
 
 
-def numeric_format_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                          **kwargs: Any) -> list[float]:
+def numeric_format_reward(
+    prompts: Sequence[Any] | None, completions: Sequence[Completion], **kwargs: Any
+) -> list[float]:
     """1.0 when a final number can be extracted (well-formed), whatever its value.
 
     >>> numeric_format_reward(None, ["#### 5", "no idea"])
@@ -195,8 +200,10 @@ def numeric_format_reward(prompts: Sequence[Any] | None, completions: Sequence[C
 # Keywords match in any case, letters are case-sensitive so "the answer is a dog" is not option A;
 # a lowercase letter counts only when closed off: "answer: b", "answer is (b)", "answer: c)".
 _NOT_WORD = r"(?![A-Za-z'’])(?!(?<=[AI])\s+(?!is\b)[a-z])"  # "A"/"I" before a lowercase word are words
-_LETTER_AFTER = (r"\s*(?:(?i:is)|:|=)?\s*:?\s*"
-                 r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])" + _NOT_WORD + r"|([a-z])(?:[).:]|\s*$))")
+_LETTER_AFTER = (
+    r"\s*(?:(?i:is)|:|=)?\s*:?\s*"
+    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])" + _NOT_WORD + r"|([a-z])(?:[).:]|\s*$))"
+)
 _ANSWER_LETTER = re.compile(r"(?i:\banswer\b)" + _LETTER_AFTER)  # "Answer: B", "the answer is (B)"
 _OPTION_LETTER = re.compile(r"(?i:\b(?:option|choice)\b)" + _LETTER_AFTER)  # "option C"
 # A bracketed or closing-parenthesis letter anywhere: "(B)", "[B]", "B)".
@@ -243,9 +250,13 @@ def extract_letter(text: str, options: str | Sequence[str] = "ABCD") -> str | No
     return None
 
 
-def letter_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                  answer: Sequence[str] | None = None, options: Sequence[Any] | None = None,
-                  **kwargs: Any) -> list[float]:
+def letter_reward(
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Completion],
+    answer: Sequence[str] | None = None,
+    options: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     """1.0 when the extracted option letter equals the gold `answer` letter.
 
     `options` (per example, e.g. "ABC") lists the valid letters; without it A-D are valid.
@@ -263,16 +274,22 @@ def letter_reward(prompts: Sequence[Any] | None, completions: Sequence[Completio
     return out
 
 
-def letter_format_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                         options: Sequence[Any] | None = None, **kwargs: Any) -> list[float]:
+def letter_format_reward(
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Completion],
+    options: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     """1.0 when a valid option letter can be extracted.
 
     >>> letter_format_reward(None, ["C", "Paris", "(D)"], options=["ABC", "ABC", "ABC"])
     [1.0, 0.0, 0.0]
     """
     opts = _column("options", options, len(completions)) if options is not None else [None] * len(completions)
-    return [float(extract_letter(completion_text(c), _valid_letters(o)) is not None)
-            for c, o in zip(completions, opts, strict=True)]
+    return [
+        float(extract_letter(completion_text(c), _valid_letters(o)) is not None)
+        for c, o in zip(completions, opts, strict=True)
+    ]
 
 
 # -- refusals -------------------------------------------------------------------------------------------
@@ -301,17 +318,24 @@ def as_bool(value: Any, column: str = "should_refuse") -> bool:
 def make_refusal_reward(detector: Callable[[str], bool]) -> RewardFn:
     """A refusal reward with a custom detector (e.g. a `RefusalDetector` with a classifier)."""
 
-    def refusal_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                       should_refuse: Sequence[Any] | None = None, **kwargs: Any) -> list[float]:
+    def refusal_reward(
+        prompts: Sequence[Any] | None,
+        completions: Sequence[Completion],
+        should_refuse: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> list[float]:
         want = _column("should_refuse", should_refuse, len(completions))
-        return [float(bool(detector(completion_text(c))) == as_bool(w)) for c, w in zip(completions, want,
-                                                                                           strict=True)]
+        return [float(bool(detector(completion_text(c))) == as_bool(w)) for c, w in zip(completions, want, strict=True)]
 
     return refusal_reward
 
 
-def refusal_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                   should_refuse: Sequence[Any] | None = None, **kwargs: Any) -> list[float]:
+def refusal_reward(
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Completion],
+    should_refuse: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
     """1.0 for refusing when `should_refuse` is true and for answering when it is false (string matching).
 
     >>> refusal_reward(None, ["I'm sorry, but I can't help with that.", "Sure! Preheat the oven to 180C.",
@@ -324,8 +348,9 @@ def refusal_reward(prompts: Sequence[Any] | None, completions: Sequence[Completi
     return make_refusal_reward(is_refusal)(prompts, completions, should_refuse=should_refuse)
 
 
-def refusal_format_reward(prompts: Sequence[Any] | None, completions: Sequence[Completion],
-                          **kwargs: Any) -> list[float]:
+def refusal_format_reward(
+    prompts: Sequence[Any] | None, completions: Sequence[Completion], **kwargs: Any
+) -> list[float]:
     """1.0 for a non-empty completion: any text is either a refusal or an answer.
 
     >>> refusal_format_reward(None, ["No.", "   "])

