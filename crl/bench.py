@@ -42,8 +42,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if TYPE_CHECKING:
     from crl.backends.model import FrozenLM, ModelConfig
     from crl.backends.sae import LoadedSAE
-    from envs.steering_env import SteeringVecEnv
-    from envs.tasks.base import Example, Task
+    from crl.envs.steering_env import SteeringVecEnv
+    from crl.envs.tasks.base import Example, Task
 
 
 @dataclass
@@ -102,7 +102,7 @@ def bench_rollout(
     import numpy as np
     import torch
 
-    from envs.steering_env import SteeringConfig, SteeringVecEnv
+    from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
 
     _check(cfg, lm, len(examples))
     tok, model, T = lm.tokenizer, lm.model, int(cfg.new_tokens)
@@ -216,8 +216,8 @@ def rollout_main(cfg: DictConfig) -> None:
 
     from crl.backends.model import ModelConfig, load_model
     from crl.components import to_dataclass
-    from envs.tasks.base import TaskConfig
-    from envs.tasks.registry import make_task
+    from crl.envs.tasks.base import TaskConfig
+    from crl.envs.tasks.registry import make_task
 
     bench = to_dataclass(BenchConfig, cfg.bench, "bench")
     task = make_task(to_dataclass(TaskConfig, cfg.task, "task"))

@@ -10,12 +10,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from crl.backends.model import FrozenLM, ModelConfig, load_model
 from crl.backends.sae import LoadedSAE, SAEConfig, check_compatible, load_sae
+from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
+from crl.envs.tasks.base import Example, Task, TaskConfig
 from crl.errors import CRLError
 from crl.masking import FeatureMasker, MaskingConfig
 from crl.policy import PolicyConfig
 from crl.ppo import PPOConfig
-from envs.steering_env import SteeringConfig, SteeringVecEnv
-from envs.tasks.base import Example, Task, TaskConfig
 
 
 def to_dataclass(cls: type, node: Any, group: str):
@@ -68,7 +68,7 @@ class Components:
 
 
 def build_task(cfg: DictConfig) -> Task:
-    from envs.tasks.registry import make_task
+    from crl.envs.tasks.registry import make_task
 
     return make_task(to_dataclass(TaskConfig, cfg.task, "task"))
 
@@ -95,7 +95,7 @@ def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -
             f"steering.layer={layer} is out of range: {lm.name} has {lm.n_layers} layers (0..{lm.n_layers - 1})"
         )
     if sae_cfg.source == "planted":
-        from envs.tasks.planted import PlantedTask, build_planted_sae
+        from crl.envs.tasks.planted import PlantedTask, build_planted_sae
 
         if not isinstance(task, PlantedTask):
             raise CRLError("sae=planted only works with task=planted")

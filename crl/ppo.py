@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from crl.envs.rollout import Episode
 from crl.policy import ActorCritic
-from envs.rollout import Episode
 
 
 @dataclass

@@ -26,6 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from crl.components import Components, build, to_dataclass
+from crl.envs.rollout import Episode, NoSteer, run_episodes
+from crl.envs.tasks.base import Example
 from crl.errors import CRLError, exit_on_error
 from crl.logs import schema
 from crl.logs.run_dir import RunWriter, atomic_write_bytes, atomic_write_json, load_checkpoint
@@ -33,8 +35,6 @@ from crl.logs.wandb_logger import LoggerConfig, WandbLogger
 from crl.paths import CONF_DIR
 from crl.policy import ActorCritic
 from crl.ppo import PolicyAgent, ppo_update
-from envs.rollout import Episode, NoSteer, run_episodes
-from envs.tasks.base import Example
 
 IDENTITY_KEYS = ("model", "sae_identity", "task", "task_seed", "layer")
 

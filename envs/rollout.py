@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from envs.steering_env import SteeringVecEnv
-from envs.tasks.base import Example
+from crl.envs.steering_env import SteeringVecEnv
+from crl.envs.tasks.base import Example
 
 
 class ActionPolicy(Protocol):

@@ -21,9 +21,9 @@ from gymnasium.utils import seeding
 
 from crl.backends.model import FrozenLM
 from crl.backends.sae import LoadedSAE
+from crl.envs.steering_env import ActionMasker, SteeringConfig, SteeringVecEnv
+from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
-from envs.steering_env import ActionMasker, SteeringConfig, SteeringVecEnv
-from envs.tasks.base import Example, Task
 
 
 class SteeringEnv(gym.Env):

@@ -34,9 +34,9 @@ from gymnasium.vector.utils import batch_space
 
 from crl.backends.model import FrozenLM
 from crl.backends.sae import LoadedSAE, check_compatible
+from crl.envs.lockstep import Decision, DecodeSpec, LockstepDecoder
+from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
-from envs.lockstep import Decision, DecodeSpec, LockstepDecoder
-from envs.tasks.base import Example, Task
 
 # (acts (n, d_sae), rows (n,), steps (n,)) -> bool mask (n, n_actions)
 ActionMasker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -33,12 +33,12 @@ def comps():
     from crl.backends.model import tiny_model
     from crl.backends.sae import sae_from_decoder
     from crl.components import Components
+    from crl.envs.steering_env import SteeringConfig
+    from crl.envs.tasks.base import TaskConfig
+    from crl.envs.tasks.planted import PlantedTask, _target_ids
     from crl.masking import MaskingConfig
     from crl.policy import PolicyConfig
     from crl.ppo import PPOConfig
-    from envs.steering_env import SteeringConfig
-    from envs.tasks.base import TaskConfig
-    from envs.tasks.planted import PlantedTask, _target_ids
 
     lm = tiny_model("llama", n_layers=2, d_model=64, seed=0)
     task = PlantedTask(

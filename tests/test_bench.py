@@ -9,9 +9,9 @@ import pytest
 
 from crl.bench import BenchConfig, bench_rollout, random_sae
 from crl.cli import main as crl_main
+from crl.envs.tasks.base import TaskConfig
+from crl.envs.tasks.registry import make_task
 from crl.errors import CRLError
-from envs.tasks.base import TaskConfig
-from envs.tasks.registry import make_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

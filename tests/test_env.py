@@ -23,13 +23,13 @@ import torch
 from crl.backends.hooks import HookPoint, residual_hook
 from crl.backends.model import FrozenLM, tiny_model
 from crl.backends.sae import LoadedSAE
+from crl.envs.lockstep import DecodeSpec, LockstepDecoder
+from crl.envs.rollout import Episode, FixedFeature, NoSteer, RandomFeature, run_episodes
+from crl.envs.single import SteeringEnv
+from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
+from crl.envs.tasks.base import Example, Task, TaskConfig
+from crl.envs.tasks.planted import PlantedTask
 from crl.errors import CRLError
-from envs.lockstep import DecodeSpec, LockstepDecoder
-from envs.rollout import Episode, FixedFeature, NoSteer, RandomFeature, run_episodes
-from envs.single import SteeringEnv
-from envs.steering_env import SteeringConfig, SteeringVecEnv
-from envs.tasks.base import Example, Task, TaskConfig
-from envs.tasks.planted import PlantedTask
 
 D_SAE = 32
 EOS_F = 7
@@ -172,7 +172,7 @@ def test_default_model_unsteered_matches_generate():
     """(a) on the real offline default model (SmolLM2-135M-Instruct, chat template, left padding)."""
     from crl.backends.model import ModelConfig, load_model
     from crl.bench import random_sae
-    from envs.tasks.registry import make_task
+    from crl.envs.tasks.registry import make_task
 
     lm = load_model(ModelConfig())
     task = make_task(TaskConfig(name="arith", n_train=2, n_val=2, n_test=8, max_new_tokens=4))

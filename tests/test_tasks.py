@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crl.envs.tasks import arith
+from crl.envs.tasks.base import SPLITS, Example, TaskConfig
+from crl.envs.tasks.registry import TASKS, make_task, register_task
 from crl.errors import CRLError
-from envs.tasks import arith
-from envs.tasks.base import SPLITS, Example, TaskConfig
-from envs.tasks.registry import TASKS, make_task, register_task
 
 OFFLINE = ("arith", "gsm8k_offline", "bbq_offline", "refusal_offline")
 HUB = ("gsm8k", "mmlu", "mmlu_pro", "bbq", "harmbench", "xstest")

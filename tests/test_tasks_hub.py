@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from crl.envs.tasks.base import SPLITS, TaskConfig
+from crl.envs.tasks.registry import make_task
 from crl.errors import CRLError
-from envs.tasks.base import SPLITS, TaskConfig
-from envs.tasks.registry import make_task
 
 
 @pytest.fixture(autouse=True)

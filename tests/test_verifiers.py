@@ -6,10 +6,9 @@ import doctest
 
 import pytest
 
-from crl.errors import CRLError
-from envs.tasks import bbq, gsm8k, refusal, verifiers
-from envs.tasks.refusal import RefusalDetector, is_refusal
-from envs.tasks.verifiers import (
+from crl.envs.tasks import bbq, gsm8k, refusal, verifiers
+from crl.envs.tasks.refusal import RefusalDetector, is_refusal
+from crl.envs.tasks.verifiers import (
     extract_letter,
     extract_number,
     letter_format_reward,
@@ -20,6 +19,7 @@ from envs.tasks.verifiers import (
     refusal_format_reward,
     refusal_reward,
 )
+from crl.errors import CRLError
 
 
 @pytest.mark.parametrize("module", [verifiers, refusal, bbq, gsm8k])

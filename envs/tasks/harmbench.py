@@ -7,10 +7,10 @@ train 60% / val 15% / test 25% are carved by task.seed.
 
 from __future__ import annotations
 
-from envs.tasks.base import Example
-from envs.tasks.loading import Row
-from envs.tasks.refusal_task import RefusalTask
-from envs.tasks.registry import register_task
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.loading import Row
+from crl.envs.tasks.refusal_task import RefusalTask
+from crl.envs.tasks.registry import register_task
 
 
 @register_task("harmbench")

@@ -27,8 +27,8 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from crl.envs.tasks.base import SPLITS
 from crl.errors import CRLError
-from envs.tasks.base import SPLITS
 
 Row = dict[str, Any]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from envs.tasks.base import Example
-from envs.tasks.loading import SPLIT_ALIASES, Row, as_list
-from envs.tasks.multiple_choice import MultipleChoiceTask, gold_index
-from envs.tasks.registry import register_task
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.loading import SPLIT_ALIASES, Row, as_list
+from crl.envs.tasks.multiple_choice import MultipleChoiceTask, gold_index
+from crl.envs.tasks.registry import register_task
 
 
 @register_task("mmlu")

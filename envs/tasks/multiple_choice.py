@@ -10,10 +10,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from crl.envs.tasks.base import Example, TaskConfig
+from crl.envs.tasks.dataset_task import DatasetTask
+from crl.envs.tasks.verifiers import LETTERS, extract_letter, letter_reward
 from crl.errors import CRLError
-from envs.tasks.base import Example, TaskConfig
-from envs.tasks.dataset_task import DatasetTask
-from envs.tasks.verifiers import LETTERS, extract_letter, letter_reward
 
 
 def gold_index(value: Any, n_options: int, source: str) -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from envs.tasks.base import Example, TaskConfig
-from envs.tasks.dataset_task import DatasetTask
-from envs.tasks.refusal import RefusalDetector
-from envs.tasks.verifiers import completion_text, make_refusal_reward
+from crl.envs.tasks.base import Example, TaskConfig
+from crl.envs.tasks.dataset_task import DatasetTask
+from crl.envs.tasks.refusal import RefusalDetector
+from crl.envs.tasks.verifiers import completion_text, make_refusal_reward
 
 
 class RefusalTask(DatasetTask):

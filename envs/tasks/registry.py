@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from crl.envs.tasks.base import Task, TaskConfig
 from crl.errors import CRLError
-from envs.tasks.base import Task, TaskConfig
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -19,13 +19,13 @@ T = TypeVar("T", bound=type[Task])
 
 # Imported at the bottom of this file, so TASKS is complete once the registry is imported.
 TASK_MODULES: tuple[str, ...] = (
-    "envs.tasks.arith",
-    "envs.tasks.gsm8k",
-    "envs.tasks.mmlu",
-    "envs.tasks.bbq",
-    "envs.tasks.harmbench",
-    "envs.tasks.xstest",
-    "envs.tasks.planted",
+    "crl.envs.tasks.arith",
+    "crl.envs.tasks.gsm8k",
+    "crl.envs.tasks.mmlu",
+    "crl.envs.tasks.bbq",
+    "crl.envs.tasks.harmbench",
+    "crl.envs.tasks.xstest",
+    "crl.envs.tasks.planted",
 )
 
 

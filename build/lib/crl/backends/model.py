@@ -1,0 +1,180 @@
+"""The frozen language model: eval mode, gradients off, never trained.
+
+Three sources:
+- ``default``: SmolLM2-135M-Instruct from the embedded GGUF (offline), see `offline_default.py`;
+- ``hf``: a Hugging Face model id or a local directory (needs a network, or a warm HF cache);
+- ``tiny``: a small random model of one family (llama, qwen2, gemma2, gpt2), for tests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from crl.errors import CRLError
+
+# model_type -> family; the family decides where the decoder layers live.
+FAMILIES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen",
+    "qwen3": "qwen",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3_text": "gemma",
+    "gpt2": "gpt2",
+}
+
+
+@dataclass
+class ModelConfig:
+    source: str = "default"  # default | hf | tiny
+    name: str = "smollm2-135m-instruct"  # HF id or local dir when source=hf; tiny family when source=tiny
+    dtype: str = "float32"
+    device: str = "cpu"
+    # Only for source=tiny.
+    n_layers: int = 2
+    d_model: int = 64
+    seed: int = 0
+
+
+@dataclass
+class FrozenLM:
+    """A frozen causal LM with the facts the rest of CRL needs about it."""
+
+    model: nn.Module
+    tokenizer: object
+    name: str
+    family: str
+    n_layers: int
+    d_model: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return decoder_layers(self.model)
+
+    @property
+    def max_context(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks (`blocks.L` in sae-lens hook names)."""
+    for path in ("model.layers", "transformer.h", "model.language_model.layers", "gpt_neox.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise CRLError(f"cannot find the decoder layers of {type(model).__name__}; supported: {sorted(FAMILIES)}")
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _wrap(model: nn.Module, tokenizer, name: str) -> FrozenLM:
+    cfg = model.config
+    model_type = getattr(cfg, "model_type", "?")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise CRLError(f"model type '{model_type}' is not supported; supported types: {sorted(FAMILIES)}")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    n_layers = len(decoder_layers(model))
+    d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+    return FrozenLM(_freeze(model), tokenizer, name, family, n_layers, d_model)
+
+
+def load_model(cfg: ModelConfig) -> FrozenLM:
+    """Load a frozen model. Bad ids fail fast with a one-line `CRLError`."""
+    dtype = getattr(torch, cfg.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise CRLError(f"model.dtype='{cfg.dtype}' is not a torch dtype; use float32, bfloat16 or float16")
+    if cfg.source == "tiny":
+        lm = tiny_model(cfg.name, n_layers=cfg.n_layers, d_model=cfg.d_model, seed=cfg.seed)
+        lm.model.to(cfg.device)
+        return lm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.source == "default":
+        from crl.backends.offline_default import default_model_dir
+
+        path, name = str(default_model_dir()), cfg.name or "smollm2-135m-instruct"
+    elif cfg.source == "hf":
+        path, name = _resolve_hf(cfg.name), cfg.name
+    else:
+        raise CRLError(f"model.source='{cfg.source}' is unknown; use default, hf or tiny")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(cfg.device)
+    return _wrap(model, tok, name)
+
+
+def _resolve_hf(name: str) -> str:
+    """A local directory, or a hub id that is cached or reachable. Checked before any weights load."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        return snapshot_download(
+            name, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not loadable"
+        raise CRLError(
+            f"model '{name}' is neither a local directory nor loadable from the Hugging Face hub "
+            f"({type(e).__name__}); offline, use the embedded default (model=smollm2) or a local path"
+        ) from None
+
+
+def tiny_model(family: str = "llama", n_layers: int = 2, d_model: int = 64, seed: int = 0) -> FrozenLM:
+    """A small random model with the default tokenizer, for tests. Deterministic for a seed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crl.backends.offline_default import default_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(str(default_tokenizer_dir()))
+    vocab = len(tok)
+    common = dict(vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    heads = max(1, d_model // 16)
+    if family in ("llama", "qwen", "gemma"):
+        from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+
+        cls = {"llama": LlamaConfig, "qwen": Qwen2Config, "gemma": Gemma2Config}[family]
+        config = cls(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=d_model // heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **common,
+        )
+    elif family == "gpt2":
+        from transformers import GPT2Config
+
+        config = GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=heads, n_positions=512, **common)
+    else:
+        raise CRLError(f"tiny model family '{family}' is unknown; use llama, qwen, gemma or gpt2")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return _wrap(model, tok, f"tiny-{family}-{n_layers}x{d_model}-s{seed}")

@@ -1,0 +1,170 @@
+"""The SAE backend: load through sae-lens, check it fits the model, expose steering directions.
+
+Sources: ``pretrained`` (`SAE.from_pretrained(release, sae_id)`, needs a network), ``disk``
+(`SAE.load_from_disk(path)`), and ``default`` (the SAE that `crl sae build` trains on the offline model).
+Registry ids are checked against sae-lens's own directory before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from crl.backends.hooks import HookPoint, parse_hook_name
+from crl.errors import CRLError
+
+NEURONPEDIA_URL = "https://www.neuronpedia.org/{np_id}/{feature}"
+
+
+@dataclass
+class SAEConfig:
+    source: str = "default"  # default | pretrained | disk
+    release: str | None = None  # pretrained: e.g. gemma-scope-2b-pt-res-canonical
+    sae_id: str | None = None  # pretrained: e.g. layer_12/width_16k/canonical
+    path: str | None = None  # disk: a directory written by `SAE.save_model`
+    layer: int = 6  # default: which layer's SAE to build or load
+    device: str = "cpu"
+    d_sae: int | None = None  # planted: dictionary size of the constructed SAE
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE plus where it reads from and (when known) its Neuronpedia id."""
+
+    sae: object  # sae_lens.SAE
+    hook: HookPoint
+    neuronpedia_id: str | None = None
+    source: str = ""
+
+    @property
+    def hook_name(self) -> str:
+        return self.hook.name
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def identity(self) -> str:
+        """A string that names this SAE, so runs with different SAEs are never compared by feature id."""
+        import hashlib
+
+        digest = hashlib.sha1(self.sae.W_dec.detach().float().cpu().numpy().tobytes()).hexdigest()[:12]
+        return f"{self.source}|{self.hook_name}|d_sae={self.d_sae}|W_dec={digest}"
+
+    def directions(self, unit: bool = False) -> torch.Tensor:
+        """Decoder rows (d_sae, d_in), the steering directions; unit-normalized when `unit`."""
+        w = self.sae.W_dec.detach()
+        return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8) if unit else w
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))
+
+    def neuronpedia_url(self, feature: int) -> str | None:
+        if not self.neuronpedia_id:
+            return None
+        return NEURONPEDIA_URL.format(np_id=self.neuronpedia_id, feature=int(feature))
+
+
+def check_compatible(sae: LoadedSAE, d_model: int, n_layers: int, model_name: str = "the model") -> None:
+    """Fail before heavy work when the SAE does not fit the model and layer."""
+    if sae.d_in != d_model:
+        raise CRLError(
+            f"SAE d_in={sae.d_in} does not match {model_name} d_model={d_model}; "
+            "pick an SAE trained on this model (or the matching model for this SAE)"
+        )
+    if not 0 <= sae.hook.layer < n_layers:
+        raise CRLError(
+            f"SAE hook '{sae.hook_name}' reads layer {sae.hook.layer}, but {model_name} has "
+            f"{n_layers} layers (0..{n_layers - 1})"
+        )
+
+
+def check_registry(release: str, sae_id: str) -> tuple[str | None, str | None]:
+    """Check a (release, sae_id) pair against sae-lens's registry; return (hook name, Neuronpedia id)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        hint = f"; did you mean {close}?" if close else ""
+        raise CRLError(f"unknown SAE release '{release}' (not in the sae-lens registry){hint}")
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        close = difflib.get_close_matches(sae_id, list(lookup.saes_map), n=3)
+        raise CRLError(f"unknown sae_id '{sae_id}' for release '{release}'; close ids: {close}")
+    np_id = (lookup.neuronpedia_id or {}).get(sae_id)
+    return None, np_id
+
+
+def _hook_of(sae) -> HookPoint:
+    meta = getattr(sae.cfg, "metadata", None)
+    hook_name = getattr(meta, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
+    if hook_name is None:
+        raise CRLError("the SAE config has no hook_name; CRL needs to know which residual it reads")
+    return parse_hook_name(hook_name)
+
+
+def load_sae(cfg: SAEConfig) -> LoadedSAE:
+    """Load an SAE. Registry ids and paths are validated first, with one-line errors."""
+    from sae_lens import SAE
+
+    if cfg.source == "pretrained":
+        if not cfg.release or not cfg.sae_id:
+            raise CRLError("sae.source=pretrained needs sae.release and sae.sae_id")
+        _, np_id = check_registry(cfg.release, cfg.sae_id)
+        try:
+            sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device)
+        except Exception as e:  # noqa: BLE001 - network/hub failures
+            raise CRLError(
+                f"could not download SAE {cfg.release}/{cfg.sae_id} ({type(e).__name__}); it needs a network. "
+                "Offline, use sae=default (built by `crl sae build`) or sae.source=disk"
+            ) from None
+        meta = getattr(sae.cfg, "metadata", None)
+        np_id = getattr(meta, "neuronpedia_id", None) or np_id
+        return LoadedSAE(sae.eval(), _hook_of(sae), np_id, f"pretrained:{cfg.release}/{cfg.sae_id}")
+    if cfg.source == "disk":
+        path = Path(cfg.path or "").expanduser()
+        if not (path / "cfg.json").exists():
+            raise CRLError(f"sae.path='{cfg.path}' is not an SAE directory (no cfg.json); save one with SAE.save_model")
+        sae = SAE.load_from_disk(str(path), device=cfg.device)
+        meta = getattr(sae.cfg, "metadata", None)
+        return LoadedSAE(sae.eval(), _hook_of(sae), getattr(meta, "neuronpedia_id", None), f"disk:{path.resolve()}")
+    if cfg.source == "default":
+        from crl.sae_build.build import default_sae_dir
+
+        path = default_sae_dir(cfg.layer)
+        if not (path / "cfg.json").exists():
+            raise CRLError(
+                f"the default SAE for layer {cfg.layer} is not built yet; run `crl sae build sae.layer={cfg.layer}`"
+            )
+        sae = SAE.load_from_disk(str(path), device=cfg.device)
+        return LoadedSAE(sae.eval(), _hook_of(sae), None, f"default:layer{cfg.layer}")
+    raise CRLError(f"sae.source='{cfg.source}' is unknown; use default, pretrained or disk")
+
+
+def sae_from_decoder(decoder: torch.Tensor, hook: HookPoint, source: str) -> LoadedSAE:
+    """A sae-lens `StandardSAE` whose decoder rows are `decoder` (unit-normalized) and encoder is its transpose.
+
+    For constructed dictionaries: the planted task, random-direction benchmarks and tests.
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    w = decoder / decoder.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    cfg = StandardSAEConfig(d_in=w.shape[1], d_sae=w.shape[0], dtype="float32", device="cpu")
+    cfg.metadata.hook_name = hook.name
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return LoadedSAE(sae.eval(), hook, None, source)

@@ -1,0 +1,51 @@
+"""The `crl` command. Each subcommand is a Hydra app and takes Hydra overrides.
+
+crl train                               # the embedded offline default, end to end
+crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
+crl eval run_dir=runs/... split=test
+crl sae build sae.layer=6 ; crl sae info
+crl bench rollout
+crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from crl.errors import CRLError
+
+# "words" -> "module:function"; each function is decorated with @hydra.main.
+COMMANDS: dict[tuple[str, ...], str] = {
+    ("train",): "crl.train:main",
+    ("eval",): "crl.evaluate:main",
+    ("sae", "build"): "crl.sae_build.cli:build_main",
+    ("sae", "info"): "crl.sae_build.cli:info_main",
+    ("bench", "rollout"): "crl.bench:rollout_main",
+    ("analyze",): "crl.analysis.cli:analyze_main",
+    ("compare",): "crl.analysis.cli:compare_main",
+}
+
+
+def _usage() -> str:
+    return "usage: crl " + " | ".join(" ".join(words) for words in COMMANDS) + " [hydra overrides...]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words, target in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+        if tuple(argv[: len(words)]) == words:
+            module, func = target.split(":")
+            sys.argv = [f"crl {' '.join(words)}", *argv[len(words) :]]
+            try:
+                getattr(importlib.import_module(module), func)()
+            except CRLError as e:
+                print(f"crl: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            return
+    print(_usage(), file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

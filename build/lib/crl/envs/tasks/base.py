@@ -1,0 +1,129 @@
+"""What a task is: a loader, a prompt format, answer extraction and a TRL-style reward function.
+
+Every reward function has TRL's signature ``(prompts, completions, **columns) -> list[float]``, so the
+same verifier plugs into `trl.GRPOTrainer(reward_funcs=...)`. The dataset columns a reward needs
+(e.g. ``answer``) arrive as keyword lists aligned with ``completions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crl.errors import CRLError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Example:
+    """One prompt. `answer` is the gold label (option letter, number, or 'refuse'/'comply')."""
+
+    id: str
+    prompt: str  # the user message, before any chat template
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)  # extra columns (category, condition, ...)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    data_path: str | None = None  # local jsonl/csv/parquet file or dataset folder, instead of the hub
+    n_train: int = 64  # caps per split; -1 keeps the whole split
+    n_val: int = 32
+    n_test: int = 64
+    seed: int = 0
+    mode: str = "free"  # multiple choice: "free" generation or "constrained" (score option letters only)
+    max_new_tokens: int = 8
+    chat_template: bool = True  # apply the tokenizer's chat template (instruct models)
+    subset: str | None = None  # e.g. bbq condition "ambiguous"/"disambiguated"
+    refusal_classifier: str | None = None  # refusal tasks: HF classifier id, loaded only when set
+
+
+MODES = ("free", "constrained")
+
+
+class Task:
+    """Base class. Subclasses set `name` and implement `load_split`, `extract` and `reward`."""
+
+    name: str = "base"
+    answer_kind: str = "text"  # letter | number | refusal | token
+    required_columns: tuple[str, ...] = ("prompt", "answer")
+    default_max_new_tokens: int = 8  # what conf/task/<name>.yaml sets; cfg.max_new_tokens wins
+    supports_constrained: bool = False  # multiple-choice tasks score option letters only
+    subsets: tuple[str, ...] | None = ()  # allowed task.subset values; None = free-form (checked on load)
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self._check_config()
+
+    def _check_config(self) -> None:
+        """Fail on bad settings before any data is read."""
+        cfg = self.cfg
+        if cfg.mode not in MODES:
+            raise CRLError(f"task.mode='{cfg.mode}' is unknown; use one of {MODES}")
+        if cfg.mode == "constrained" and not self.supports_constrained:
+            raise CRLError(
+                f"task '{self.name}' is not multiple choice, so task.mode=constrained does not "
+                "apply; use task.mode=free"
+            )
+        if cfg.subset is not None and self.subsets is not None and cfg.subset not in self.subsets:
+            allowed = ", ".join(self.subsets) if self.subsets else "none (leave task.subset unset)"
+            raise CRLError(f"task.subset='{cfg.subset}' is unknown for task '{self.name}'; allowed: {allowed}")
+        if cfg.max_new_tokens < 1:
+            raise CRLError(f"task.max_new_tokens={cfg.max_new_tokens} must be at least 1")
+
+    # -- data -------------------------------------------------------------------------------------
+    def load_split(self, split: str) -> list[Example]:
+        raise NotImplementedError
+
+    def load(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise CRLError(f"split '{split}' is unknown; use one of {SPLITS}")
+        examples = self.load_split(split)
+        if not examples:
+            raise CRLError(f"task '{self.name}' split '{split}' is empty; check task.data_path / task.n_{split}")
+        return examples
+
+    # -- prompting --------------------------------------------------------------------------------
+    def system_prompt(self) -> str | None:
+        return None
+
+    def format_prompt(self, example: Example, tokenizer: Any) -> str:
+        """The exact text fed to the model (chat template applied for instruct models)."""
+        if self.cfg.chat_template and getattr(tokenizer, "chat_template", None):
+            msgs = []
+            if self.system_prompt():
+                msgs.append({"role": "system", "content": self.system_prompt()})
+            msgs.append({"role": "user", "content": example.prompt})
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return example.prompt
+
+    def stop_strings(self) -> list[str]:
+        return []
+
+    def max_new_tokens(self) -> int:
+        """Generation budget: one token when only an option letter may be emitted."""
+        return 1 if self.cfg.mode == "constrained" else self.cfg.max_new_tokens
+
+    def allowed_token_ids(self, tokenizer: Any, example: Example) -> list[int] | None:
+        """Constrained decoding: the only tokens that may be generated (None = free generation)."""
+        return None
+
+    # -- verification -----------------------------------------------------------------------------
+    def extract(self, completion: str) -> str | None:
+        """The parsed answer, or None when the completion is malformed."""
+        raise NotImplementedError
+
+    def reward(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float]:
+        raise NotImplementedError
+
+    def well_formed(self, completion: str) -> bool:
+        return self.extract(completion) is not None
+
+    def columns(self, examples: list[Example]) -> dict[str, list[Any]]:
+        """Keyword columns for `reward`: answer plus every meta key."""
+        cols: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
+        for key in sorted({k for e in examples for k in e.meta}):
+            cols[key] = [e.meta.get(key) for e in examples]
+        return cols

@@ -1,0 +1,1 @@
+"""Run directories: the resolved config, checkpoints, append-only logs and the summary."""

@@ -1,0 +1,93 @@
+"""The control policy: an actor-critic over SAE features.
+
+The actor scores features through the SAE's own geometry: a small MLP maps the (layer-normed) residual
+to a query q in residual space, and feature i scores  s * <q, W_dec[i]> / ||W_dec[i]|| + b_i.
+It holds d_model^2 + d_sae parameters, and the decoder is used by reference (no copy), so a 131k
+dictionary fits where a dense Linear(d_model, d_sae) head would not. "No steering" gets its own logit.
+Invalid actions get a large negative logit (not -inf, which makes NaNs in the entropy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Categorical
+
+MASK_FILL = -1e9
+
+
+@dataclass
+class PolicyConfig:
+    hidden: int = 256
+    head: str = "sae"  # sae: score features through the decoder geometry | dense: Linear(hidden, n_actions)
+    init_scale: float = 1.0  # initial logit scale s of the sae head
+    # Initial "no steering" logit. The other logits start near 0, so with K valid features the no-op starts with
+    # probability e^b / (e^b + K): b = ln(64) ~ 4.2 gives one half with masking.top_k=64. Training then starts
+    # from the unsteered model and moves away only where steering pays; 0 means a uniform start.
+    noop_init_bias: float = 4.2
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, out_std: float) -> nn.Sequential:
+    last = nn.Linear(hidden, d_out)
+    nn.init.orthogonal_(last.weight, out_std)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), last)
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, d_model: int, decoder: torch.Tensor, allow_noop: bool, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.d_sae = decoder.shape[0]
+        self.allow_noop = allow_noop
+        self.n_actions = self.d_sae + int(allow_noop)
+        self.critic = _mlp(d_model, cfg.hidden, 1, 1.0)
+        if cfg.head == "sae":
+            self.actor = _mlp(d_model, cfg.hidden, d_model, 0.01)
+            self.feature_bias = nn.Parameter(torch.zeros(self.d_sae))
+            self.log_scale = nn.Parameter(torch.tensor(float(cfg.init_scale)).log())
+            # Non-persistent: checkpoints stay small; the decoder comes back from the SAE on load.
+            self.register_buffer("decoder", decoder.detach(), persistent=False)
+            self.register_buffer("inv_norm", 1.0 / decoder.detach().norm(dim=-1).clamp_min(1e-8), persistent=False)
+        elif cfg.head == "dense":
+            self.actor = _mlp(d_model, cfg.hidden, self.d_sae, 0.01)
+        else:
+            raise ValueError(f"policy.head='{cfg.head}' is unknown; use sae or dense")
+        self.noop_head = _mlp(d_model, cfg.hidden, 1, 0.01) if allow_noop else None
+        if self.noop_head is not None:
+            nn.init.constant_(self.noop_head[-1].bias, cfg.noop_init_bias)
+
+    @staticmethod
+    def _norm(obs: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(obs, obs.shape[-1:])
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self._norm(obs)).squeeze(-1)
+
+    def logits(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self._norm(obs)
+        out = self.actor(h)
+        if self.cfg.head == "sae":
+            out = self.log_scale.exp() * (out @ self.decoder.T) * self.inv_norm + self.feature_bias
+        if self.noop_head is not None:
+            out = torch.cat([out, self.noop_head(h)], dim=-1)
+        if mask is not None:
+            out = out.masked_fill(~mask, MASK_FILL)
+        return out
+
+    def get_action_and_value(
+        self,
+        obs: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        action: torch.Tensor | None = None,
+        greedy: bool = False,
+    ):
+        """Serves rollouts (action=None: sample or argmax) and updates (action given: its log-prob)."""
+        logits = self.logits(obs, mask)
+        dist = Categorical(logits=logits)
+        if action is None:
+            action = logits.argmax(-1) if greedy else dist.sample()
+        return action, dist.log_prob(action), dist.entropy(), self.get_value(obs), logits
