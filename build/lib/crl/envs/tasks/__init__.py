@@ -1,1 +1,0 @@
-"""Verifiable-reward tasks: `registry.make_task(cfg)` builds one by name (see `registry.TASKS`)."""

@@ -1,1 +1,0 @@
-"""Run directories: the resolved config, checkpoints, append-only logs and the summary."""
