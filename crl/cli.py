@@ -13,15 +13,16 @@ from __future__ import annotations
 import importlib
 import sys
 
+from crl.config.compose import check_command
 from crl.errors import CRLError
 
 # "words" -> "module:function"; each function is decorated with @hydra.main.
 COMMANDS: dict[tuple[str, ...], str] = {
-    ("train",): "crl.train:main",
-    ("eval",): "crl.evaluate:main",
-    ("sae", "build"): "crl.sae_build.cli:build_main",
-    ("sae", "info"): "crl.sae_build.cli:info_main",
-    ("bench", "rollout"): "crl.bench:rollout_main",
+    ("train",): "crl.run.train:main",
+    ("eval",): "crl.run.evaluate:main",
+    ("sae", "build"): "crl.sae_training.cli:build_main",
+    ("sae", "info"): "crl.sae_training.cli:info_main",
+    ("bench", "rollout"): "crl.run.bench:rollout_main",
     ("analyze",): "crl.analysis.cli:analyze_main",
     ("compare",): "crl.analysis.cli:compare_main",
 }
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
             module, func = target.split(":")
             sys.argv = [f"crl {' '.join(words)}", *argv[len(words) :]]
             try:
+                # Bad config values fail here, in one line, before the command (so torch, the model) is imported.
+                # Each command composes conf/<its words joined by "_">.yaml (`crl sae build`: sae_build.yaml).
+                check_command("_".join(words), argv[len(words) :])
                 getattr(importlib.import_module(module), func)()
             except CRLError as e:
                 print(f"crl: error: {e}", file=sys.stderr)

@@ -87,13 +87,31 @@ def run_episodes(
     return out
 
 
-class NoSteer:
-    """Never steers (needs `steering.allow_noop`)."""
+def accuracy(episodes: list[Episode]) -> dict[str, float]:
+    """Accuracy, well-formed rate and mean reward of a list of episodes (0.0 each for none)."""
+    n = max(1, len(episodes))
+    return {
+        "accuracy": sum(e.correct for e in episodes) / n,
+        "well_formed": sum(e.well_formed for e in episodes) / n,
+        "mean_reward": sum(e.reward for e in episodes) / n,
+    }
 
-    def __init__(self, env: SteeringVecEnv):
-        if env.noop is None:
-            raise ValueError("NoSteer needs steering.allow_noop=true")
-        self.noop = env.noop
+
+class NoSteer:
+    """Never steers: the reference "no steering" policy (needs `steering.allow_noop`).
+
+    `NoSteer(env)` takes the no-op action from the env; `NoSteer(noop=d_sae)` needs no env (the no-op action
+    is always index d_sae), for scripts that build their envs later.
+    """
+
+    def __init__(self, env: SteeringVecEnv | None = None, *, noop: int | None = None):
+        if env is not None:
+            noop = env.noop
+            if noop is None:
+                raise ValueError("NoSteer needs steering.allow_noop=true")
+        if noop is None:
+            raise ValueError("NoSteer needs an env or the no-op action index (noop=d_sae)")
+        self.noop = noop
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         return np.full(len(obs), self.noop), {}

@@ -1,7 +1,7 @@
 """`SteeringEnv`: one episode at a time, as a plain `gymnasium.Env` over `SteeringVecEnv(num_envs=1)`.
 
 For tools that expect a single-agent env (env checkers, SB3-style loops). Semantics are the vector env's
-(see `envs.steering_env`): the observation is the residual (d_model,) at the SAE's hook at the current
+(see `crl.envs.steering_env`): the observation is the residual (d_model,) at the SAE's hook at the current
 position before steering; the action is a feature index in [0, d_sae), or d_sae = no steering when
 `allow_noop`; the reward is terminal; the episode is never truncated.
 

@@ -1,9 +1,9 @@
-"""Analyses over CRL run directories (format: `crl.logs.schema`).
+"""Analyses over CRL run directories (read with `crl.logs.reader`; format in `crl.logs.schema`).
 
-Part A, no model needed: `rundir` (load/validate), `stats` (CIs, paired tests), `features` (usage, token
-types, task specificity), `critic` (value trajectories, calibration), `layers` (layer sweeps), `plots`,
-`report` (self-contained HTML, wandb), `pipeline` (`analyze_run`, `compare_runs`), `cli` (`crl analyze`,
-`crl compare`), `synthetic` (run directories with known answers).
-Part B, through the environment: `envrun` (shared plumbing), `baselines`, `branch_points`, `effects`,
-`env_pipeline` (`run_env_analyses`: everything, written where `crl analyze` picks it up).
+- `offline/`: reads run directories only (statistics, feature usage, critic, layers); no model, no torch.
+- `replay/`: re-runs the model through the environment (baselines, branch points, forced-feature
+  effects, side effects, coefficient sweep); `replay.precompute` writes their tables into the run dir.
+- `report/`: PNG plots and the self-contained HTML report: `report.analyze.analyze_run` (one run) and
+  `report.compare.compare_runs` (several), built from one module per section family.
+- `cli`: `crl analyze` and `crl compare`.
 """

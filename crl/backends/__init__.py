@@ -1,4 +1,4 @@
-"""Backends: the frozen language model, the hook point on its residual stream, and the SAE."""
+"""Backends: the frozen language model, the hook point on its residual stream, the SAE, and where built SAEs live."""
 
 from crl.backends.hooks import HookPoint, residual_hook, resolve_hook
 from crl.backends.model import FrozenLM, ModelConfig, load_model

@@ -1,7 +1,8 @@
 """The SAE backend: load through sae-lens, check it fits the model, expose steering directions.
 
 Sources: ``pretrained`` (`SAE.from_pretrained(release, sae_id)`, needs a network), ``disk``
-(`SAE.load_from_disk(path)`), and ``default`` (the SAE that `crl sae build` trains on the offline model).
+(`SAE.load_from_disk(path)`), and ``default`` (the SAE that `crl sae build` trains on the offline model;
+where it lives is `crl.backends.sae_store`, so loading never imports the training code).
 Registry ids are checked against sae-lens's own directory before anything is downloaded.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from crl.backends.hooks import HookPoint, parse_hook_name
+from crl.backends.sae_store import DEFAULT_LAYER, default_sae_dir, is_built
 from crl.errors import CRLError
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{np_id}/{feature}"
@@ -25,7 +27,7 @@ class SAEConfig:
     release: str | None = None  # pretrained: e.g. gemma-scope-2b-pt-res-canonical
     sae_id: str | None = None  # pretrained: e.g. layer_12/width_16k/canonical
     path: str | None = None  # disk: a directory written by `SAE.save_model`
-    layer: int = 6  # default: which layer's SAE to build or load
+    layer: int = DEFAULT_LAYER  # default: which layer's SAE to build or load
     device: str = "cpu"
     d_sae: int | None = None  # planted: dictionary size of the constructed SAE
 
@@ -139,10 +141,8 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
         meta = getattr(sae.cfg, "metadata", None)
         return LoadedSAE(sae.eval(), _hook_of(sae), getattr(meta, "neuronpedia_id", None), f"disk:{path.resolve()}")
     if cfg.source == "default":
-        from crl.sae_build.build import default_sae_dir
-
         path = default_sae_dir(cfg.layer)
-        if not (path / "cfg.json").exists():
+        if not is_built(path):
             raise CRLError(
                 f"the default SAE for layer {cfg.layer} is not built yet; run `crl sae build sae.layer={cfg.layer}`"
             )

@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from crl.errors import CRLError
 
 FORMAT_VERSION = 1
 RUN_JSON = "run.json"
@@ -24,6 +28,119 @@ EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 NO_STEER = -1  # the feature id logged for the "no steering" action
+PHASE_KINDS = ("train", "eval", "baseline")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Which policy produced a row, on which split. Logs store `str(phase)`:
+    "train" | "eval:<split>" | "baseline:<method>:<split>"."""
+
+    kind: str  # "train" | "eval" | "baseline"
+    split: str = "train"
+    method: str = "crl"  # for kind == "baseline": the baseline's name ("none", "random", "static", "corr", ...)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PHASE_KINDS:
+            raise CRLError(f"phase kind '{self.kind}' is unknown; use one of {PHASE_KINDS}")
+        if ":" in self.split or ":" in self.method:  # the string form would not parse back
+            raise CRLError(f"phase split '{self.split}' and method '{self.method}' must not contain ':'")
+
+    @classmethod
+    def train(cls) -> Phase:
+        return cls("train")
+
+    @classmethod
+    def eval(cls, split: str) -> Phase:
+        return cls("eval", split)
+
+    @classmethod
+    def baseline(cls, method: str, split: str) -> Phase:
+        return cls("baseline", split, method)
+
+    def __str__(self) -> str:
+        if self.kind == "train":
+            return "train"
+        if self.kind == "eval":
+            return f"eval:{self.split}"
+        return f"baseline:{self.method}:{self.split}"
+
+    @classmethod
+    def parse(cls, name: str) -> Phase:
+        parts = str(name).split(":")
+        if parts == ["train"]:
+            return cls.train()
+        if len(parts) == 2 and parts[0] == "eval" and parts[1]:
+            return cls.eval(parts[1])
+        if len(parts) == 3 and parts[0] == "baseline" and parts[1] and parts[2]:
+            return cls.baseline(parts[1], parts[2])
+        raise CRLError(
+            f"phase '{name}' is not 'train', 'eval:<split>' or 'baseline:<name>:<split>'; fix the log writer"
+        )
+
+
+@dataclass(kw_only=True)
+class RunInfo:
+    """run.json: what a run is (model, SAE, task, seed, steering). Field order is the file's key order.
+    Keys with a None default may be absent in older or hand-written run dirs."""
+
+    format_version: int = FORMAT_VERSION
+    run: str
+    model: str
+    sae_identity: str
+    task: str
+    task_seed: int | None = None
+    layer: int
+    hook_name: str
+    d_sae: int
+    neuronpedia_id: str | None = None
+    seed: int
+    coef: float
+    coef_mode: str | None = None
+    planted: list[int] | None = None
+    allow_noop: bool | None = None
+
+    # What must match for a run's feature ids and prompts to mean the same thing (resume, eval, replay).
+    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("model", "sae_identity", "task", "task_seed", "layer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, run_dir: Path) -> None:
+        from crl.logs.writer import atomic_write_json  # late: the writer imports torch
+
+        atomic_write_json(Path(run_dir) / RUN_JSON, self.to_dict())
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunInfo:
+        """Load and validate run.json; every problem is one line naming what is wrong and the fix."""
+        path = Path(run_dir) / RUN_JSON
+        if not path.exists():
+            raise CRLError(
+                f"'{run_dir}' is not a CRL run directory (no {RUN_JSON}); pass a directory written by `crl train`"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise CRLError(f"{path} is not valid JSON; the run is corrupt, re-run it") from None
+        if not isinstance(data, dict):
+            raise CRLError(f"{path} is not a JSON object; the run is corrupt, re-run it")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            shown = "none (written before versioning)" if version is None else version
+            raise CRLError(
+                f"run '{run_dir}' has format_version={shown} but this CRL reads version {FORMAT_VERSION}; "
+                "re-run it with this version or convert its logs"
+            )
+        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise CRLError(f"{RUN_JSON} of run '{run_dir}' lacks keys {missing}; re-run it with this CRL version")
+        return cls(**{k: data[k] for k in names if k in data})  # unknown keys: written by a newer CRL, ignored
+
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.IDENTITY_KEYS}
 
 
 @dataclass

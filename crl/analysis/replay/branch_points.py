@@ -1,0 +1,173 @@
+"""Branch points: decisions where another action would have flipped the episode's final correctness.
+
+For each eval prompt the trained policy's greedy episode is replayed: at step t the policy's own actions are
+kept for steps < t (greedy decoding makes that the same state), one alternative is taken at t, and the
+policy decides again from t+1 on. Alternatives at t: no steering, the policy's next-best features at t
+(`top_alternatives`, as logged), and optionally the best static feature. A *branch point* is a (prompt, t)
+where some alternative flips final correctness: "to_incorrect" when the policy was right and the
+alternative wrong (the policy's choice mattered), "to_correct" when the policy was wrong and the alternative
+right (a missed fix). `prefix_match` checks that the replay reproduced the original tokens before t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from crl.analysis.offline.features import SYNTACTIC_TYPES, token_type
+from crl.analysis.replay.runner import base_id, rollout, tagged
+from crl.errors import CRLError
+from crl.logs.schema import NO_STEER
+
+if TYPE_CHECKING:
+    from crl.envs.rollout import Episode
+    from crl.envs.tasks.base import Example
+    from crl.run.components import Components
+
+
+# Columns of the trial table (`find_branch_points`) and of the branch-point table (`branch_points`).
+_STEP_COLUMNS = ["prompt_id", "step", "position", "token", "token_type", "feature"]
+TRIAL_COLUMNS = [
+    *_STEP_COLUMNS,
+    "alternative",
+    "alt_kind",
+    "policy_correct",
+    "alt_correct",
+    "flipped",
+    "flip",
+    "prefix_match",
+]
+BRANCH_COLUMNS = [*_STEP_COLUMNS, "flip", "alternatives"]
+
+
+@dataclass
+class BranchConfig:
+    split: str = "test"
+    n_alternatives: int = 2  # policy's next-best features tried per step
+    include_noop: bool = True
+    static_feature: int | None = None
+    max_steps: int = 16  # steps per episode that are branched
+    max_prompts: int = 64
+    num_envs: int | None = None
+
+
+def _action(comps: Components, feature: int) -> int:
+    # Logged features use NO_STEER (-1); the environment's no-op action is d_sae.
+    return comps.sae.d_sae if feature == NO_STEER else int(feature)
+
+
+def _feature(comps: Components, action: int) -> int:
+    return NO_STEER if action == comps.sae.d_sae else int(action)
+
+
+def _alternatives(comps: Components, rec: dict[str, Any], cfg: BranchConfig) -> list[tuple[int, str]]:
+    own = _action(comps, rec["feature"])
+    alts: list[tuple[int, str]] = []
+    if cfg.include_noop and comps.steering.allow_noop:
+        alts.append((comps.sae.d_sae, "no_steer"))
+    alts += [(int(a), "next_best") for a in list(rec.get("top_alternatives") or [])[: cfg.n_alternatives]]
+    if cfg.static_feature is not None:
+        alts.append((int(cfg.static_feature), "static"))
+    seen, out = {own}, []
+    for a, kind in alts:
+        if a not in seen:
+            seen.add(a)
+            out.append((a, kind))
+    return out
+
+
+def find_branch_points(
+    comps: Components, policy: Any, cfg: BranchConfig | None = None, examples: list[Example] | None = None
+) -> pd.DataFrame:
+    """Every (prompt, step, alternative) trial; see the module docstring. Filter `flipped` for branch points.
+
+    Columns: prompt_id, step, position, token, token_type, feature, alternative, alt_kind, policy_correct,
+    alt_correct, flipped, flip, prefix_match.
+    """
+    cfg = cfg or BranchConfig()
+    if not comps.steering.greedy:
+        raise CRLError(
+            "branch points need greedy decoding (steering.greedy=true) so a replayed prefix reaches the same state"
+        )
+    examples = (examples if examples is not None else comps.splits[cfg.split])[: cfg.max_prompts]
+    originals = rollout(comps, examples, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs)
+    variants: list[Example] = []
+    scripts: dict[str, list[int]] = {}
+    trials: dict[str, dict[str, Any]] = {}
+    for ex, ep in zip(examples, originals, strict=True):
+        prefix = [_action(comps, s["feature"]) for s in ep.steps]
+        for t, rec in enumerate(ep.steps[: cfg.max_steps]):
+            for alt, kind in _alternatives(comps, rec, cfg):
+                (v,) = tagged([ex], f"t{t}a{alt}")
+                variants.append(v)
+                scripts[v.id] = [*prefix[:t], alt]
+                trials[v.id] = {
+                    "prompt_id": ex.id,
+                    "step": t,
+                    "position": rec["position"],
+                    "token": rec["token"],
+                    "feature": rec["feature"],
+                    "alternative": _feature(comps, alt),
+                    "alt_kind": kind,
+                    "policy_correct": bool(ep.correct),
+                    "_orig": ep,
+                }
+    if not variants:
+        return pd.DataFrame(columns=TRIAL_COLUMNS)
+    replays = rollout(
+        comps, variants, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs, scripts=scripts
+    )
+    rows = []
+    for v, rep in zip(variants, replays, strict=True):
+        tr = trials[v.id]
+        orig: Episode = tr.pop("_orig")
+        t = tr["step"]
+        match = [s["token_id"] for s in rep.steps[:t]] == [s["token_id"] for s in orig.steps[:t]]
+        flipped = bool(rep.correct) != tr["policy_correct"]
+        flip = ("to_incorrect" if tr["policy_correct"] else "to_correct") if flipped else ""
+        rows.append(
+            {
+                **tr,
+                "prompt_id": base_id(tr["prompt_id"]),
+                "token_type": token_type(str(tr["token"])),
+                "alt_correct": bool(rep.correct),
+                "flipped": flipped,
+                "flip": flip,
+                "prefix_match": match,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def branch_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (prompt, step) with at least one flipping alternative; which alternatives flipped."""
+    flips = trials[trials["flipped"]]
+    if flips.empty:
+        return pd.DataFrame(columns=BRANCH_COLUMNS)
+    g = flips.groupby(["prompt_id", "step"], sort=True)
+    out = g.agg(
+        position=("position", "first"),
+        token=("token", "first"),
+        token_type=("token_type", "first"),
+        feature=("feature", "first"),
+        flip=("flip", "first"),
+        alternatives=("alternative", lambda s: ", ".join(str(a) for a in s)),
+    )
+    return out.reset_index()
+
+
+def aggregate(trials: pd.DataFrame, task: str = "") -> pd.DataFrame:
+    """Per task and step: trials, prompts with a branch point, and the flip rate; plus the syntactic share of
+    the tokens at branch points."""
+    if trials.empty:
+        return pd.DataFrame(columns=["task", "step", "n_trials", "n_branch_points", "flip_rate", "syntactic_share"])
+    bp = branch_points(trials)
+    per = trials.groupby("step").agg(n_trials=("flipped", "size"), flip_rate=("flipped", "mean"))
+    per["n_branch_points"] = bp.groupby("step").size().reindex(per.index, fill_value=0)
+    syn = bp.assign(s=bp["token_type"].isin(SYNTACTIC_TYPES)).groupby("step")["s"].mean()
+    per["syntactic_share"] = syn.reindex(per.index)
+    return per.reset_index().assign(task=task)[
+        ["task", "step", "n_trials", "n_branch_points", "flip_rate", "syntactic_share"]
+    ]

@@ -1,0 +1,87 @@
+"""Every replay analysis of one finished run (they re-run the model), written where `crl analyze` reads it:
+
+- baseline phases appended to the run's logs (`baselines.write_baselines`) + analysis/baseline_selection.csv;
+- analysis/branch_points.csv (branch points) and analysis/branch_trials.csv (every replayed alternative);
+- analysis/effects.csv (forced-feature effect vs no steering, joined into the feature table);
+- analysis/side_effects.csv (KL on neutral prompts for the most used features);
+- summary.json "coef_sweep" (coefficient tolerance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.replay.baselines import BaselineConfig, run_baselines, usage_from_run, write_baselines
+from crl.analysis.replay.branch_points import BranchConfig, branch_points, find_branch_points
+from crl.analysis.replay.effects import (
+    EffectConfig,
+    coef_sweep,
+    forced_feature_effects,
+    side_effects,
+    write_coef_sweep,
+    write_tables,
+)
+from crl.analysis.replay.runner import load_components
+from crl.logs.reader import load_run
+from crl.logs.schema import NO_STEER, Phase
+
+
+@dataclass
+class ReplayConfig:
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
+    effects: EffectConfig = field(default_factory=EffectConfig)
+    sweep_multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # x the run's coef
+    sweep_split: str = "val"
+    run_baselines: bool = True
+    run_branch_points: bool = True
+    run_effects: bool = True
+    run_sweep: bool = True
+    n_boot: int = 2000
+    seed: int = 0
+
+
+def run_replay_analyses(
+    run_dir: str | Path, cfg: ReplayConfig | None = None, comps: Any = None, policy: Any = None
+) -> dict[str, Any]:
+    """Run the enabled replay analyses; `comps`/`policy` default to the run's own (config.yaml, policy.pt)."""
+    cfg = cfg or ReplayConfig()
+    run = load_run(run_dir)
+    comps = comps if comps is not None else load_components(run_dir)
+    policy = policy if policy is not None else comps.load_policy(run_dir)
+    phase = run.eval_phase(cfg.baselines.split)
+    steps = run.steps_of(phase)
+    stats_cfg = StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed)
+    out: dict[str, Any] = {}
+    static = None
+    if cfg.run_baselines:
+        # Phases the run already has (training logs baseline:none) are not re-run.
+        split = cfg.baselines.split
+        methods = [m for m in cfg.baselines.methods if str(Phase.baseline(m, split)) not in run.phases]
+        bcfg = dataclasses.replace(cfg.baselines, methods=methods)
+        res = run_baselines(comps, bcfg, usage_from_run(run_dir, cfg.baselines.n_usage), policy)
+        out["baseline_phases"] = write_baselines(run_dir, res)
+        out["baseline_notes"] = res.notes
+        out["baseline_chosen"] = res.chosen
+        static = res.chosen.get("static_feature")
+    if cfg.run_branch_points:
+        branch = cfg.branch
+        if branch.static_feature is None and static is not None:  # also try the selected static feature
+            branch = dataclasses.replace(branch, static_feature=int(static))
+        trials = find_branch_points(comps, policy, branch)
+        out["tables"] = write_tables(run_dir, branch_points=branch_points(trials), branch_trials=trials)
+    if cfg.run_effects and len(steps):
+        eff = forced_feature_effects(comps, steps, cfg.effects, stats_cfg)
+        top = [int(f) for f in steps[steps["feature"] != NO_STEER]["feature"].value_counts().index[: cfg.effects.top_k]]
+        side = side_effects(comps, top, positions=cfg.effects.positions) if top else None
+        tables = {"effects": eff, **({"side_effects": side} if side is not None else {})}
+        out["tables"] = [*out.get("tables", []), *write_tables(run_dir, **tables)]
+    if cfg.run_sweep:
+        sweep = coef_sweep(comps, policy, [m * comps.steering.coef for m in cfg.sweep_multipliers], cfg.sweep_split)
+        write_coef_sweep(run_dir, sweep)
+        out["coef_sweep"] = sweep
+    return out

@@ -1,0 +1,113 @@
+"""Shared plumbing of the replay analyses (they re-run the model): rebuild a run's components and policy,
+run episodes, and turn them into the tables and run-directory rows the offline analyses read.
+
+Env construction, policy loading and the identity check belong to `crl.run.components.Components`; log
+rows come from `crl.logs.rows.episode_rows`. Nothing here is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from crl.errors import CRLError
+from crl.logs import schema
+from crl.logs.rows import episode_rows
+
+if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
+    from crl.envs.rollout import ActionPolicy, Episode
+    from crl.envs.steering_env import SteeringVecEnv
+    from crl.envs.tasks.base import Example
+    from crl.run.components import Components
+
+
+def load_components(run_dir: str | Path) -> Components:
+    """Rebuild model, SAE, task and splits from a run's resolved config.yaml, checked against its run.json."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from crl.run.components import build
+
+    path = Path(run_dir) / schema.CONFIG_YAML
+    if not path.exists():
+        raise CRLError(f"'{run_dir}' has no {schema.CONFIG_YAML}; pass a run directory written by `crl train`")
+    saved = schema.RunInfo.read(run_dir)  # before the model loads: a bad run.json fails fast
+    try:
+        comps = build(OmegaConf.load(path))
+    except OmegaConfBaseException as e:
+        raise CRLError(
+            f"{path} cannot be rebuilt ({str(e).splitlines()[0]}); it is not a full `crl train` config"
+        ) from None
+    comps.check_identity(saved, run_dir)
+    return comps
+
+
+def batch_env(
+    comps: Components, examples: list[Example], seed: int = 0, num_envs: int | None = None, **kw: Any
+) -> SteeringVecEnv:
+    """`Components.env` over `examples`, at most `num_envs` (default ppo.num_envs) rows, never more than
+    there are examples. `kw`: masker and steering overrides."""
+    n = max(1, min(num_envs or comps.ppo.num_envs, len(examples)))
+    return comps.env(examples, seed=seed, num_envs=n, **kw)
+
+
+def rollout(
+    comps: Components,
+    examples: list[Example],
+    policy: ActionPolicy | None,
+    seed: int = 0,
+    masker: Any = None,
+    num_envs: int | None = None,
+    scripts: dict[str, list[int]] | None = None,
+    **steering: Any,
+) -> list[Episode]:
+    """Run every example once; `policy=None` means no steering (`NoSteer`). `scripts` (prompt id -> actions
+    by step) override the policy at those steps (`Scripted`). Steering overrides (e.g. coef) apply."""
+    from crl.envs.rollout import NoSteer, Scripted, run_episodes
+
+    env = batch_env(comps, examples, seed, num_envs, masker=masker, **steering)
+    try:
+        act = policy if policy is not None else NoSteer(env)
+        return run_episodes(env, examples, Scripted(scripts, act) if scripts is not None else act)
+    finally:
+        env.close()
+
+
+def tagged(examples: list[Example], tag: str) -> list[Example]:
+    """Copies with ids `<id>#<tag>`, so several variants of one prompt can share a batch (`Scripted` is
+    keyed by prompt id). `base_id` recovers the original."""
+    return [dataclasses.replace(e, id=f"{e.id}#{tag}") for e in examples]
+
+
+def base_id(prompt_id: str) -> str:
+    return prompt_id.split("#", 1)[0]
+
+
+def episode_frames(
+    episodes: list[Episode], phase: str, seed: int = 0, run: str = "analysis"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(episodes, steps) DataFrames with the columns `crl.logs.reader.load_run` gives (for `stats`)."""
+    inter, eps = episode_rows(episodes, run, phase, prompt_id=base_id)
+    return pd.DataFrame(eps).assign(seed=seed), pd.DataFrame(inter).assign(seed=seed)
+
+
+def scores(episodes: list[Episode]) -> tuple[float, float]:
+    """(accuracy, well-formed rate) of some episodes."""
+    return float(np.mean([e.correct for e in episodes])), float(np.mean([e.well_formed for e in episodes]))
+
+
+def append_rows(run_dir: str | Path, inter: list[dict], eps: list[dict]) -> None:
+    """Append rows to a run's interventions.jsonl / episodes.jsonl (the logs are append-only)."""
+    from crl.logs.writer import RunWriter
+
+    writer = RunWriter(Path(run_dir))
+    try:
+        writer.append(schema.INTERVENTIONS, inter)
+        writer.append(schema.EPISODES, eps)
+        writer.flush()
+    finally:
+        writer.close()

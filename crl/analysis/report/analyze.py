@@ -1,0 +1,58 @@
+"""`analyze_run`: every offline analysis of one run directory, drawn into PNGs and one report.html.
+
+Tables that need the model (forced-feature effects, branch points, side effects) are read from CSVs when
+present, by default `<run_dir>/analysis/{effects,branch_points,side_effects}.csv`; `env=true` first
+computes them (crl.analysis.replay.precompute). Settings: `crl.config.AnalyzeConfig` (conf/analyze.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crl.analysis.offline.stats import StatsConfig, method_table
+from crl.analysis.report.accuracy import baselines_section, summary_section
+from crl.analysis.report.common import Result, ordered, publish
+from crl.analysis.report.document import Report
+from crl.analysis.report.replayed import branch_section, side_effects_section
+from crl.analysis.report.sweeps import coef_section
+from crl.analysis.report.usage import usage_section
+from crl.analysis.report.value import critic_section
+from crl.config import AnalyzeConfig
+from crl.errors import CRLError
+from crl.logs.reader import load_run
+from crl.logs.schema import Phase
+
+
+def _precompute(cfg: AnalyzeConfig) -> None:
+    from crl.analysis.replay.baselines import BaselineConfig
+    from crl.analysis.replay.precompute import ReplayConfig, run_replay_analyses
+
+    load_run(cfg.run_dir)  # validate before loading the model
+    baselines = BaselineConfig(split=cfg.split or "test", seeds=list(cfg.env_seeds))
+    run_replay_analyses(cfg.run_dir, ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed))
+
+
+def analyze_run(cfg: AnalyzeConfig) -> Result:
+    """Every offline analysis of one run directory; writes PNGs and report.html into the out dir."""
+    if not cfg.run_dir:
+        raise CRLError("no run directory given; pass run_dir=runs/<name>")
+    if cfg.env:
+        _precompute(cfg)
+    run = load_run(cfg.run_dir, include_train=cfg.usage_phase == "train")
+    out = Path(cfg.out_dir) if cfg.out_dir else run.path / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+    phase = run.eval_phase(cfg.split)
+    baselines = run.baseline_phases(Phase.parse(phase).split)
+    methods = ordered({"crl": run.episodes_of(phase), **{n: run.episodes_of(p) for n, p in baselines.items()}})
+    mt = method_table(methods, "crl", StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed))
+
+    rep = Report(f"CRL analysis: {run.name}")
+    summary_section(rep, run, phase, mt, warnings)
+    baselines_section(rep, run, phase, mt, out)
+    usage_section(rep, run, cfg.usage_phase or phase, out, cfg.top_k, cfg.effects_table)
+    branch_section(rep, run, out, cfg.branch_table)
+    critic_section(rep, run, phase, baselines, out, cfg.n_bins)
+    coef_section(rep, run, baselines, out)
+    side_effects_section(rep, run, cfg.top_k, cfg.side_effects_table)
+    return publish(rep, out, cfg.wandb, f"analyze-{run.name}", warnings)

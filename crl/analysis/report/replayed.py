@@ -1,0 +1,34 @@
+"""Report sections on what the replay analyses measured (crl.analysis.replay): branch points and side
+effects, read from their precomputed tables; a note says how to compute them when they are absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crl.analysis.replay.branch_points import aggregate as branch_aggregate
+from crl.analysis.report import plots
+from crl.analysis.report.common import REPLAY_HINT, read_precomputed
+from crl.analysis.report.document import Report, para
+from crl.logs.reader import RunDir
+
+
+def branch_section(rep: Report, run: RunDir, out: Path, branch_table: str | None) -> None:
+    s = rep.section("Branch points")
+    branches = read_precomputed(run.path, "branch_points", branch_table)
+    if branches is None:
+        s.append(para(f"Not computed: branch points re-run the environment (run {REPLAY_HINT} on this run).", "note"))
+        return
+    trials = read_precomputed(run.path, "branch_trials")
+    if trials is not None and len(trials):
+        rep.add_table(s, "branch_by_step", branch_aggregate(trials, run.task))
+    rep.add_table(s, "branch_points", branches, max_rows=50)
+    rep.add_image(s, "branch_positions", plots.branch_positions(branches, out / "branch_positions.png"))
+
+
+def side_effects_section(rep: Report, run: RunDir, top_k: int, side_effects_table: str | None) -> None:
+    s = rep.section("Side effects")
+    side = read_precomputed(run.path, "side_effects", side_effects_table)
+    if side is None:
+        s.append(para(f"Not computed: KL on neutral prompts needs the model (run {REPLAY_HINT} on this run).", "note"))
+    else:
+        rep.add_table(s, "side_effects", side, max_rows=top_k)

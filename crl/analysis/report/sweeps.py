@@ -1,0 +1,58 @@
+"""Report sections on where to steer: the coefficient tolerance of one run, and accuracy, feature diversity
+and token types per layer across the runs of a layer sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from crl.analysis.offline.layers import LayerConfig, coef_tolerance, layer_table
+from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.report import plots
+from crl.analysis.report.document import Report, para
+from crl.logs.reader import RunDir
+
+
+def coef_section(rep: Report, run: RunDir, baselines: dict[str, str], out: Path) -> None:
+    """One run: the coefficient sweep (summary.json "coef_sweep") and its tolerance."""
+    s = rep.section("Layer comparison and coefficient tolerance")
+    s.append(
+        para(
+            f"Single run at layer {run.layer}; compare layers with `crl compare 'dirs=[...]'` over a layer sweep.",
+            "note",
+        )
+    )
+    sweep = run.summary.get("coef_sweep")
+    if not sweep:
+        return
+    r0 = float(run.episodes_of(baselines["none"])["well_formed"].mean()) if "none" in baselines else None
+    tol = coef_tolerance(sweep, r0, LayerConfig().tolerance_frac)
+    sw = pd.DataFrame(sweep)
+    rep.add_table(s, "coef_sweep", sw)
+    s.append(
+        para(
+            f"coefficient tolerance = {tol:g} (largest |coef| with it and every smaller one keeping the "
+            "well-formed rate >= 0.9 x unsteered)"
+        )
+    )
+    rep.add_image(s, "coef_sweep", plots.coef_sweep_plot(sw, out / "coef_sweep.png", tol))
+
+
+def layers_section(rep: Report, runs: list[RunDir], split: str | None, stats_cfg: StatsConfig, out: Path) -> None:
+    """Several runs: one layer table per (task, model) that has runs at two or more layers."""
+    s = rep.section("Layer comparison")
+    by_task: dict[tuple[str, str], list[RunDir]] = {}
+    for r in runs:
+        by_task.setdefault((r.task, str(r.info.model)), []).append(r)
+    shown = False
+    for ti, ((task, model), group) in enumerate(by_task.items()):
+        if len({r.layer for r in group}) < 2:
+            continue
+        lt = layer_table(group, LayerConfig(split=split), stats_cfg)
+        s.append(para(f"{task} on {model}"))
+        rep.add_table(s, f"layers_{ti}", lt)
+        rep.add_image(s, f"layers_{ti}", plots.layer_comparison(lt, out / f"layers_{ti}.png"))
+        shown = True
+    if not shown:
+        s.append(para("No task has runs at two or more layers.", "note"))

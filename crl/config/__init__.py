@@ -1,0 +1,79 @@
+"""Typed configs: one schema (a dataclass) per config group and one nested root config per `crl` command.
+
+    from crl.config import PPOConfig, load
+    ppo = load(PPOConfig, cfg.ppo, "ppo.")   # a validated PPOConfig; a bad value is one ConfigError
+
+crl/config/core.py     field ranges (`param`), `validate`, `load`, the OmegaConf view Hydra types with
+crl/config/groups.py   the group schemas: model, sae, task, steering, policy, ppo, masking, logger, ...
+crl/config/apps.py     the root config of each command, and their registration with Hydra's ConfigStore
+crl/config/compose.py  `check_command`: compose + validate before any model loads (called by crl.cli)
+"""
+
+from crl.config.apps import (
+    APPS,
+    GROUPS,
+    AnalyzeConfig,
+    BenchRolloutConfig,
+    CompareConfig,
+    EvalConfig,
+    SAEBuildConfig,
+    SAEInfoConfig,
+    TrainConfig,
+    register,
+)
+from crl.config.core import ConfigError, load, param, validate
+from crl.config.groups import (
+    DEFAULT_LAYER,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_PROSE_PACKAGES,
+    BenchConfig,
+    BuildConfig,
+    CoefMode,
+    MaskingConfig,
+    ModelConfig,
+    PolicyConfig,
+    PPOConfig,
+    ReportWandbConfig,
+    RunConfig,
+    SAEConfig,
+    Split,
+    SteeringConfig,
+    TaskConfig,
+    WandbConfig,
+    WandbMode,
+)
+
+__all__ = [
+    "APPS",
+    "DEFAULT_LAYER",
+    "DEFAULT_MODEL_NAME",
+    "DEFAULT_PROSE_PACKAGES",
+    "GROUPS",
+    "AnalyzeConfig",
+    "BenchConfig",
+    "BenchRolloutConfig",
+    "BuildConfig",
+    "CoefMode",
+    "CompareConfig",
+    "ConfigError",
+    "EvalConfig",
+    "MaskingConfig",
+    "ModelConfig",
+    "PPOConfig",
+    "PolicyConfig",
+    "ReportWandbConfig",
+    "RunConfig",
+    "SAEBuildConfig",
+    "SAEConfig",
+    "SAEInfoConfig",
+    "Split",
+    "SteeringConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "WandbConfig",
+    "WandbMode",
+    "load",
+    "param",
+    "register",
+    "validate",
+]

@@ -1,0 +1,172 @@
+"""One nested root config per `crl` command (conf/<name>.yaml), and their registration with Hydra.
+
+`register()` stores each group schema as `<group>/base_<group>` and each root as `base_<app>` in Hydra's
+ConfigStore; a group file pulls its schema in with `defaults: [base_<group>, _self_]` and an app file with
+`defaults: [base_<app>, ...]`, so Hydra types every key at compose time and the YAML holds only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from crl.config.core import ConfigError, group, omegaconf_schema, param
+from crl.config.groups import (
+    BenchConfig,
+    BuildConfig,
+    MaskingConfig,
+    ModelConfig,
+    PolicyConfig,
+    PPOConfig,
+    ReportWandbConfig,
+    RunConfig,
+    SAEConfig,
+    Split,
+    SteeringConfig,
+    TaskConfig,
+    WandbConfig,
+)
+
+
+@dataclass
+class TrainConfig:
+    """`crl train`."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+    task: TaskConfig = group(TaskConfig)
+    steering: SteeringConfig = group(SteeringConfig)
+    policy: PolicyConfig = group(PolicyConfig)
+    ppo: PPOConfig = group(PPOConfig)
+    masking: MaskingConfig = group(MaskingConfig)
+    logger: WandbConfig = group(WandbConfig)
+    run: RunConfig = group(RunConfig)
+    seed: int = 0
+    resume: str | None = None  # a run directory to continue from its last checkpoint
+
+    def check(self) -> None:
+        m = self.masking
+        if m.mode != "none" and m.top_k == 0 and m.threshold >= 1e6 and not self.steering.allow_noop:
+            why = f"with masking.threshold={m.threshold} and no no-op this masking makes every action invalid"
+            raise ConfigError("masking.top_k", 0, why, ">= 1, or a lower threshold, or steering.allow_noop=true")
+        if self.sae.source == "planted" and self.task.name != "planted":
+            raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
+
+
+@dataclass
+class EvalConfig:
+    """`crl eval`: greedy re-evaluation of a trained run."""
+
+    run_dir: str | None = None  # a run directory (required)
+    split: Split = "test"
+    seed: int | None = None  # null: the run's own seed
+
+
+@dataclass
+class SAEBuildConfig:
+    """`crl sae build`: the SAE for `sae.layer` of `model` (conf/sae_build.yaml ties build.layer to sae.layer)."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+    force: bool = False  # rebuild even when a finished SAE is cached
+    build: BuildConfig = group(BuildConfig)
+
+    def check(self) -> None:
+        _built_sae_only(self.sae, "build")
+
+
+@dataclass
+class SAEInfoConfig:
+    """`crl sae info`: the cached SAE's quality metrics."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+
+    def check(self) -> None:
+        _built_sae_only(self.sae, "info")
+
+
+def _built_sae_only(sae: SAEConfig, command: str) -> None:
+    if sae.source != "default":
+        why = f"`crl sae {command}` works on the SAE that CRL builds"
+        raise ConfigError("sae.source", sae.source, why, "default (sae=default)")
+
+
+@dataclass
+class BenchRolloutConfig:
+    """`crl bench rollout`: steered-env decoding speed against plain batched generation."""
+
+    model: ModelConfig = group(ModelConfig)
+    task: TaskConfig = group(TaskConfig)
+    bench: BenchConfig = group(BenchConfig)
+
+
+@dataclass
+class AnalyzeConfig:
+    """`crl analyze`: plots and an HTML report for one run directory."""
+
+    run_dir: str = ""  # a finished run directory (required)
+    out_dir: str | None = None  # default <run_dir>/analysis
+    split: Split | None = None  # eval split; default test, then val
+    usage_phase: str | None = None  # phase for feature usage; default the eval phase (train also works)
+    top_k: int = param(20, ge=0)  # rows in the feature table
+    n_boot: int = param(2000, ge=1)  # bootstrap resamples for every CI and p-value
+    seed: int = 0  # bootstrap seed (reports are reproducible)
+    n_bins: int = param(10, ge=1)  # calibration bins
+    env: bool = False  # first run the model-dependent analyses (baselines, branch points, effects, coef sweep)
+    env_seeds: list[int] = param(factory=lambda: [0, 1, 2], min_len=1)  # baseline seeds when env=true
+    effects_table: str | None = None  # precomputed CSVs; default <run_dir>/analysis/{effects,branch_points,...}.csv
+    branch_table: str | None = None
+    side_effects_table: str | None = None
+    wandb: ReportWandbConfig = group(ReportWandbConfig)
+
+
+@dataclass
+class CompareConfig:
+    """`crl compare`: one report over several run directories."""
+
+    dirs: list[str] = param(factory=list)  # two or more run directories (required)
+    out_dir: str | None = None  # default runs/compare-<timestamp>
+    # Feature ids are only comparable within one SAE. auto: feature sections only when every run has the same
+    # sae_identity (else a warning, accuracy still compared); require: refuse mixed SAEs; skip: never.
+    features: Literal["auto", "require", "skip"] = "auto"
+    split: Split | None = None
+    top_k: int = param(10, ge=0)
+    n_boot: int = param(2000, ge=1)
+    seed: int = 0
+    min_share: float = param(0.02, ge=0, le=1)
+    wandb: ReportWandbConfig = group(ReportWandbConfig)
+
+
+# Hydra config name (conf/<name>.yaml) -> its root schema.
+APPS: dict[str, type] = {
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "sae_build": SAEBuildConfig,
+    "sae_info": SAEInfoConfig,
+    "bench_rollout": BenchRolloutConfig,
+    "analyze": AnalyzeConfig,
+    "compare": CompareConfig,
+}
+# Config group (conf/<group>/) -> its schema.
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "sae": SAEConfig,
+    "task": TaskConfig,
+    "steering": SteeringConfig,
+    "policy": PolicyConfig,
+    "ppo": PPOConfig,
+    "masking": MaskingConfig,
+    "logger": WandbConfig,
+}
+
+
+def register() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent: a second store replaces the first)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, cls in GROUPS.items():
+        cs.store(group=name, name=f"base_{name}", node=omegaconf_schema(cls))
+    for name, cls in APPS.items():
+        cs.store(name=f"base_{name}", node=omegaconf_schema(cls))

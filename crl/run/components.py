@@ -1,0 +1,204 @@
+"""Build everything a run needs from its config: frozen model, SAE, task, splits, masker, env, policy.
+
+`Components` is the one place that constructs a `SteeringVecEnv`, a policy network (fresh or a run's trained
+one) and checks that a run directory's model/SAE/task are the ones loaded now.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from crl.agent.masking import FeatureMasker, MaskingConfig
+from crl.agent.policy import ActorCritic, PolicyConfig
+from crl.agent.ppo import PolicyAgent, PPOConfig
+from crl.backends.model import FrozenLM, ModelConfig, load_model
+from crl.backends.sae import LoadedSAE, SAEConfig, check_compatible, load_sae
+from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
+from crl.envs.tasks.base import Example, Task, TaskConfig
+from crl.errors import CRLError
+from crl.logs import schema
+from crl.logs.schema import RunInfo
+
+POLICY_FILE = "policy.pt"  # the final policy's state dict, written at the end of `crl train`
+
+
+def to_dataclass(cls: type, node: Any, group: str):
+    """A config group as its dataclass; unknown keys are a one-line error naming the group."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CRLError(f"unknown key(s) {unknown} in config group '{group}'; valid keys: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class Components:
+    lm: FrozenLM
+    sae: LoadedSAE
+    task: Task
+    splits: dict[str, list[Example]]
+    steering: SteeringConfig
+    masking: MaskingConfig
+    policy: PolicyConfig
+    ppo: PPOConfig
+    planted: list[int] | None = None  # ground-truth features of the planted task
+
+    def env(
+        self,
+        examples: str | list[Example],
+        masker: FeatureMasker | None = None,
+        seed: int = 0,
+        num_envs: int | None = None,
+        **steering_overrides: Any,
+    ) -> SteeringVecEnv:
+        """An env over a split (by name) or a list of examples; steering fields (e.g. coef) may be overridden."""
+        steering = dataclasses.replace(self.steering, **steering_overrides)
+        return SteeringVecEnv(
+            self.lm,
+            self.sae,
+            self.task,
+            self.splits[examples] if isinstance(examples, str) else examples,
+            steering,
+            num_envs or self.ppo.num_envs,
+            seed=seed,
+            masker=masker,
+        )
+
+    def masker(self, for_eval: bool = False) -> FeatureMasker:
+        cfg = self.masking
+        if for_eval and cfg.mode == "adaptive":  # the diversity cap is a training device only
+            cfg = dataclasses.replace(cfg, mode="active")
+        return FeatureMasker(cfg, self.sae.d_sae, self.steering.allow_noop)
+
+    def new_policy(self) -> ActorCritic:
+        """A freshly initialised actor-critic over this SAE's features."""
+        return ActorCritic(self.lm.d_model, self.sae.directions(), self.steering.allow_noop, self.policy)
+
+    def load_policy(self, run_dir: str | Path, greedy: bool = True, n_alternatives: int = 3) -> PolicyAgent:
+        """A run's trained policy (policy.pt, else the last checkpoint's) as a `PolicyAgent`, loaded on CPU."""
+        import torch
+
+        from crl.logs.writer import load_checkpoint
+
+        p = Path(run_dir)
+        if (p / POLICY_FILE).exists():
+            state = torch.load(p / POLICY_FILE, map_location="cpu", weights_only=True)
+        elif (p / schema.CHECKPOINT).exists():
+            state = load_checkpoint(p)["policy"]
+        else:
+            raise CRLError(f"run '{run_dir}' has neither {POLICY_FILE} nor {schema.CHECKPOINT}; train it first")
+        net = self.new_policy()
+        net.load_state_dict(state, strict=False)  # the decoder buffer is not saved; it comes from the SAE
+        net.eval()
+        return PolicyAgent(net, greedy=greedy, n_alternatives=n_alternatives)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for feature ids and prompts to mean the same thing (`RunInfo.IDENTITY_KEYS`)."""
+        return {
+            "model": self.lm.name,
+            "sae_identity": self.sae.identity,
+            "task": self.task.name,
+            "task_seed": int(self.task.cfg.seed),
+            "layer": self.sae.hook.layer,
+        }
+
+    def run_info(self, run: str, seed: int) -> RunInfo:
+        """run.json of a run trained on these components."""
+        return RunInfo(
+            run=run,
+            **self.identity(),
+            hook_name=self.sae.hook_name,
+            d_sae=self.sae.d_sae,
+            neuronpedia_id=self.sae.neuronpedia_id,
+            seed=seed,
+            coef=self.steering.coef,
+            coef_mode=self.steering.coef_mode,
+            planted=self.planted,
+            allow_noop=self.steering.allow_noop,
+        )
+
+    def check_identity(
+        self, saved: RunInfo, run_dir: str | Path, keys: tuple[str, ...] = RunInfo.IDENTITY_KEYS
+    ) -> None:
+        """One-line error if the run in `run_dir` was made with another model/SAE/task/layer than loaded now.
+        Keys the run did not record (None in an older or hand-written run.json) are not compared."""
+        now = self.identity()
+        diff = [k for k in keys if getattr(saved, k) is not None and getattr(saved, k) != now[k]]
+        if diff:
+            raise CRLError(
+                f"run dir {run_dir} is incompatible with what is loaded now: "
+                + "; ".join(f"{k}: run has {getattr(saved, k)!r}, now {now[k]!r}" for k in diff)
+                + "; feature ids would not match: load the run's own model, SAE and task, or start a new run"
+            )
+
+
+def build_task(cfg: DictConfig) -> Task:
+    from crl.envs.tasks.registry import make_task
+
+    return make_task(to_dataclass(TaskConfig, cfg.task, "task"))
+
+
+def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> Components:
+    """Validate cheap things first (configs, task data), then load the model and the SAE."""
+    steering = to_dataclass(SteeringConfig, {k: v for k, v in cfg.steering.items() if k != "layer"}, "steering")
+    masking = to_dataclass(MaskingConfig, cfg.masking, "masking")
+    policy = to_dataclass(PolicyConfig, cfg.policy, "policy")
+    ppo = to_dataclass(PPOConfig, cfg.ppo, "ppo")
+    if masking.mode not in ("none", "active", "adaptive"):
+        raise CRLError(f"masking.mode='{masking.mode}' is unknown; use none, active or adaptive")
+    if masking.mode != "none" and masking.top_k <= 0 and masking.threshold > 1e6 and not steering.allow_noop:
+        raise CRLError("this masking makes every action invalid: raise masking.top_k or set steering.allow_noop=true")
+    task = build_task(cfg)
+    data = {s: task.load(s) for s in splits}
+    model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
+    sae_cfg = to_dataclass(SAEConfig, cfg.sae, "sae")
+    layer = int(cfg.steering.layer)
+    planted = None
+    lm = load_model(model_cfg)
+    if not 0 <= layer < lm.n_layers:
+        raise CRLError(
+            f"steering.layer={layer} is out of range: {lm.name} has {lm.n_layers} layers (0..{lm.n_layers - 1})"
+        )
+    if sae_cfg.source == "planted":
+        from crl.envs.tasks.planted import PlantedTask, build_planted_sae
+
+        if not isinstance(task, PlantedTask):
+            raise CRLError("sae=planted only works with task=planted")
+        sae, info = build_planted_sae(
+            lm, task, layer, d_sae=sae_cfg.d_sae or 64, coef=steering.coef, seed=model_cfg.seed
+        )
+        planted = info.planted
+    else:
+        if sae_cfg.source == "default":
+            sae_cfg.layer = layer
+            _ensure_default_sae(model_cfg, layer)
+        sae = load_sae(sae_cfg)
+        if sae.hook.layer != layer:
+            raise CRLError(
+                f"steering.layer={layer} but the SAE reads '{sae.hook_name}'; set steering.layer={sae.hook.layer}"
+            )
+    check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
+    return Components(lm, sae, task, data, steering, masking, policy, ppo, planted)
+
+
+def _ensure_default_sae(model_cfg: ModelConfig, layer: int) -> None:
+    """The default SAE is built on first use (minutes on 2 cores, then cached)."""
+    from crl.backends.sae_store import default_sae_dir
+
+    if (default_sae_dir(layer) / "cfg.json").exists():
+        return
+    if model_cfg.source != "default":
+        raise CRLError(
+            "sae=default is the SAE for the offline default model; with another model use sae=pretrained or sae=disk"
+        )
+    from crl.sae_training.config import BuildConfig
+    from crl.sae_training.train import build_sae
+
+    print(f"[crl] the default SAE for layer {layer} is not built yet; building it now (cached afterwards)")
+    build_sae(load_model(model_cfg), BuildConfig(layer=layer))

@@ -1,0 +1,49 @@
+"""Adaptive Feature Masking as `crl.agent.masking` defines it: none, active (running mean > tau or top-K), adaptive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crl.agent.masking import FeatureMasker, MaskingConfig
+from crl.errors import CRLError
+
+ROWS, STEPS = torch.tensor([0, 1]), torch.tensor([0, 0])
+
+
+def test_none_allows_everything_plus_noop():
+    m = FeatureMasker(MaskingConfig(mode="none"), d_sae=4, allow_noop=True)
+    assert m(torch.zeros(2, 4), ROWS, STEPS).tolist() == [[True] * 5] * 2
+
+
+def test_active_is_running_mean_above_tau_or_current_top_k():
+    m = FeatureMasker(MaskingConfig(mode="active", threshold=0.5, top_k=1), d_sae=4, allow_noop=False)
+    m.begin(2)
+    first = m(torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, 0.0, 0.0, 0.3]]), ROWS, STEPS)
+    assert first.tolist() == [[True, False, False, False], [False, False, False, True]]
+    # Row 0's running mean of feature 0 is now (1 + 0) / 2 = 0.5, not above tau; feature 2 is the top-1.
+    second = m(torch.tensor([[0.0, 0.0, 0.4, 0.0], [0.0, 2.0, 0.0, 0.0]]), ROWS, STEPS + 1)
+    assert second.tolist() == [[False, False, True, False], [False, True, False, False]]
+
+
+def test_adaptive_masks_over_used_features_until_the_cap_relaxes():
+    cfg = MaskingConfig(mode="adaptive", threshold=-1.0, top_k=1, max_share=0.25, share_decay=0.0, relax_updates=2)
+    m = FeatureMasker(cfg, d_sae=4, allow_noop=True)
+    assert m.cap() == 0.25
+    m.observe_update(torch.tensor([1, 1, 1, -1]))  # feature 1 took 3/4 of the decisions (the no-op is not counted)
+    assert m.share.tolist() == [0.0, 0.75, 0.0, 0.0] and m.cap() == pytest.approx(0.625)
+    mask = m(torch.zeros(1, 4), ROWS[:1], STEPS[:1])
+    assert mask.tolist() == [[True, False, True, True, True]]
+    state = m.state_dict()
+    m.observe_update(torch.tensor([1]))
+    assert m.cap() == 1.0  # relaxed: no pressure left
+    assert m(torch.zeros(1, 4), ROWS[:1], STEPS[:1]).all()
+    m.load_state_dict(state)
+    assert m.update == 1 and m.share[1] == 0.75
+
+
+def test_bad_modes_are_errors():
+    with pytest.raises(CRLError, match="unknown"):
+        FeatureMasker(MaskingConfig(mode="sometimes"), d_sae=4, allow_noop=True)
+    with pytest.raises(CRLError, match="no valid action"):
+        FeatureMasker(MaskingConfig(mode="active", top_k=0, threshold=1e9), d_sae=4, allow_noop=False)

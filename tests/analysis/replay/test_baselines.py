@@ -1,0 +1,57 @@
+"""Baselines on the held-out split: none, random, static (selected), corr (skipped without variance)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crl.analysis.offline.stats import StatsConfig, method_table
+from crl.analysis.replay.baselines import BaselineConfig, correlation_ranking, run_baselines, write_baselines
+from crl.analysis.replay.runner import episode_frames, rollout
+from crl.errors import CRLError
+from crl.logs.reader import load_run
+from tests.analysis.replay.planted import CuePolicy
+from tests.analysis.synthetic import SyntheticSpec, write_run_dir
+
+
+def test_baselines_select_a_planted_static_feature_and_skip_corr_without_reward_variance(comps):
+    cfg = BaselineConfig(seeds=[0, 1, 2], n_act=2, coef_grid=[2.0, 4.0])
+    res = run_baselines(comps, cfg, usage_features=[9, 5])
+    assert res.chosen["static_feature"] == 5  # 5 and 9 tie at 50% on train; the lower id wins
+    coef_rows = res.selection[res.selection["stage"] == "coef@val"]
+    assert coef_rows["accuracy"].tolist() == [0.5, 0.5] and res.chosen["static_coef"] == 2.0  # tie: smaller
+    assert res.chosen["static_candidates"][:2] == [9, 5]
+    assert any("corr skipped" in n for n in res.notes) and "corr_feature" not in res.chosen
+    assert set(res.episodes) == {"baseline:none:test", "baseline:random:test", "baseline:static:test"}
+    assert sorted(set(res.seeds["baseline:random:test"])) == [0, 1, 2]
+    assert set(res.seeds["baseline:none:test"]) == {0}  # greedy decoding: deterministic methods run once
+    eps, _ = res.frames()
+    static = eps[eps["phase"] == "baseline:static:test"]
+    assert static["correct"].mean() == 0.5  # one fixed feature answers exactly one of the two classes
+    crl, _ = episode_frames(rollout(comps, comps.splits["test"], CuePolicy(comps)), "eval:test")
+    methods = {"crl": crl, **{p.split(":")[1]: g for p, g in eps.groupby("phase")}}
+    mt = method_table(methods, "crl", StatsConfig(n_boot=200)).set_index("method")
+    assert mt.loc["none", "diff_vs_ref"] == 1.0 and mt.loc["static", "diff_vs_ref"] == 0.5
+    assert mt.loc["random", "n_seeds"] == 3
+    with pytest.raises(CRLError, match="unknown baseline"):
+        run_baselines(comps, BaselineConfig(methods=["nope"]))
+
+
+def test_correlation_ranking_finds_the_rewarded_feature():
+    rng = np.random.default_rng(0)
+    acts = rng.random((40, 6))
+    rewards = (acts[:, 4] > 0.5).astype(float)
+    acts[:, 2] = 1.0  # constant: no correlation defined
+    r = correlation_ranking(acts, rewards)
+    assert int(np.nanargmax(r)) == 4 and np.isnan(r[2])
+
+
+def test_write_baselines_appends_new_phases_only(comps, tmp_path):
+    res = run_baselines(comps, BaselineConfig(methods=["none", "random"], seeds=[0, 1]))
+    d = write_run_dir(tmp_path / "r", SyntheticSpec(n_prompts=4, random_seeds=()))
+    written = write_baselines(d, res)
+    assert written == ["baseline:random:test"]  # the run already has baseline:none:test
+    run = load_run(d)
+    rnd = run.episodes_of("baseline:random:test")
+    assert sorted(set(rnd["seed"])) == [0, 1] and len(rnd) == 16
+    assert len(run.steps_of("baseline:random:test")) == sum(len(e.steps) for e in res.episodes["baseline:random:test"])

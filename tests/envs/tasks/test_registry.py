@@ -1,0 +1,58 @@
+"""The task registry and the Hydra task configs: every task registered, unknown names and fields rejected."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from crl.envs.tasks import arith
+from crl.envs.tasks.base import TaskConfig
+from crl.envs.tasks.registry import TASKS, make_task, register_task
+from crl.errors import CRLError
+from tests.envs.tasks.helpers import CONF, HUB, OFFLINE
+
+
+# -- registry and configs ---------------------------------------------------------------------------------
+def test_registry_lists_every_task():
+    assert set(OFFLINE + HUB) <= set(TASKS)
+    for name in OFFLINE + HUB:
+        assert TASKS[name].name == name
+
+
+def test_unknown_task_name_lists_available():
+    with pytest.raises(CRLError, match="task 'nope' is unknown; available: .*arith.*gsm8k_offline"):
+        make_task(TaskConfig(name="nope"))
+
+
+def test_register_task_rejects_a_taken_name():
+    with pytest.raises(CRLError, match="taken"):
+        register_task("arith")(type("Other", (arith.ArithTask,), {}))
+    assert TASKS["arith"] is arith.ArithTask
+
+
+@pytest.mark.parametrize("name", OFFLINE + HUB)
+def test_yaml_config_builds_the_task(name):
+    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    task = make_task(cfg)  # a plain mapping, as Hydra gives after to_container
+    assert task.name == name
+    assert cfg["max_new_tokens"] == type(task).default_max_new_tokens
+
+
+def test_make_task_rejects_unknown_fields():
+    with pytest.raises(CRLError, match="unknown field.*colour"):
+        make_task({"name": "arith", "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"name": "arith", "mode": "constrained"}, "not multiple choice"),
+        ({"name": "bbq_offline", "mode": "beam"}, "task.mode='beam' is unknown"),
+        ({"name": "bbq_offline", "subset": "ambig"}, "allowed: ambiguous, disambiguated"),
+        ({"name": "gsm8k_offline", "subset": "hard"}, "allowed: none"),
+        ({"name": "arith", "max_new_tokens": 0}, "at least 1"),
+    ],
+)
+def test_bad_config_fails_before_loading(kw, match):
+    with pytest.raises(CRLError, match=match):
+        make_task(TaskConfig(**kw))

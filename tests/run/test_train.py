@@ -1,0 +1,146 @@
+"""Training acceptance: learning on the planted task, kill-and-resume, sweeps, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from crl.errors import CRLError
+from crl.logs import schema
+from crl.logs.reader import read_jsonl
+from crl.run.components import build
+from crl.run.train import train
+from tests.run.helpers import QUICK, compose_train
+
+CRL = [sys.executable, "-m", "crl.cli", "train"]
+
+
+def planted_choice_rate(run_dir: Path, phase: str) -> float:
+    """Share of decisive steps (step 0) where the greedy policy chose the prompt's planted feature."""
+    planted = json.loads((run_dir / schema.RUN_JSON).read_text())["planted"]
+    cls = {r["prompt_id"]: r["meta"]["cls"] for r in read_jsonl(run_dir / schema.EPISODES) if r["phase"] == phase}
+    rows = [r for r in read_jsonl(run_dir / schema.INTERVENTIONS) if r["phase"] == phase and r["step"] == 0]
+    return sum(r["feature"] == planted[cls[r["prompt_id"]]] for r in rows) / len(rows)
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("planted")
+    cfg = compose_train(["experiment=planted", "logger=disabled", "run.analyze=false"])
+    return run_dir, train(cfg, run_dir)
+
+
+def test_learning_finds_the_planted_features(planted_run):
+    run_dir, summary = planted_run
+    assert summary["before"]["accuracy"] <= 0.3  # unsteered, the tiny model does not know the answers
+    assert summary["after"]["accuracy"] >= 0.95
+    assert planted_choice_rate(run_dir, "eval:test") >= 0.90
+    top = {r["feature"] for r in summary["top_features"][:4]}
+    assert top == set(summary["planted"])
+
+
+def test_learning_criterion_fails_when_learning_is_broken(tmp_path):
+    # The same criterion with a zero learning rate must not pass: the test above can fail.
+    cfg = compose_train(
+        ["experiment=planted", "logger=disabled", "run.analyze=false", "ppo.learning_rate=0", "ppo.total_updates=3"]
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["after"]["accuracy"] < 0.95 or planted_choice_rate(tmp_path, "eval:test") < 0.90
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    rows = [r for r in read_jsonl(run_dir / schema.INTERVENTIONS) if r["phase"] == "train"]
+    return [{k: v for k, v in r.items() if k != "run"} for r in rows]
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    args = [*QUICK, "ppo.total_updates=6"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([*CRL, *args, f"hydra.run.dir={full}"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(
+        [*CRL, *args, f"hydra.run.dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(killed / schema.METRICS)) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed; the test proves nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / schema.SUMMARY).exists()
+    subprocess.run([*CRL, f"resume={killed}"], check=True, env=env, capture_output=True)
+    a, b = _train_rows(full), _train_rows(killed)
+    assert len(a) == len(b) > 0
+    assert a == b  # no duplicated and no missing rows, identical content
+    pa, pb = torch.load(full / "policy.pt"), torch.load(killed / "policy.pt")
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_sweep_writes_separate_complete_run_dirs(tmp_path):
+    sweep = tmp_path / "sweep"
+    subprocess.run(
+        [
+            *CRL,
+            "-m",
+            "seed=0,1",
+            "steering.layer=0,1",
+            *QUICK,
+            "ppo.total_updates=1",
+            "ppo.episodes_per_update=8",
+            "ppo.num_envs=8",
+            "sae.d_sae=16",
+            "task.n_test=8",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(runs) == 4
+    meta = [json.loads((r / schema.RUN_JSON).read_text()) for r in runs]
+    ids = {(m["seed"], m["layer"]) for m in meta}
+    assert ids == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for r in runs:
+        for name in (schema.CONFIG_YAML, schema.CHECKPOINT, schema.INTERVENTIONS, schema.METRICS):
+            assert (r / name).exists(), f"{r}/{name} missing"
+
+
+def test_unknown_config_group_option_is_a_clear_error():
+    out = subprocess.run([*CRL, "task=no_such_task"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "no_such_task" in out.stderr and "arith" in out.stderr  # names the option and the choices
+
+
+def test_masking_that_leaves_no_action_fails_before_training():
+    cfg = compose_train(
+        [*QUICK, "masking=active", "masking.top_k=0", "masking.threshold=1e9", "steering.allow_noop=false"]
+    )
+    with pytest.raises(CRLError, match="every action invalid"):
+        build(cfg)
+
+
+def test_incompatible_missing_and_corrupt_resume(planted_run, tmp_path):
+    run_dir, _ = planted_run
+    cfg = compose_train(["experiment=planted", "logger=disabled", f"resume={run_dir}", "model.seed=1"])
+    with pytest.raises(CRLError, match="incompatible.*model"):
+        train(cfg, run_dir, user_overrides=[f"resume={run_dir}", "model.seed=1"])
+    bare = tmp_path / "no_ckpt"
+    bare.mkdir()
+    for name in (schema.RUN_JSON, schema.CONFIG_YAML):
+        (bare / name).write_bytes((run_dir / name).read_bytes())
+    cfg = compose_train([f"resume={bare}"])
+    with pytest.raises(CRLError, match="no checkpoint"):
+        train(cfg, bare, user_overrides=[f"resume={bare}"])
+    (bare / "checkpoints").mkdir()
+    (bare / schema.CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(CRLError, match="corrupt"):
+        train(cfg, bare, user_overrides=[f"resume={bare}"])
