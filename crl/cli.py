@@ -16,15 +16,15 @@ import sys
 from crl.config.compose import check_command
 from crl.errors import CRLError
 
-# "words" -> "module:function"; each function is decorated with @hydra.main.
+# "words" -> "module:function"; each function is a Hydra app (@hydra.main) in crl/commands/.
 COMMANDS: dict[tuple[str, ...], str] = {
-    ("train",): "crl.run.train:main",
-    ("eval",): "crl.run.evaluate:main",
-    ("sae", "build"): "crl.sae_training.cli:build_main",
-    ("sae", "info"): "crl.sae_training.cli:info_main",
-    ("bench", "rollout"): "crl.run.bench:rollout_main",
-    ("analyze",): "crl.analysis.cli:analyze_main",
-    ("compare",): "crl.analysis.cli:compare_main",
+    ("train",): "crl.commands.train:main",
+    ("eval",): "crl.commands.evaluate:main",
+    ("sae", "build"): "crl.commands.sae:build",
+    ("sae", "info"): "crl.commands.sae:info",
+    ("bench", "rollout"): "crl.commands.bench:rollout",
+    ("analyze",): "crl.commands.report:analyze",
+    ("compare",): "crl.commands.report:compare",
 }
 
 

@@ -21,7 +21,8 @@ from gymnasium.utils import seeding
 
 from crl.backends.model import FrozenLM
 from crl.backends.sae import LoadedSAE
-from crl.envs.steering_env import ActionMasker, SteeringConfig, SteeringVecEnv
+from crl.config import SteeringConfig
+from crl.envs.steering_env import ActionMasker, SteeringVecEnv
 from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 

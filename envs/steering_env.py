@@ -23,7 +23,6 @@ well-formed, stop reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -34,25 +33,13 @@ from gymnasium.vector.utils import batch_space
 
 from crl.backends.model import FrozenLM
 from crl.backends.sae import LoadedSAE, check_compatible
+from crl.config import SteeringConfig, validate
 from crl.envs.lockstep import Decision, DecodeSpec, LockstepDecoder
 from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 
 # (acts (n, d_sae), rows (n,), steps (n,)) -> bool mask (n, n_actions)
 ActionMasker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class SteeringConfig:
-    coef: float = 0.5
-    coef_mode: str = "relative"  # raw | relative
-    allow_noop: bool = True
-    obs_topk: int = 0  # also report the top-k SAE activations in info["topk_features"/"topk_acts"]
-    greedy: bool = True
-    temperature: float = 1.0
-    max_new_tokens: int | None = None  # None: the task's own
-    use_cache: bool = True  # False only for the naive benchmark reference (re-runs the prefix)
-    fixed_length: bool = False  # ignore EOS and stop strings: every episode runs max_new_tokens (benchmarks)
 
 
 class SteeringVecEnv(VectorEnv):
@@ -72,8 +59,7 @@ class SteeringVecEnv(VectorEnv):
         check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
         if not examples:
             raise CRLError(f"task '{task.name}' gave no examples; check the split and task.n_* sizes")
-        if cfg.coef_mode not in ("raw", "relative"):
-            raise CRLError(f"steering.coef_mode='{cfg.coef_mode}' is unknown; use raw or relative")
+        validate(cfg, "steering.")
         self.lm, self.sae, self.task, self.examples, self.cfg = lm, sae, task, examples, cfg
         self.num_envs = num_envs
         self.masker = masker

@@ -114,6 +114,7 @@ def test_train_errors_name_key_value_and_valid_range(argv, message):
         ("bench_rollout", "bench.batch_sizes=[1,0]", "bench.batch_sizes=[1,0] is invalid: out of range"),
         ("eval", "split=dev", "split=dev is invalid: unknown choice; valid: train, val, test"),
         ("compare", "features=some", "features=some is invalid: unknown choice; valid: auto, require, skip"),
+        ("analyze", "wandb.enabled=true", "wandb.enabled=true is invalid: no such key; valid: mode, project, entity"),
         ("sae_build", "build.k=4000", "build.k=4000 is invalid: at least d_sae=3072; valid: 1..3071"),
         ("sae_build", "sae=disk", "sae.source=disk is invalid: `crl sae build` works on the SAE that CRL builds"),
     ],
@@ -161,7 +162,6 @@ def _restated(data: dict, defaults: dict, skip: frozenset[str] | set[str] = froz
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 of issue #8 switches conf/ to the schemas (base_<group> defaults)")
 def test_no_yaml_restates_a_schema_default():
     restated = []
     for group, cls in GROUPS.items():

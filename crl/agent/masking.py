@@ -19,38 +19,17 @@ mean over the episode's decisions so far.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from crl.errors import CRLError
-
-MODES = ("none", "active", "adaptive")
-
-
-@dataclass
-class MaskingConfig:
-    mode: str = "adaptive"
-    threshold: float = 0.0  # tau: running-mean activation above which a feature counts as active
-    top_k: int = 64  # K: the current token's top-K features are always candidates (0: off)
-    max_share: float = 0.25  # rho_0: initial cap on a feature's recent share of selections
-    share_decay: float = 0.8  # EMA decay of selection shares, per update
-    relax_updates: int = 10  # U: updates over which the cap relaxes to 1
+from crl.config import MaskingConfig, check_some_action, validate
 
 
 class FeatureMasker:
     """Callable used by the environment: (acts, rows, steps) -> bool mask (n, n_actions)."""
 
     def __init__(self, cfg: MaskingConfig, d_sae: int, allow_noop: bool):
-        if cfg.mode not in MODES:
-            raise CRLError(f"masking.mode='{cfg.mode}' is unknown; use one of {MODES}")
-        if cfg.mode != "none" and cfg.top_k <= 0 and cfg.threshold < 0:
-            raise CRLError("masking.top_k <= 0 with a negative threshold is ambiguous; set top_k >= 1")
-        if cfg.mode != "none" and not allow_noop and cfg.top_k <= 0 and cfg.threshold >= 1e6:
-            raise CRLError(
-                f"masking.mode={cfg.mode} with top_k=0 and threshold={cfg.threshold} leaves no valid action; "
-                "raise masking.top_k, lower masking.threshold or set steering.allow_noop=true"
-            )
+        validate(cfg, "masking.")
+        check_some_action(cfg, allow_noop)
         self.cfg, self.d_sae, self.allow_noop = cfg, d_sae, allow_noop
         self.share = torch.zeros(d_sae)
         self.update = 0

@@ -9,25 +9,14 @@ Invalid actions get a large negative logit (not -inf, which makes NaNs in the en
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical
 
+from crl.config import PolicyConfig, validate
+
 MASK_FILL = -1e9
-
-
-@dataclass
-class PolicyConfig:
-    hidden: int = 256
-    head: str = "sae"  # sae: score features through the decoder geometry | dense: Linear(hidden, n_actions)
-    init_scale: float = 1.0  # initial logit scale s of the sae head
-    # Initial "no steering" logit. The other logits start near 0, so with K valid features the no-op starts with
-    # probability e^b / (e^b + K): b = ln(64) ~ 4.2 gives one half with masking.top_k=64. Training then starts
-    # from the unsteered model and moves away only where steering pays; 0 means a uniform start.
-    noop_init_bias: float = 4.2
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, out_std: float) -> nn.Sequential:
@@ -40,6 +29,7 @@ def _mlp(d_in: int, hidden: int, d_out: int, out_std: float) -> nn.Sequential:
 class ActorCritic(nn.Module):
     def __init__(self, d_model: int, decoder: torch.Tensor, allow_noop: bool, cfg: PolicyConfig):
         super().__init__()
+        validate(cfg, "policy.")
         self.cfg = cfg
         self.d_sae = decoder.shape[0]
         self.allow_noop = allow_noop
@@ -52,10 +42,8 @@ class ActorCritic(nn.Module):
             # Non-persistent: checkpoints stay small; the decoder comes back from the SAE on load.
             self.register_buffer("decoder", decoder.detach(), persistent=False)
             self.register_buffer("inv_norm", 1.0 / decoder.detach().norm(dim=-1).clamp_min(1e-8), persistent=False)
-        elif cfg.head == "dense":
+        else:  # dense: a Linear head over all features
             self.actor = _mlp(d_model, cfg.hidden, self.d_sae, 0.01)
-        else:
-            raise ValueError(f"policy.head='{cfg.head}' is unknown; use sae or dense")
         self.noop_head = _mlp(d_model, cfg.hidden, 1, 0.01) if allow_noop else None
         if self.noop_head is not None:
             nn.init.constant_(self.noop_head[-1].bias, cfg.noop_init_bias)

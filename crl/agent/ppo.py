@@ -9,7 +9,6 @@ modes, since critic-trajectory analysis reads its values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,29 +16,9 @@ import torch
 from torch import nn
 
 from crl.agent.policy import ActorCritic
+from crl.agent.value_metrics import explained_variance
+from crl.config import PPOConfig
 from crl.envs.rollout import Episode
-
-
-@dataclass
-class PPOConfig:
-    total_updates: int = 20
-    episodes_per_update: int = 32
-    num_envs: int = 16  # lockstep batch size
-    learning_rate: float = 1e-3
-    anneal_lr: bool = False
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    advantage: str = "gae"  # gae | group
-    group_size: int = 4  # samples per prompt with advantage=group
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    norm_adv: bool = True
-    clip_coef: float = 0.2
-    clip_vloss: bool = False
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
 
 
 class PolicyAgent:
@@ -135,9 +114,6 @@ def ppo_update(
             optimizer.step()
         if cfg.target_kl is not None and approx_kl > cfg.target_kl:
             break
-    y_pred, y_true = b_values.numpy(), b_ret.numpy()
-    var_y = np.var(y_true)
-    explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
     return {
         "losses/policy_loss": pg_loss.item(),
         "losses/value_loss": v_loss.item(),
@@ -145,6 +121,6 @@ def ppo_update(
         "losses/old_approx_kl": old_approx_kl.item(),
         "losses/approx_kl": approx_kl.item(),
         "losses/clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0,
-        "losses/explained_variance": explained_var,
+        "losses/explained_variance": explained_variance(b_values.numpy(), b_ret.numpy()),
         "charts/decisions": float(n),
     }

@@ -5,5 +5,6 @@
   effects, side effects, coefficient sweep); `replay.precompute` writes their tables into the run dir.
 - `report/`: PNG plots and the self-contained HTML report: `report.analyze.analyze_run` (one run) and
   `report.compare.compare_runs` (several), built from one module per section family.
-- `cli`: `crl analyze` and `crl compare`.
+- `api`: `analyze_run(path)` and `compare_runs(paths)`, the analyses in one call (the `crl analyze` and
+  `crl compare` commands are in crl/commands/report.py).
 """

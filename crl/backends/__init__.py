@@ -1,15 +1,13 @@
 """Backends: the frozen language model, the hook point on its residual stream, the SAE, and where built SAEs live."""
 
 from crl.backends.hooks import HookPoint, residual_hook, resolve_hook
-from crl.backends.model import FrozenLM, ModelConfig, load_model
-from crl.backends.sae import LoadedSAE, SAEConfig, load_sae
+from crl.backends.model import FrozenLM, load_model
+from crl.backends.sae import LoadedSAE, load_sae
 
 __all__ = [
     "FrozenLM",
     "HookPoint",
     "LoadedSAE",
-    "ModelConfig",
-    "SAEConfig",
     "load_model",
     "load_sae",
     "resolve_hook",

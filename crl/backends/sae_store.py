@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crl.backends.model import ModelConfig
-from crl.backends.offline_default import DEFAULT_MODEL_NAME
+from crl.config import DEFAULT_LAYER, DEFAULT_MODEL_NAME, ModelConfig
 from crl.paths import cache_dir
 
-DEFAULT_LAYER = 6  # why layer 6: see crl/sae_training/config.py
 SAE_CONFIG_FILE = "cfg.json"  # written by sae-lens; its presence marks a finished SAE
 BUILD_FILE = "crl_build.json"  # build config, corpus composition, timings
 METRICS_FILE = "crl_metrics.json"  # quality metrics on held-out text (see crl/sae_training/quality.py)

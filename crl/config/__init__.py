@@ -33,7 +33,6 @@ from crl.config.groups import (
     ModelConfig,
     PolicyConfig,
     PPOConfig,
-    ReportWandbConfig,
     RunConfig,
     SAEConfig,
     Split,
@@ -41,6 +40,7 @@ from crl.config.groups import (
     TaskConfig,
     WandbConfig,
     WandbMode,
+    check_some_action,
 )
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "ModelConfig",
     "PPOConfig",
     "PolicyConfig",
-    "ReportWandbConfig",
     "RunConfig",
     "SAEBuildConfig",
     "SAEConfig",
@@ -72,6 +71,7 @@ __all__ = [
     "TrainConfig",
     "WandbConfig",
     "WandbMode",
+    "check_some_action",
     "load",
     "param",
     "register",

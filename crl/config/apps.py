@@ -18,13 +18,13 @@ from crl.config.groups import (
     ModelConfig,
     PolicyConfig,
     PPOConfig,
-    ReportWandbConfig,
     RunConfig,
     SAEConfig,
     Split,
     SteeringConfig,
     TaskConfig,
     WandbConfig,
+    check_some_action,
 )
 
 
@@ -45,10 +45,7 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue from its last checkpoint
 
     def check(self) -> None:
-        m = self.masking
-        if m.mode != "none" and m.top_k == 0 and m.threshold >= 1e6 and not self.steering.allow_noop:
-            why = f"with masking.threshold={m.threshold} and no no-op this masking makes every action invalid"
-            raise ConfigError("masking.top_k", 0, why, ">= 1, or a lower threshold, or steering.allow_noop=true")
+        check_some_action(self.masking, self.steering.allow_noop)
         if self.sae.source == "planted" and self.task.name != "planted":
             raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
 
@@ -118,7 +115,7 @@ class AnalyzeConfig:
     effects_table: str | None = None  # precomputed CSVs; default <run_dir>/analysis/{effects,branch_points,...}.csv
     branch_table: str | None = None
     side_effects_table: str | None = None
-    wandb: ReportWandbConfig = group(ReportWandbConfig)
+    wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
 
 
 @dataclass
@@ -135,7 +132,7 @@ class CompareConfig:
     n_boot: int = param(2000, ge=1)
     seed: int = 0
     min_share: float = param(0.02, ge=0, le=1)
-    wandb: ReportWandbConfig = group(ReportWandbConfig)
+    wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
 
 
 # Hydra config name (conf/<name>.yaml) -> its root schema.

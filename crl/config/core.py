@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import operator
 import types
 import typing
@@ -56,9 +57,9 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def group(cls: type) -> Any:
-    """A nested config group, defaulting to its schema's defaults."""
-    return dataclasses.field(default_factory=cls)
+def group(cls: type, **changes: Any) -> Any:
+    """A nested config group, defaulting to its schema's defaults (with `changes`, where a command differs)."""
+    return dataclasses.field(default_factory=functools.partial(cls, **changes) if changes else cls)
 
 
 def show(value: Any) -> str:
@@ -115,10 +116,10 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return value in get_args(tp)
     if get_origin(tp) is list:
         return isinstance(value, list) and all(_type_ok(v, get_args(tp)[0]) for v in value)
-    if tp is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is float:  # numbers.Real and Integral also take NumPy scalars, as library callers may pass
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     return tp is Any or isinstance(value, tp)
 
 

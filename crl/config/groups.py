@@ -23,7 +23,8 @@ WandbMode = Literal["offline", "online", "disabled"]
 DEFAULT_LAYER = 6
 # The embedded offline default model (crl/backends/offline_default.py).
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
-# Python packages whose docstrings give the default SAE's prose (crl/sae_training/corpus/).
+# Packages whose docstrings give the default SAE's prose (crl/sae_training/corpus/prose.py): all installed by the
+# declared dependencies (directly or through torch/datasets/transformers).
 DEFAULT_PROSE_PACKAGES: tuple[str, ...] = (
     "transformers",
     "torch",
@@ -165,25 +166,23 @@ class MaskingConfig:
             raise ConfigError("top_k", 0, "with a negative threshold every feature is active", "top_k >= 1")
 
 
+def check_some_action(masking: MaskingConfig, allow_noop: bool) -> None:
+    """A masking whose candidate set can be empty (no top-K, a threshold nothing reaches) needs the no-op."""
+    if masking.mode != "none" and masking.top_k == 0 and masking.threshold >= 1e6 and not allow_noop:
+        why = f"with masking.threshold={masking.threshold} and no no-op this masking leaves no valid action"
+        raise ConfigError("masking.top_k", 0, why, ">= 1, or a lower threshold, or steering.allow_noop=true")
+
+
 @dataclass
 class WandbConfig:
-    """Weights & Biases logging: the `logger` group of `crl train` and the `wandb` block of analyze/compare."""
+    """Weights & Biases: the `logger` group of `crl train` and the `wandb` block of `crl analyze`/`crl compare`
+    (there the default is mode=disabled). With mode=disabled wandb is never imported (crl/logs/wandb.py)."""
 
     mode: WandbMode = "offline"  # offline needs no account (`wandb sync` uploads later); online; disabled
     project: str = "crl"
     entity: str | None = None
     group: str | None = None
     tags: list[str] | None = None
-
-
-@dataclass
-class ReportWandbConfig:
-    """Publishing an analyze/compare report to W&B (the `wandb` block of conf/analyze.yaml and compare.yaml)."""
-
-    enabled: bool = False
-    project: str = WandbConfig.project
-    entity: str | None = None
-    mode: WandbMode = "online"
 
 
 @dataclass

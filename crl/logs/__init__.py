@@ -1,2 +1,2 @@
-"""Run directories: `schema` (file names, rows, `Phase`, `RunInfo`), `rows` (episodes -> rows), `writer`
-(atomic writes, append-only logs, checkpoints), `reader` (validated loading), `wandb` (the wandb logger)."""
+"""Run directories: `schema` (file names, rows, `Phase`, `RunInfo`), `rows` (episodes -> rows), `atomic`
+(atomic file writes), `writer` (append-only logs, checkpoints), `reader` (validated loading), `wandb`."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from crl.errors import CRLError
+from crl.logs.atomic import atomic_write_json
 
 FORMAT_VERSION = 1
 RUN_JSON = "run.json"
@@ -107,8 +108,6 @@ class RunInfo:
         return asdict(self)
 
     def write(self, run_dir: Path) -> None:
-        from crl.logs.writer import atomic_write_json  # late: the writer imports torch
-
         atomic_write_json(Path(run_dir) / RUN_JSON, self.to_dict())
 
     @classmethod

@@ -1,6 +1,7 @@
 """Writing a run directory so that a killed process loses nothing and never leaves a broken file.
 
-- JSON/YAML/checkpoints are written to a temp file, fsynced, then `os.replace`d (atomic on POSIX).
+- JSON/YAML/checkpoints are written to a temp file, fsynced, then `os.replace`d (atomic on POSIX;
+  `crl.logs.atomic`).
 - JSONL logs are append-only. Each checkpoint records their byte sizes; resuming truncates every log
   back to those sizes, so rows written after the last checkpoint are dropped and then re-generated
   identically (no duplicates, none missing). `crl.logs.reader` skips a torn final line.
@@ -19,22 +20,9 @@ import torch
 
 from crl.errors import CRLError
 from crl.logs import schema
+from crl.logs.atomic import atomic_write_bytes
 
 LOGS = (schema.INTERVENTIONS, schema.EPISODES, schema.METRICS)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 class RunWriter:

@@ -1,1 +1,2 @@
-"""Run orchestration: build a run's parts (`components`), `crl train`, `crl eval`, `crl bench rollout`."""
+"""Run orchestration as plain functions: a run's parts (`components`), `train`, `evaluate_run`, `bench` (the commands
+are in crl/commands/)."""

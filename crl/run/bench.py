@@ -1,4 +1,5 @@
-"""`crl bench rollout`: how much the steering environment costs over plain batched greedy generation.
+"""`crl bench rollout` (crl/commands/bench.py): what the steering environment costs over plain batched greedy
+generation.
 
     crl bench rollout                                   # offline default model, arith prompts
     crl bench rollout model=tiny 'bench.batch_sizes=[1,4]' bench.new_tokens=8
@@ -17,21 +18,14 @@ processes hits both alike); the median is reported. Prints ONE JSON line on stdo
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import hydra
-from omegaconf import DictConfig
-
-from crl.errors import CRLError, exit_on_error
-from crl.paths import CONF_DIR
+from crl.config import BenchConfig, BenchRolloutConfig, SAEConfig, validate
+from crl.errors import CRLError
 
 # OpenMP reads this once, when torch loads it, so it is set before anything here imports torch. With the
 # default active spin-wait, the main thread's 2-thread team slows down ~10x on a machine shared with other
@@ -39,26 +33,10 @@ from crl.paths import CONF_DIR
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
-    from crl.backends.model import FrozenLM, ModelConfig
+    from crl.backends.model import FrozenLM
     from crl.backends.sae import LoadedSAE
     from crl.envs.steering_env import SteeringVecEnv
     from crl.envs.tasks.base import Example, Task
-
-
-@dataclass
-class BenchConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
-    naive_batch_sizes: list[int] = field(default_factory=lambda: [1, 16])  # the naive env is slow: fewer
-    new_tokens: int = 32
-    repeats: int = 3
-    naive_repeats: int = 1  # the naive reference only needs its order of magnitude
-    layer: int = 6
-    sae: str = "auto"  # auto: the built default SAE if present, else random | random | default
-    d_sae: int = 4608  # random SAE width
-    coef: float = 0.5
-    coef_mode: str = "relative"
-    split: str = "test"  # task split the prompts come from
-    seed: int = 0
 
 
 def random_sae(d_model: int, d_sae: int, layer: int, seed: int = 0) -> LoadedSAE:
@@ -73,11 +51,7 @@ def random_sae(d_model: int, d_sae: int, layer: int, seed: int = 0) -> LoadedSAE
 
 
 def _check(cfg: BenchConfig, lm: FrozenLM, n_examples: int) -> None:
-    sizes = list(cfg.batch_sizes) + list(cfg.naive_batch_sizes)
-    if not cfg.batch_sizes or any(int(b) < 1 for b in sizes):
-        raise CRLError(f"bench.batch_sizes={list(cfg.batch_sizes)} must be a non-empty list of sizes >= 1")
-    if cfg.new_tokens < 1 or cfg.repeats < 1 or cfg.naive_repeats < 1:
-        raise CRLError("bench.new_tokens, bench.repeats and bench.naive_repeats must be >= 1")
+    validate(cfg, "bench.")
     if n_examples < 1:
         raise CRLError("the bench task gave no prompts; check task.n_* and bench.split")
     if not 0 <= cfg.layer < lm.n_layers:
@@ -101,10 +75,7 @@ def bench_rollout(
     import numpy as np
     import torch
 
-    from crl.agent.masking import MaskingConfig
-    from crl.agent.policy import PolicyConfig
-    from crl.agent.ppo import PPOConfig
-    from crl.envs.steering_env import SteeringConfig
+    from crl.config import MaskingConfig, PolicyConfig, PPOConfig, SteeringConfig
     from crl.run.components import Components
 
     _check(cfg, lm, len(examples))
@@ -193,16 +164,14 @@ def bench_rollout(
     }
 
 
-def _sae_for(cfg: BenchConfig, lm: FrozenLM, model_cfg: ModelConfig) -> LoadedSAE:
-    from crl.backends.sae import SAEConfig, load_sae
+def _sae_for(cfg: BenchConfig, lm: FrozenLM, device: str, default_model: bool) -> LoadedSAE:
+    from crl.backends.sae import load_sae
 
-    if cfg.sae not in ("auto", "random", "default"):
-        raise CRLError(f"bench.sae='{cfg.sae}' is unknown; use auto, random or default")
-    if cfg.sae in ("auto", "default") and model_cfg.source == "default":
+    if cfg.sae in ("auto", "default") and default_model:
         from crl.backends.sae_store import default_sae_dir
 
         if (default_sae_dir(cfg.layer) / "cfg.json").exists():
-            return load_sae(SAEConfig(source="default", layer=cfg.layer, device=model_cfg.device))
+            return load_sae(SAEConfig(source="default", layer=cfg.layer, device=device))
     if cfg.sae == "default":
         raise CRLError(
             f"bench.sae=default needs the built default SAE for layer {cfg.layer} on the default "
@@ -213,25 +182,17 @@ def _sae_for(cfg: BenchConfig, lm: FrozenLM, model_cfg: ModelConfig) -> LoadedSA
     return sae
 
 
-@hydra.main(config_path=CONF_DIR, config_name="bench_rollout", version_base=None)
-@exit_on_error
-def rollout_main(cfg: DictConfig) -> None:
+def run_bench(cfg: BenchRolloutConfig) -> dict[str, Any]:
+    """Load the model, the task's prompts and an SAE as `cfg` says, then `bench_rollout`."""
     import torch
 
-    from crl.backends.model import ModelConfig, load_model
-    from crl.envs.tasks.base import TaskConfig
+    from crl.backends.model import load_model
     from crl.envs.tasks.registry import make_task
-    from crl.run.components import to_dataclass
 
-    bench = to_dataclass(BenchConfig, cfg.bench, "bench")
-    task = make_task(to_dataclass(TaskConfig, cfg.task, "task"))
-    examples = task.load(bench.split)
-    model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
-    # Libraries print now and then; stdout carries only the JSON line.
-    with contextlib.redirect_stdout(sys.stderr):
-        lm = load_model(model_cfg)
-        _check(bench, lm, len(examples))
-        sae = _sae_for(bench, lm, model_cfg)
-        torch.manual_seed(bench.seed)
-        result = bench_rollout(lm, sae, task, examples, bench)
-    print(json.dumps(result))
+    task = make_task(cfg.task)
+    examples = task.load(cfg.bench.split)
+    lm = load_model(cfg.model)
+    _check(cfg.bench, lm, len(examples))
+    sae = _sae_for(cfg.bench, lm, cfg.model.device, cfg.model.source == "default")
+    torch.manual_seed(cfg.bench.seed)
+    return bench_rollout(lm, sae, task, examples, cfg.bench)

@@ -7,34 +7,34 @@ one) and checks that a run directory's model/SAE/task are the ones loaded now.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from crl.agent.masking import FeatureMasker, MaskingConfig
-from crl.agent.policy import ActorCritic, PolicyConfig
-from crl.agent.ppo import PolicyAgent, PPOConfig
-from crl.backends.model import FrozenLM, ModelConfig, load_model
-from crl.backends.sae import LoadedSAE, SAEConfig, check_compatible, load_sae
-from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
-from crl.envs.tasks.base import Example, Task, TaskConfig
+from crl.agent.masking import FeatureMasker
+from crl.agent.policy import ActorCritic
+from crl.agent.ppo import PolicyAgent
+from crl.backends.model import FrozenLM, load_model
+from crl.backends.sae import LoadedSAE, check_compatible, load_sae
+from crl.config import (
+    BuildConfig,
+    ConfigError,
+    MaskingConfig,
+    ModelConfig,
+    PolicyConfig,
+    PPOConfig,
+    SteeringConfig,
+    TrainConfig,
+    load,
+)
+from crl.envs.steering_env import SteeringVecEnv
+from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.schema import RunInfo
 
 POLICY_FILE = "policy.pt"  # the final policy's state dict, written at the end of `crl train`
-
-
-def to_dataclass(cls: type, node: Any, group: str):
-    """A config group as its dataclass; unknown keys are a one-line error naming the group."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CRLError(f"unknown key(s) {unknown} in config group '{group}'; valid keys: {sorted(names)}")
-    return cls(**data)
 
 
 @dataclass
@@ -138,53 +138,59 @@ class Components:
             )
 
 
-def build_task(cfg: DictConfig) -> Task:
+def saved_config(run_dir: str | Path) -> TrainConfig:
+    """A run's config.yaml as a validated `TrainConfig`. Settings added to CRL after the run was made take their
+    defaults; a file without every config group (not written by `crl train`) is refused."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / schema.CONFIG_YAML
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in raw and _is_group(f)]
+    if missing:
+        raise CRLError(f"{path} cannot be rebuilt (no {', '.join(missing)}); it is not a full `crl train` config")
+    try:
+        return load(TrainConfig, raw)
+    except ConfigError as e:
+        raise CRLError(f"{path}: {e}") from None
+
+
+def _is_group(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
+
+
+def build(cfg: TrainConfig | Mapping[str, Any], splits: tuple[str, ...] = ("train", "val", "test")) -> Components:
+    """Validate the config and read the task data (cheap, so first), then load the model and the SAE."""
     from crl.envs.tasks.registry import make_task
 
-    return make_task(to_dataclass(TaskConfig, cfg.task, "task"))
-
-
-def build(cfg: DictConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> Components:
-    """Validate cheap things first (configs, task data), then load the model and the SAE."""
-    steering = to_dataclass(SteeringConfig, {k: v for k, v in cfg.steering.items() if k != "layer"}, "steering")
-    masking = to_dataclass(MaskingConfig, cfg.masking, "masking")
-    policy = to_dataclass(PolicyConfig, cfg.policy, "policy")
-    ppo = to_dataclass(PPOConfig, cfg.ppo, "ppo")
-    if masking.mode not in ("none", "active", "adaptive"):
-        raise CRLError(f"masking.mode='{masking.mode}' is unknown; use none, active or adaptive")
-    if masking.mode != "none" and masking.top_k <= 0 and masking.threshold > 1e6 and not steering.allow_noop:
-        raise CRLError("this masking makes every action invalid: raise masking.top_k or set steering.allow_noop=true")
-    task = build_task(cfg)
+    cfg = load(TrainConfig, cfg)
+    task = make_task(cfg.task)
     data = {s: task.load(s) for s in splits}
-    model_cfg = to_dataclass(ModelConfig, cfg.model, "model")
-    sae_cfg = to_dataclass(SAEConfig, cfg.sae, "sae")
-    layer = int(cfg.steering.layer)
+    layer = cfg.steering.layer
     planted = None
-    lm = load_model(model_cfg)
+    lm = load_model(cfg.model)
     if not 0 <= layer < lm.n_layers:
         raise CRLError(
             f"steering.layer={layer} is out of range: {lm.name} has {lm.n_layers} layers (0..{lm.n_layers - 1})"
         )
-    if sae_cfg.source == "planted":
-        from crl.envs.tasks.planted import PlantedTask, build_planted_sae
+    if cfg.sae.source == "planted":  # TrainConfig.check: only with task=planted
+        from crl.envs.tasks.planted import build_planted_sae
 
-        if not isinstance(task, PlantedTask):
-            raise CRLError("sae=planted only works with task=planted")
         sae, info = build_planted_sae(
-            lm, task, layer, d_sae=sae_cfg.d_sae or 64, coef=steering.coef, seed=model_cfg.seed
+            lm, task, layer, d_sae=cfg.sae.d_sae or 64, coef=cfg.steering.coef, seed=cfg.model.seed
         )
         planted = info.planted
     else:
-        if sae_cfg.source == "default":
-            sae_cfg.layer = layer
-            _ensure_default_sae(model_cfg, layer)
+        sae_cfg = cfg.sae
+        if sae_cfg.source == "default":  # the default SAE is the one built for the steered layer
+            sae_cfg = dataclasses.replace(sae_cfg, layer=layer)
+            _ensure_default_sae(cfg.model, layer)
         sae = load_sae(sae_cfg)
         if sae.hook.layer != layer:
             raise CRLError(
                 f"steering.layer={layer} but the SAE reads '{sae.hook_name}'; set steering.layer={sae.hook.layer}"
             )
     check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
-    return Components(lm, sae, task, data, steering, masking, policy, ppo, planted)
+    return Components(lm, sae, task, data, cfg.steering, cfg.masking, cfg.policy, cfg.ppo, planted)
 
 
 def _ensure_default_sae(model_cfg: ModelConfig, layer: int) -> None:
@@ -197,7 +203,6 @@ def _ensure_default_sae(model_cfg: ModelConfig, layer: int) -> None:
         raise CRLError(
             "sae=default is the SAE for the offline default model; with another model use sae=pretrained or sae=disk"
         )
-    from crl.sae_training.config import BuildConfig
     from crl.sae_training.train import build_sae
 
     print(f"[crl] the default SAE for layer {layer} is not built yet; building it now (cached afterwards)")

@@ -1,30 +1,26 @@
-"""Greedy evaluation of a policy on a split, and `crl eval run_dir=... split=test`.
+"""Greedy evaluation of a policy on a split, and of a trained run (`crl eval run_dir=... split=test`).
 
-`crl eval` rebuilds model, SAE and task from the run's own config.yaml, loads policy.pt (or the last
+`evaluate_run` rebuilds model, SAE and task from the run's own config.yaml, loads policy.pt (or the last
 checkpoint), checks the SAE is the one the policy was trained on, and appends `eval:<split>` rows to the
 run's logs.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from crl.envs.rollout import ActionPolicy, Episode, NoSteer, accuracy, run_episodes
-from crl.errors import CRLError, exit_on_error
+from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.logs.rows import episode_rows
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.writer import RunWriter
-from crl.paths import CONF_DIR
-from crl.run.components import Components, build
+from crl.run.components import Components, build, saved_config
 
 
 def evaluate(comps: Components, split: str, agent: ActionPolicy | None, seed: int) -> list[Episode]:
@@ -58,21 +54,22 @@ def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[
 
 
 def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) -> dict[str, Any]:
+    """Re-evaluate a trained run greedily on `split`, append its `eval:<split>` rows; returns the accuracy."""
     if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
         raise CRLError(
             f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
         )
-    cfg = OmegaConf.load(run_dir / schema.CONFIG_YAML)
+    cfg = saved_config(run_dir)
     saved = RunInfo.read(run_dir)
     comps = build(cfg, splits=("train", split) if split != "train" else ("train",))
     comps.check_identity(saved, run_dir, keys=("sae_identity",))
     agent = comps.load_policy(run_dir, greedy=True)
-    episodes = evaluate(comps, split, agent, int(cfg.seed if seed is None else seed))
+    episodes = evaluate(comps, split, agent, cfg.seed if seed is None else seed)
     # Fresh episode ids: a re-evaluation must not repeat the (phase, update, episode) keys of earlier ones.
     first = 1 + max((r["episode"] for r in read_jsonl(run_dir / schema.EPISODES)), default=-1)
     writer = RunWriter(run_dir)
     try:
-        inter, eps = episode_rows(episodes, run_dir.name, Phase.eval(split), int(cfg.ppo.total_updates), first)
+        inter, eps = episode_rows(episodes, run_dir.name, Phase.eval(split), cfg.ppo.total_updates, first)
         writer.append(schema.INTERVENTIONS, inter)
         writer.append(schema.EPISODES, eps)
         writer.flush()
@@ -85,11 +82,3 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
         "n": len(episodes),
         "top_features": feature_usage(episodes, comps, 10),
     }
-
-
-@hydra.main(config_path=CONF_DIR, config_name="eval", version_base=None)
-@exit_on_error
-def main(cfg: DictConfig) -> None:
-    if not cfg.run_dir:
-        raise CRLError("crl eval needs run_dir=<a run directory>")
-    print(json.dumps(evaluate_run(Path(cfg.run_dir), cfg.split, cfg.seed), indent=2))

@@ -1,9 +1,5 @@
-"""`crl train`: learn which SAE feature to amplify at each token, and write down everything it did.
-
-    crl train                                    # offline default: SmolLM2-135M + CRL's SAE, arith task
-    crl train experiment=planted                 # planted diagnostic task on a tiny model (seconds)
-    crl train -m seed=0,1 steering.layer=3,6     # a sweep: one run directory per job
-    crl train resume=runs/<run>                  # continue from the last checkpoint
+"""Training (`crl train`, crl/commands/train.py): learn which SAE feature to amplify at each token, and write
+down everything it did.
 
 One PPO update = collect `ppo.episodes_per_update` episodes with the sampling policy (lockstep batches of
 `ppo.num_envs`), then `ppo_update`. Before training the unsteered model is evaluated on the held-out
@@ -12,41 +8,31 @@ split (phase `baseline:none:<split>`); after it, the greedy policy (phase `eval:
 
 from __future__ import annotations
 
+import dataclasses
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from crl.agent.ppo import PolicyAgent, ppo_update
+from crl.config import RunConfig, TrainConfig, load
 from crl.envs.rollout import Episode, accuracy, run_episodes
 from crl.envs.tasks.base import Example
-from crl.errors import CRLError, exit_on_error
+from crl.errors import CRLError
 from crl.logs import schema
+from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 from crl.logs.reader import read_jsonl
 from crl.logs.rows import episode_rows
 from crl.logs.schema import Phase, RunInfo
-from crl.logs.wandb import LoggerConfig, WandbLogger
-from crl.logs.writer import RunWriter, atomic_write_bytes, atomic_write_json, load_checkpoint
-from crl.paths import CONF_DIR
-from crl.run.components import POLICY_FILE, Components, build, to_dataclass
+from crl.logs.wandb import WandbLogger
+from crl.logs.writer import RunWriter, load_checkpoint
+from crl.run.components import POLICY_FILE, Components, build, saved_config
 from crl.run.evaluate import evaluate, feature_usage
-
-
-@dataclass
-class RunConfig:
-    name: str = "default"
-    eval_split: str = "test"
-    eval_before: bool = True
-    checkpoint_every: int = 1
-    analyze: bool = True
-    top_features: int = 10
 
 
 def seed_everything(seed: int) -> None:
@@ -62,20 +48,17 @@ def sample_batch(examples: list[Example], n_episodes: int, rng: np.random.Genera
     return [examples[i] for i in idx for _ in range(group)]
 
 
-def resume_config(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None) -> DictConfig:
+def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | None) -> TrainConfig:
     """A bare `resume=<dir>` continues with the run's saved config. With other overrides, the composed
-    config is used, but it must name the same model, SAE, task and layer (checked before any loading)."""
-    saved = OmegaConf.load(run_dir / schema.CONFIG_YAML)
+    config is used, but it must name the same model, SAE, task and layer (checked before any loading).
+    Both are compared as loaded configs, so a setting added to CRL since the run was made (absent from its
+    config.yaml, so at its default) is no difference."""
+    saved = saved_config(run_dir)
     own = [o for o in (user_overrides or []) if not o.startswith(("resume=", "hydra."))]
     if not own:
-        saved.resume = str(run_dir)
-        return saved
-    diffs = [
-        k
-        for k in ("model", "sae", "task")
-        if OmegaConf.to_container(cfg[k], resolve=True) != OmegaConf.to_container(saved[k], resolve=True)
-    ]
-    if int(cfg.steering.layer) != int(saved.steering.layer):
+        return dataclasses.replace(saved, resume=str(run_dir))
+    diffs = [k for k in ("model", "sae", "task") if getattr(cfg, k) != getattr(saved, k)]
+    if cfg.steering.layer != saved.steering.layer:
         diffs.append("steering.layer")
     if diffs:
         raise CRLError(
@@ -85,9 +68,13 @@ def resume_config(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | No
     return cfg
 
 
-def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig | Mapping[str, Any], run_dir: Path, user_overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Train a policy into `run_dir` (or continue `cfg.resume`); returns the summary (also summary.json)."""
     t0 = time.time()
-    resume = cfg.get("resume")
+    cfg = load(TrainConfig, cfg)
+    resume = cfg.resume
     ckpt = None
     if resume:
         run_dir = Path(resume)
@@ -95,9 +82,8 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
             raise CRLError(f"resume={resume} is not a CRL run directory (no {schema.RUN_JSON} / {schema.CONFIG_YAML})")
         cfg = resume_config(cfg, run_dir, user_overrides)
         ckpt = load_checkpoint(run_dir)  # fails fast on a missing or corrupt checkpoint
-    exp = to_dataclass(RunConfig, cfg.run, "run")
-    log_cfg = to_dataclass(LoggerConfig, cfg.logger, "logger")
-    seed = int(cfg.seed)
+    exp = cfg.run
+    seed = cfg.seed
     seed_everything(seed)
     comps = build(cfg)
     ppo = comps.ppo
@@ -106,7 +92,7 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
         comps.check_identity(RunInfo.read(run_dir), run_dir)
     else:
         comps.run_info(run_name, seed).write(run_dir)
-        atomic_write_bytes(run_dir / schema.CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True).encode())
+        atomic_write_bytes(run_dir / schema.CONFIG_YAML, config_yaml(cfg))
 
     masker = comps.masker()
     net = comps.new_policy()
@@ -126,11 +112,7 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
             writer.truncate_to(ckpt["log_sizes"])
             print(f"[crl] resuming {run_dir} from update {start_update}/{ppo.total_updates}")
         logger = WandbLogger(
-            log_cfg,
-            run_dir,
-            run_name,
-            OmegaConf.to_container(cfg, resolve=True),
-            resume_id=ckpt.get("wandb_id") if ckpt else None,
+            cfg.logger, run_dir, run_name, asdict(cfg), resume_id=ckpt.get("wandb_id") if ckpt else None
         )
         split = exp.eval_split
         if ckpt is None and exp.eval_before:
@@ -203,6 +185,13 @@ def train(cfg: DictConfig, run_dir: Path, user_overrides: list[str] | None = Non
     return summary
 
 
+def config_yaml(cfg: TrainConfig) -> bytes:
+    """config.yaml: the whole resolved config, in the schema's key order."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(asdict(cfg)).encode()
+
+
 def charts(
     episodes: list[Episode], chosen: torch.Tensor, lr: float, mask_cap: float, t_upd: float, t_roll: float
 ) -> dict[str, float]:
@@ -266,46 +255,3 @@ def make_summary(
     }
     atomic_write_json(run_dir / schema.SUMMARY, summary)
     return summary
-
-
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    b, a = summary["before"], summary["after"]
-    print(f"\n[crl] run dir: {run_dir}   ({summary['wall_seconds']:.0f}s)")
-    print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
-    print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
-    print(
-        "[crl] top features (eval, greedy):  "
-        + ", ".join(
-            f"{'no-steer' if r['feature'] < 0 else r['feature']} {r['share']:.0%}" for r in summary["top_features"][:8]
-        )
-    )
-
-
-def _hydra_argv() -> None:
-    """`resume=<dir>` writes into that run directory instead of a new one."""
-    for arg in sys.argv[1:]:
-        if arg.startswith("resume=") and arg.split("=", 1)[1] not in ("", "null"):
-            sys.argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
-@exit_on_error
-def _main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    summary = train(cfg, run_dir, list(hc.overrides.task))
-    print_summary(summary, Path(cfg.get("resume") or run_dir))
-    if cfg.run.get("analyze", False):
-        from crl.analysis.cli import analyze_run
-
-        try:
-            print(f"[crl] report: {analyze_run(Path(cfg.get('resume') or run_dir))}")
-        except CRLError as e:  # training succeeded; a report problem must not turn that into a failure
-            print(f"[crl] warning: the analysis report failed: {e}", file=sys.stderr)
-
-
-def main() -> None:
-    _hydra_argv()
-    _main()

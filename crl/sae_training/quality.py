@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from crl.backends.hooks import residual_hook
-from crl.backends.model import FrozenLM
-from crl.backends.sae import LoadedSAE, SAEConfig, check_compatible, load_sae
-from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE
-from crl.sae_training.config import BuildConfig
+from crl.backends.model import FrozenLM, load_model
+from crl.backends.sae import LoadedSAE, check_compatible, load_sae
+from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE, is_built, model_cache_name, sae_dir
+from crl.config import BuildConfig, ModelConfig, SAEConfig
+from crl.errors import CRLError
+from crl.sae_training.config import corpus_config
 from crl.sae_training.corpus import build_corpus
 
 
@@ -147,6 +149,21 @@ def evaluate(
     return metrics
 
 
+def built_sae_metrics(model_cfg: ModelConfig, layer: int, progress: bool = False) -> tuple[dict, Path]:
+    """(quality metrics, directory) of the SAE that `crl sae build` made for `layer` of the model; metrics that
+    are missing are computed (on the stored held-out rows) and written next to it."""
+    path = sae_dir(model_cache_name(model_cfg), layer)
+    if not is_built(path):
+        raise CRLError(
+            f"the SAE for layer {layer} of {model_cache_name(model_cfg)} is not built (nothing at {path}); "
+            f"run `crl sae build sae.layer={layer}` first"
+        )
+    try:
+        return json.loads((path / METRICS_FILE).read_text()), path
+    except (OSError, ValueError):
+        return evaluate_dir(load_model(model_cfg), path, progress=progress, write=True), path
+
+
 def evaluate_dir(
     model: FrozenLM, path: Path, cfg: BuildConfig | None = None, progress: bool = False, write: bool = True
 ) -> dict:
@@ -161,7 +178,7 @@ def evaluate_dir(
     if (path / EVAL_TOKENS_FILE).exists():
         rows = load_file(str(path / EVAL_TOKENS_FILE))["tokens"]
     else:  # the corpus is deterministic: rebuild the same held-out split
-        rows = build_corpus(model.tokenizer, cfg.corpus_config(), progress=progress).eval
+        rows = build_corpus(model.tokenizer, corpus_config(cfg), progress=progress).eval
     sae = load_sae(SAEConfig(source="disk", path=str(path)))
     ce_rows = max(1, math.ceil(cfg.ce_eval_tokens / rows.shape[1]))
     metrics = evaluate(model, sae, rows, ce_rows, cfg.exclude_first_position, progress=progress)
@@ -181,4 +198,4 @@ def evaluate_dir(
     return metrics
 
 
-__all__ = ["ce_losses", "collect_residuals", "evaluate", "evaluate_dir", "reconstruction_metrics"]
+__all__ = ["built_sae_metrics", "ce_losses", "collect_residuals", "evaluate", "evaluate_dir", "reconstruction_metrics"]

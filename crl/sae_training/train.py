@@ -27,8 +27,9 @@ import torch
 from crl.backends.hooks import HookPoint
 from crl.backends.model import FrozenLM
 from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE, SAE_CONFIG_FILE, is_built, sae_dir
+from crl.config import BuildConfig
 from crl.errors import CRLError
-from crl.sae_training.config import BuildConfig
+from crl.sae_training.config import check_build, corpus_config
 from crl.sae_training.corpus import Corpus, build_corpus, corpus_fingerprint
 from crl.sae_training.quality import collect_residuals, evaluate_dir
 
@@ -94,7 +95,7 @@ def train_sae(
     from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
     from sae_lens.load_model import HookedProxyLM
 
-    cfg.check(model)
+    check_build(cfg, model)
     hook = hf_hook_name(model, cfg.layer)
     device = str(model.device)
     runner_cfg = LanguageModelSAERunnerConfig(
@@ -215,7 +216,7 @@ def build_sae(
     """Corpus -> training -> evaluation -> atomic write. Reuses a finished build unless `force`."""
     from safetensors.torch import save_file
 
-    cfg.check(model)
+    check_build(cfg, model)
     out = Path(out_dir) if out_dir is not None else sae_dir(model.name, cfg.layer)
     requested = _config_dict(cfg)
     if is_built(out) and not force:
@@ -228,7 +229,7 @@ def build_sae(
         return BuildResult(out, metrics, reused=True)
 
     start = time.perf_counter()
-    corpus: Corpus = build_corpus(model.tokenizer, cfg.corpus_config(), progress=progress)
+    corpus: Corpus = build_corpus(model.tokenizer, corpus_config(cfg), progress=progress)
     t_corpus = time.perf_counter() - start
     _remove_stale_partials(out)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from crl.config import TaskConfig, validate
 from crl.errors import CRLError
 
 SPLITS = ("train", "val", "test")
@@ -25,31 +26,13 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)  # extra columns (category, condition, ...)
 
 
-@dataclass
-class TaskConfig:
-    name: str = "arith"
-    data_path: str | None = None  # local jsonl/csv/parquet file or dataset folder, instead of the hub
-    n_train: int = 64  # caps per split; -1 keeps the whole split
-    n_val: int = 32
-    n_test: int = 64
-    seed: int = 0
-    mode: str = "free"  # multiple choice: "free" generation or "constrained" (score option letters only)
-    max_new_tokens: int = 8
-    chat_template: bool = True  # apply the tokenizer's chat template (instruct models)
-    subset: str | None = None  # e.g. bbq condition "ambiguous"/"disambiguated"
-    refusal_classifier: str | None = None  # refusal tasks: HF classifier id, loaded only when set
-
-
-MODES = ("free", "constrained")
-
-
 class Task:
     """Base class. Subclasses set `name` and implement `load_split`, `extract` and `reward`."""
 
     name: str = "base"
     answer_kind: str = "text"  # letter | number | refusal | token
     required_columns: tuple[str, ...] = ("prompt", "answer")
-    default_max_new_tokens: int = 8  # what conf/task/<name>.yaml sets; cfg.max_new_tokens wins
+    default_max_new_tokens: int = 8  # = the composed task.max_new_tokens of conf/task/<name>.yaml (a test checks)
     supports_constrained: bool = False  # multiple-choice tasks score option letters only
     subsets: tuple[str, ...] | None = ()  # allowed task.subset values; None = free-form (checked on load)
 
@@ -60,8 +43,7 @@ class Task:
     def _check_config(self) -> None:
         """Fail on bad settings before any data is read."""
         cfg = self.cfg
-        if cfg.mode not in MODES:
-            raise CRLError(f"task.mode='{cfg.mode}' is unknown; use one of {MODES}")
+        validate(cfg, "task.")
         if cfg.mode == "constrained" and not self.supports_constrained:
             raise CRLError(
                 f"task '{self.name}' is not multiple choice, so task.mode=constrained does not "
@@ -70,8 +52,6 @@ class Task:
         if cfg.subset is not None and self.subsets is not None and cfg.subset not in self.subsets:
             allowed = ", ".join(self.subsets) if self.subsets else "none (leave task.subset unset)"
             raise CRLError(f"task.subset='{cfg.subset}' is unknown for task '{self.name}'; allowed: {allowed}")
-        if cfg.max_new_tokens < 1:
-            raise CRLError(f"task.max_new_tokens={cfg.max_new_tokens} must be at least 1")
 
     # -- data -------------------------------------------------------------------------------------
     def load_split(self, split: str) -> list[Example]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from pathlib import Path
 
-from crl.envs.tasks.base import SPLITS, Example, Task, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import SPLITS, Example, Task
 from crl.envs.tasks.loading import (
     ROW_INDEX,
     SOURCE_SPLIT,

@@ -10,7 +10,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from crl.envs.tasks.base import Example, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import Example
 from crl.envs.tasks.dataset_task import DatasetTask
 from crl.envs.tasks.verifiers import LETTERS, extract_letter, letter_reward
 from crl.errors import CRLError

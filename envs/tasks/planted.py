@@ -23,7 +23,8 @@ import torch
 from crl.backends.hooks import HookPoint, residual_hook
 from crl.backends.model import FrozenLM
 from crl.backends.sae import LoadedSAE, sae_from_decoder
-from crl.envs.tasks.base import Example, Task, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import Example, Task
 from crl.envs.tasks.registry import register_task
 
 CUES = [" apple", " river", " stone", " cloud", " horse", " chair", " music", " paper"]

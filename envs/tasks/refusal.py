@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crl.envs.tasks.base import Example, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import Example
 from crl.envs.tasks.dataset_task import DatasetTask
 from crl.envs.tasks.refusal_detector import RefusalDetector
 from crl.envs.tasks.verifiers import completion_text, make_refusal_reward

@@ -5,12 +5,12 @@ To add a task: write ``envs/tasks/<module>.py`` with a decorated class and add t
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from crl.envs.tasks.base import Task, TaskConfig
+from crl.config import TaskConfig, load
+from crl.envs.tasks.base import Task
 from crl.errors import CRLError
 
 TASKS: dict[str, type[Task]] = {}
@@ -43,25 +43,9 @@ def register_task(name: str) -> Callable[[T], T]:
     return deco
 
 
-def _as_config(cfg: TaskConfig | Mapping[str, Any]) -> TaskConfig:
-    if isinstance(cfg, TaskConfig):
-        return cfg
-    if hasattr(cfg, "_metadata"):  # an omegaconf DictConfig from Hydra
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    if not isinstance(cfg, Mapping):
-        raise CRLError(f"task config of type {type(cfg).__name__} is not a TaskConfig or a mapping")
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise CRLError(f"task config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return TaskConfig(**cfg)
-
-
 def make_task(cfg: TaskConfig | Mapping[str, Any]) -> Task:
     """The task named by ``cfg.name``, configured by `cfg` (a TaskConfig, dict or Hydra DictConfig)."""
-    cfg = _as_config(cfg)
+    cfg = load(TaskConfig, cfg, "task.")
     cls = TASKS.get(cfg.name)
     if cls is None:
         raise CRLError(f"task '{cfg.name}' is unknown; available: {', '.join(sorted(TASKS))}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crl.agent.masking import FeatureMasker, MaskingConfig
+from crl.agent.masking import FeatureMasker
+from crl.config import MaskingConfig
 from crl.errors import CRLError
 
 ROWS, STEPS = torch.tensor([0, 1]), torch.tensor([0, 0])
@@ -43,7 +44,7 @@ def test_adaptive_masks_over_used_features_until_the_cap_relaxes():
 
 
 def test_bad_modes_are_errors():
-    with pytest.raises(CRLError, match="unknown"):
+    with pytest.raises(CRLError, match="masking.mode=sometimes is invalid: unknown choice"):
         FeatureMasker(MaskingConfig(mode="sometimes"), d_sae=4, allow_noop=True)
-    with pytest.raises(CRLError, match="no valid action"):
+    with pytest.raises(CRLError, match="masking.top_k=0 is invalid: .*no valid action"):
         FeatureMasker(MaskingConfig(mode="active", top_k=0, threshold=1e9), d_sae=4, allow_noop=False)

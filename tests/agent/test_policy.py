@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from crl.agent.policy import MASK_FILL, ActorCritic, PolicyConfig
+from crl.agent.policy import MASK_FILL, ActorCritic
+from crl.config import PolicyConfig
 
 
 @pytest.mark.parametrize("head", ["sae", "dense"])

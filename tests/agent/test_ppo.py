@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from crl.agent.policy import ActorCritic, PolicyConfig
-from crl.agent.ppo import PolicyAgent, PPOConfig, compute_advantages
+from crl.agent.policy import ActorCritic
+from crl.agent.ppo import PolicyAgent, compute_advantages
+from crl.config import PolicyConfig, PPOConfig
 from crl.envs.rollout import Episode
 from crl.envs.tasks.base import Example
 

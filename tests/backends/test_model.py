@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from crl.backends.model import ModelConfig, load_model
+from crl.backends.model import load_model
+from crl.config import ModelConfig
 
 
 def test_cached_default_model_loads_again_fast_and_identically():

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crl.backends.hooks import HookPoint, parse_hook_name
-from crl.backends.sae import LoadedSAE, SAEConfig, check_compatible, check_registry, load_sae
+from crl.backends.sae import LoadedSAE, check_compatible, check_registry, load_sae
+from crl.config import SAEConfig
 from crl.errors import CRLError
 
 N_LAYERS = 3

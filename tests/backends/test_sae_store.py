@@ -1,27 +1,10 @@
-"""Where built SAEs live, and that loading an SAE never imports the SAE training code."""
+"""Where built SAEs live (that loading an SAE never imports the training code: tests/test_architecture.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from crl.backends.model import ModelConfig, tiny_model
-from crl.backends.offline_default import DEFAULT_MODEL_NAME
-from crl.backends.sae_store import DEFAULT_LAYER, default_sae_dir, is_built, model_cache_name, sae_dir
-
-
-def _modules_after_import(module: str) -> list[str]:
-    """The crl modules that importing `module` in a fresh interpreter loads."""
-    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('crl')))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return out.split()
-
-
-def test_loading_an_sae_never_imports_training():
-    for module in ("crl.backends.sae", "crl.backends"):
-        loaded = _modules_after_import(module)
-        assert module in loaded
-        assert not [m for m in loaded if m.startswith("crl.sae_training")], module
+from crl.backends.model import tiny_model
+from crl.backends.sae_store import default_sae_dir, is_built, model_cache_name, sae_dir
+from crl.config import DEFAULT_LAYER, DEFAULT_MODEL_NAME, ModelConfig
 
 
 def test_model_cache_name_mirrors_load_model():

@@ -6,7 +6,8 @@ import pytest
 
 from crl.backends.model import FrozenLM, tiny_model
 from crl.backends.sae import LoadedSAE
-from crl.envs.tasks.base import Example, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import Example
 from crl.envs.tasks.planted import PlantedTask
 from tests.envs.helpers import make_sae, prompt_ids
 

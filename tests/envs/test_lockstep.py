@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from crl.config import SteeringConfig
 from crl.envs.lockstep import DecodeSpec, LockstepDecoder
 from crl.envs.rollout import run_episodes
-from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
+from crl.envs.steering_env import SteeringVecEnv
 from crl.errors import CRLError
 from tests.envs.helpers import (
     D_SAE,

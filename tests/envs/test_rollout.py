@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crl.config import SteeringConfig
 from crl.envs.rollout import Episode, NoSteer, accuracy, run_episodes
-from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
+from crl.envs.steering_env import SteeringVecEnv
 from crl.envs.tasks.base import Example
 from tests.envs.helpers import D_SAE
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from crl.backends.hooks import residual_hook
+from crl.config import SteeringConfig
 from crl.envs.single import SteeringEnv
-from crl.envs.steering_env import SteeringConfig
 from crl.errors import CRLError
 from tests.envs.helpers import (
     D_SAE,

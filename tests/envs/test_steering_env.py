@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from crl.backends.model import tiny_model
+from crl.config import SteeringConfig, TaskConfig
 from crl.envs.rollout import FixedFeature, NoSteer, RandomFeature, run_episodes
 from crl.envs.single import SteeringEnv
-from crl.envs.steering_env import SteeringConfig, SteeringVecEnv
-from crl.envs.tasks.base import TaskConfig
+from crl.envs.steering_env import SteeringVecEnv
 from crl.errors import CRLError
 from tests.envs.helpers import (
     D_SAE,
@@ -46,7 +46,8 @@ def test_unsteered_matches_generate(lm, sae, task, examples, how):
 
 def test_default_model_unsteered_matches_generate():
     """(a) on the real offline default model (SmolLM2-135M-Instruct, chat template, left padding)."""
-    from crl.backends.model import ModelConfig, load_model
+    from crl.backends.model import load_model
+    from crl.config import ModelConfig
     from crl.envs.tasks.registry import make_task
     from crl.run.bench import random_sae
 

@@ -9,8 +9,9 @@ import torch
 
 from crl.errors import CRLError
 from crl.logs import schema
+from crl.logs.atomic import atomic_write_json
 from crl.logs.reader import read_jsonl
-from crl.logs.writer import RunWriter, atomic_write_json, load_checkpoint
+from crl.logs.writer import RunWriter, load_checkpoint
 
 
 def test_atomic_json_leaves_no_temp_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Shared by the run tests: Hydra configs composed the way `crl train` composes them."""
+"""Shared by the run tests: Hydra configs composed the way `crl train` composes them (not yet validated)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,8 @@ QUICK = [
 def compose_train(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
+    from crl.config import register
+
+    register()  # conf/ pulls the schemas from Hydra's ConfigStore
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return compose("train", overrides=overrides)

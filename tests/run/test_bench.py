@@ -1,4 +1,4 @@
-"""`crl bench rollout` on a tiny model: the JSON's shape and sanity, never its timings."""
+"""`bench_rollout` on a tiny model: the result's shape and sanity, never its timings (the command: tests/commands)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import math
 
 import pytest
 
-from crl.cli import main as crl_main
-from crl.envs.tasks.base import TaskConfig
+from crl.config import BenchConfig, TaskConfig
 from crl.envs.tasks.registry import make_task
 from crl.errors import CRLError
-from crl.run.bench import BenchConfig, bench_rollout, random_sae
+from crl.run.bench import bench_rollout, random_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,29 +55,3 @@ def test_bench_rejects_bad_sizes(lm):
     ):
         with pytest.raises(CRLError):
             bench_rollout(lm, random_sae(64, 8, 1), task, task.load("test"), cfg)
-
-
-def test_cli_prints_one_json_line(capsys):
-    crl_main(
-        [
-            "bench",
-            "rollout",
-            "model=tiny",
-            "bench.layer=1",
-            "bench.d_sae=8",
-            "bench.new_tokens=2",
-            "bench.repeats=1",
-            "bench.batch_sizes=[2]",
-            "bench.naive_batch_sizes=[2]",
-            "task.n_test=2",
-        ]
-    )
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1
-    out = json.loads(lines[0])
-    assert out["sae"].startswith("random:") and _positive(out["results"]["2"]["overhead_ratio"])
-    with pytest.raises(SystemExit) as e:
-        crl_main(["bench", "rollout", "model=tiny", "bench.layer=1", "bench.batch_sizes=[0]"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("crl: error: bench.batch_sizes")

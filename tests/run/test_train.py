@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from crl.config import TrainConfig
+from crl.config.compose import compose_config
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.run.components import build
-from crl.run.train import train
+from crl.run.train import config_yaml, resume_config, train
 from tests.run.helpers import QUICK, compose_train
 
 CRL = [sys.executable, "-m", "crl.cli", "train"]
@@ -124,7 +126,7 @@ def test_masking_that_leaves_no_action_fails_before_training():
     cfg = compose_train(
         [*QUICK, "masking=active", "masking.top_k=0", "masking.threshold=1e9", "steering.allow_noop=false"]
     )
-    with pytest.raises(CRLError, match="every action invalid"):
+    with pytest.raises(CRLError, match="masking.top_k=0 is invalid: .*no valid action"):
         build(cfg)
 
 
@@ -144,3 +146,20 @@ def test_incompatible_missing_and_corrupt_resume(planted_run, tmp_path):
     (bare / schema.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(CRLError, match="corrupt"):
         train(cfg, bare, user_overrides=[f"resume={bare}"])
+
+
+def test_an_old_runs_config_still_resumes(tmp_path):
+    # config.yaml of a run made before steering.fixed_length and task.refusal_classifier existed
+    old = (
+        config_yaml(TrainConfig())
+        .decode()
+        .replace("  fixed_length: false\n", "")
+        .replace("  refusal_classifier: null\n", "")
+    )
+    assert "fixed_length" not in old and "refusal_classifier" not in old
+    (tmp_path / schema.CONFIG_YAML).write_text(old)
+    assert resume_config(TrainConfig(), tmp_path, [f"resume={tmp_path}"]) == TrainConfig(resume=str(tmp_path))
+    now = compose_config("train", ["ppo.total_updates=20"])  # the same model, SAE, task and layer
+    assert resume_config(now, tmp_path, [f"resume={tmp_path}", "ppo.total_updates=20"]) is now
+    with pytest.raises(CRLError, match="incompatible with this config: task differ"):
+        resume_config(compose_config("train", ["task.n_test=8"]), tmp_path, [f"resume={tmp_path}", "task.n_test=8"])

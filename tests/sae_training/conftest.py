@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crl.backends.model import tiny_model
-from crl.sae_training.config import BuildConfig
+from crl.config import BuildConfig
 
 SMALL_PACKAGES = ["tqdm", "omegaconf", "jinja2"]  # a few prose packages keep the corpus quick to build
 

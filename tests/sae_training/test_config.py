@@ -1,4 +1,4 @@
-"""`BuildConfig.check`: settings that cannot train fail before any work, with the key in the message."""
+"""`check_build`: settings that cannot train fail before any work, with the key in the message."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def test_bad_build_settings_fail_before_work(model, cache, tiny_build_config):
         build_sae(model, tiny_build_config(layer=2), progress=False)
     with pytest.raises(CRLError, match="build.k=64"):
         build_sae(model, tiny_build_config(k=64), progress=False)
-    with pytest.raises(CRLError, match="build.lr must be > 0"):
+    with pytest.raises(CRLError, match="build.lr=0.0 is invalid: out of range; valid: a number > 0"):
         build_sae(model, tiny_build_config(lr=0.0), progress=False)
     with pytest.raises(CRLError, match="mixing buffer"):
         build_sae(model, tiny_build_config(n_batches_in_buffer=2), progress=False)

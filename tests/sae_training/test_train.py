@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from crl.backends.model import tiny_model
-from crl.backends.sae import SAEConfig, load_sae
+from crl.backends.sae import load_sae
 from crl.backends.sae_store import BUILD_FILE, METRICS_FILE, default_sae_dir, sae_dir
+from crl.config import SAEConfig
 from crl.errors import CRLError
 from crl.sae_training.train import build_sae, train_sae
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from crl.agent.value_metrics import explained_variance
 from crl.errors import CRLError
 
 CATEGORIES = ("correct->correct", "incorrect->correct", "correct->incorrect", "incorrect->incorrect")
@@ -114,13 +115,6 @@ def value_trajectories(
     half = 1.96 * out["std"].fillna(0) / np.sqrt(out["n"])
     out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
     return out[["category", "x", "mean", "lo", "hi", "n"]]
-
-
-def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
-    """1 - Var(R - V) / Var(R); NaN when the returns do not vary."""
-    v, r = np.asarray(values, float), np.asarray(returns, float)
-    var = r.var()
-    return float("nan") if var == 0 or len(r) < 2 else float(1 - (r - v).var() / var)
 
 
 def calibration(values: np.ndarray, returns: np.ndarray, n_bins: int = 10) -> tuple[pd.DataFrame, float]:

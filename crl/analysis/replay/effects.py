@@ -206,7 +206,7 @@ def coef_sweep(
 
 def write_coef_sweep(run_dir: str | Path, sweep: list[dict[str, float]]) -> None:
     """Store the sweep as summary.json "coef_sweep" (atomic rewrite; other keys are kept)."""
-    from crl.logs.writer import atomic_write_json
+    from crl.logs.atomic import atomic_write_json
 
     path = Path(run_dir) / schema.SUMMARY
     if not path.exists():

@@ -27,21 +27,12 @@ if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
 
 def load_components(run_dir: str | Path) -> Components:
     """Rebuild model, SAE, task and splits from a run's resolved config.yaml, checked against its run.json."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from crl.run.components import build, saved_config
 
-    from crl.run.components import build
-
-    path = Path(run_dir) / schema.CONFIG_YAML
-    if not path.exists():
+    if not (Path(run_dir) / schema.CONFIG_YAML).exists():
         raise CRLError(f"'{run_dir}' has no {schema.CONFIG_YAML}; pass a run directory written by `crl train`")
-    saved = schema.RunInfo.read(run_dir)  # before the model loads: a bad run.json fails fast
-    try:
-        comps = build(OmegaConf.load(path))
-    except OmegaConfBaseException as e:
-        raise CRLError(
-            f"{path} cannot be rebuilt ({str(e).splitlines()[0]}); it is not a full `crl train` config"
-        ) from None
+    saved = schema.RunInfo.read(run_dir)  # before the model loads: a bad run.json or config.yaml fails fast
+    comps = build(saved_config(run_dir))
     comps.check_identity(saved, run_dir)
     return comps
 

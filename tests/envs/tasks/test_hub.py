@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from crl.envs.tasks.base import SPLITS, TaskConfig
+from crl.config import TaskConfig
+from crl.envs.tasks.base import SPLITS
 from crl.envs.tasks.registry import make_task
 from crl.errors import CRLError
 

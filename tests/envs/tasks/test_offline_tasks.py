@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from crl.config import TaskConfig
 from crl.envs.tasks import arith
-from crl.envs.tasks.base import SPLITS, TaskConfig
+from crl.envs.tasks.base import SPLITS
 from crl.envs.tasks.registry import make_task
 from crl.errors import CRLError
 from tests.envs.tasks.helpers import OFFLINE, full, gold_completion, wrong_completion

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import yaml
+import dataclasses
 
+import pytest
+
+from crl.config import TaskConfig
+from crl.config.compose import compose_config
 from crl.envs.tasks import arith
-from crl.envs.tasks.base import TaskConfig
 from crl.envs.tasks.registry import TASKS, make_task, register_task
 from crl.errors import CRLError
-from tests.envs.tasks.helpers import CONF, HUB, OFFLINE
+from tests.envs.tasks.helpers import HUB, OFFLINE
 
 
 # -- registry and configs ---------------------------------------------------------------------------------
@@ -32,14 +34,15 @@ def test_register_task_rejects_a_taken_name():
 
 @pytest.mark.parametrize("name", OFFLINE + HUB)
 def test_yaml_config_builds_the_task(name):
-    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    task = make_task(cfg)  # a plain mapping, as Hydra gives after to_container
+    cfg = compose_config("train", [f"task={name}"]).task  # conf/task/<name>.yaml over the TaskConfig defaults
+    task = make_task(cfg)
     assert task.name == name
-    assert cfg["max_new_tokens"] == type(task).default_max_new_tokens
+    assert cfg.max_new_tokens == type(task).default_max_new_tokens
+    assert make_task(dataclasses.asdict(cfg)).cfg == task.cfg  # a plain mapping, as Hydra gives after to_container
 
 
 def test_make_task_rejects_unknown_fields():
-    with pytest.raises(CRLError, match="unknown field.*colour"):
+    with pytest.raises(CRLError, match="task.colour=red is invalid: no such key"):
         make_task({"name": "arith", "colour": "red"})
 
 
@@ -47,10 +50,13 @@ def test_make_task_rejects_unknown_fields():
     "kw,match",
     [
         ({"name": "arith", "mode": "constrained"}, "not multiple choice"),
-        ({"name": "bbq_offline", "mode": "beam"}, "task.mode='beam' is unknown"),
+        (
+            {"name": "bbq_offline", "mode": "beam"},
+            "task.mode=beam is invalid: unknown choice; valid: free, constr",
+        ),
         ({"name": "bbq_offline", "subset": "ambig"}, "allowed: ambiguous, disambiguated"),
         ({"name": "gsm8k_offline", "subset": "hard"}, "allowed: none"),
-        ({"name": "arith", "max_new_tokens": 0}, "at least 1"),
+        ({"name": "arith", "max_new_tokens": 0}, "task.max_new_tokens=0 is invalid: out of range"),
     ],
 )
 def test_bad_config_fails_before_loading(kw, match):

@@ -1,4 +1,5 @@
-"""`crl analyze` / `crl compare` through Hydra, and the programmatic `analyze_run(path)`."""
+"""`crl analyze` / `crl compare` through Hydra: the report path on stdout, nothing written elsewhere, one-line
+errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from crl.errors import CRLError
 from tests.analysis.synthetic import SyntheticSpec, write_run_dir
 
 
@@ -30,13 +30,3 @@ def test_cli_analyze_and_compare_through_hydra(tmp_path, capsys, monkeypatch):
         main(["analyze", f"run_dir={run_path}", "+bogus=1"])
     err = capsys.readouterr().err  # one line naming the key (checked by crl.config before the command runs)
     assert err.startswith("crl: error: ") and "bogus" in err and err.count("\n") == 1
-
-
-def test_programmatic_analyze_run_takes_a_path(tmp_path):
-    from crl.analysis.cli import analyze_run as analyze_path
-
-    d = write_run_dir(tmp_path / "r", SyntheticSpec(n_prompts=6, random_seeds=()))
-    out = analyze_path(d, n_boot=50, out_dir=str(tmp_path / "o"))
-    assert out == tmp_path / "o" / "report.html" and out.exists()
-    with pytest.raises(CRLError, match="bad AnalyzeConfig setting"):
-        analyze_path(d, no_such_option=1)

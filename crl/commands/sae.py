@@ -1,0 +1,70 @@
+"""`crl sae build` and `crl sae info` (crl.sae_training trains and measures the SAE).
+
+    crl sae build                      # train (or reuse) the default SAE, print its metrics as JSON
+    crl sae build force=true build.k=64
+    crl sae info                       # one JSON object on stdout: quality metrics and build facts
+
+Progress bars and logs go to stderr; stdout carries only the JSON object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from crl.config import SAEBuildConfig, SAEInfoConfig, load
+from crl.errors import exit_on_error
+from crl.paths import CONF_DIR  # absolute: a relative config_path is resolved as a Python package
+
+# Keys shown first in the JSON (the acceptance metrics), then the rest in their stored order.
+_FIRST = (
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "ce_loss_increase",
+    "layer",
+    "hook_name",
+    "d_in",
+    "d_sae",
+    "training_tokens",
+    "build_seconds",
+    "path",
+)
+
+
+def _emit(metrics: dict, path: Path) -> None:
+    out = {k: metrics.get(k) for k in _FIRST}
+    out["path"] = str(path)
+    out.update({k: v for k, v in metrics.items() if k not in out})
+    print(json.dumps(out))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="sae_build", version_base=None)
+@exit_on_error
+def build(raw: DictConfig) -> None:
+    from crl.backends.model import load_model
+    from crl.sae_training.train import build_sae
+
+    cfg = load(SAEBuildConfig, raw)
+    # Libraries print progress to stdout now and then; keep stdout for the final JSON only.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = build_sae(load_model(cfg.model), cfg.build, force=cfg.force, progress=True)
+        if result.reused:
+            print(f"crl: reusing the SAE at {result.path} (force=true rebuilds it)", file=sys.stderr)
+    _emit(result.metrics, result.path)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="sae_info", version_base=None)
+@exit_on_error
+def info(raw: DictConfig) -> None:
+    from crl.sae_training.quality import built_sae_metrics
+
+    cfg = load(SAEInfoConfig, raw)
+    with contextlib.redirect_stdout(sys.stderr):
+        metrics, path = built_sae_metrics(cfg.model, cfg.sae.layer, progress=True)
+    _emit(metrics, path)
