@@ -3,9 +3,10 @@
 crl train                               # the embedded offline default, end to end
 crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
 crl eval run_dir=runs/... split=test
-crl sae build sae.layer=6 ; crl sae info
+crl sae build sae.layer=6 ; crl sae info ; crl sae export sae.layer=6
 crl bench rollout
 crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
+crl soak                                # the run directory's reliability soak (kills, damage, full disk)
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("eval",): "crl.commands.evaluate:main",
     ("sae", "build"): "crl.commands.sae:build",
     ("sae", "info"): "crl.commands.sae:info",
+    ("sae", "export"): "crl.commands.sae:export",
     ("bench", "rollout"): "crl.commands.bench:rollout",
     ("analyze",): "crl.commands.report:analyze",
     ("compare",): "crl.commands.report:compare",
+    ("soak",): "crl.commands.soak:main",
 }
 
 

@@ -64,8 +64,10 @@ class SteeringVecEnv(VectorEnv):
         self.num_envs = num_envs
         self.masker = masker
         self.d_sae = sae.d_sae
-        self.noop = self.d_sae if cfg.allow_noop else None
-        self.n_actions = self.d_sae + (1 if cfg.allow_noop else 0)
+        self.levels = [float(c) * float(cfg.coef) for c in cfg.coef_levels]  # action id = level * d_sae + feature
+        self.n_steer = self.d_sae * len(self.levels)
+        self.noop = self.n_steer if cfg.allow_noop else None
+        self.n_actions = self.n_steer + (1 if cfg.allow_noop else 0)
         self.max_new_tokens = int(cfg.max_new_tokens or task.cfg.max_new_tokens)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (lm.d_model,), np.float32)
         self.single_action_space = gym.spaces.Discrete(self.n_actions)
@@ -159,7 +161,7 @@ class SteeringVecEnv(VectorEnv):
         if bad.any():
             raise CRLError(
                 f"feature index {int(chosen[bad][0])} is out of range: valid actions are 0..{self.n_actions - 1}"
-                + (f" ({self.d_sae} = no steering)" if self.noop is not None else "")
+                + (f" ({self.noop} = no steering)" if self.noop is not None else "")
             )
         deltas, coefs = self._deltas(d, chosen)
         feat_acts = self._feature_acts(chosen)
@@ -176,7 +178,7 @@ class SteeringVecEnv(VectorEnv):
                 "position": int(d.positions[i]),
                 "token_id": token_id,
                 "token": tok.decode([token_id]),
-                "feature": -1 if chosen[i] == self.noop else int(chosen[i]),
+                "feature": -1 if chosen[i] == self.noop else int(chosen[i]) % self.d_sae,
                 "coef": coefs[i],
                 "feature_act": feat_acts[i],
                 "resid_norm": float(norms[i]),
@@ -208,20 +210,21 @@ class SteeringVecEnv(VectorEnv):
         return self._order.pop()
 
     def _deltas(self, d: Decision, chosen: np.ndarray) -> tuple[torch.Tensor, list[float]]:
-        idx = torch.as_tensor(chosen, device=d.resid.device)
-        steer = idx != self.n_actions - 1 if self.noop is not None else torch.ones_like(idx, dtype=torch.bool)
-        safe = torch.where(steer, idx, torch.zeros_like(idx))
-        scale = torch.full((len(idx),), float(self.cfg.coef), device=d.resid.device)
+        steer = chosen != self.noop if self.noop is not None else np.ones(len(chosen), dtype=bool)
+        feats = np.where(steer, chosen % self.d_sae, 0)
+        coefs = [
+            self.levels[a // self.d_sae] if s else 0.0 for a, s in zip(chosen.tolist(), steer.tolist(), strict=True)
+        ]
+        scale = torch.tensor(coefs, device=d.resid.device, dtype=torch.float32)
         if self.cfg.coef_mode == "relative":
             scale = scale * d.resid.float().norm(dim=-1)
-        deltas = self._dirs[safe] * (scale * steer)[:, None]
-        coefs = [float(self.cfg.coef) if s else 0.0 for s in steer.tolist()]
+        deltas = self._dirs[torch.as_tensor(feats, device=d.resid.device)] * scale[:, None]
         return deltas, coefs
 
     def _feature_acts(self, chosen: np.ndarray) -> list[float]:
         out = []
         for i, a in enumerate(chosen.tolist()):
-            out.append(0.0 if a == self.noop else float(self._acts[i, a]))
+            out.append(0.0 if a == self.noop else float(self._acts[i, a % self.d_sae]))
         return out
 
     def _finish(self, r: int) -> dict[str, Any]:
@@ -272,7 +275,12 @@ class SteeringVecEnv(VectorEnv):
                         f"the action mask leaves no valid action for row {int(rows[empty][0])}; relax "
                         "masking (lower masking.threshold, raise masking.top_k) or set steering.allow_noop=true"
                     )
+                if len(self.levels) > 1:  # every level of a feature is valid where the feature is
+                    m = np.concatenate([m[:, : self.d_sae]] * len(self.levels) + [m[:, self.d_sae :]], axis=1)
                 mask[rows] = m
+            if self.cfg.steer_steps is not None:  # past the steerable steps only the no-op is valid
+                late = rows[d.steps.cpu().numpy() >= self.cfg.steer_steps]
+                mask[late, : self.n_steer] = False
             if self.cfg.obs_topk:
                 k = min(self.cfg.obs_topk, self.d_sae)
                 vals, feats = self._acts.topk(k, dim=-1)

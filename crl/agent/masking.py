@@ -49,6 +49,7 @@ class FeatureMasker:
         feats = torch.ones(n, self.d_sae, dtype=torch.bool)
         if self.cfg.mode != "none":
             acts = acts.detach().float().cpu()
+            rows = rows.cpu()
             if self._sum is None or int(rows.max()) >= self._sum.shape[0]:
                 self.begin(int(rows.max()) + 1)
             self._sum[rows] += acts

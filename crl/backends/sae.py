@@ -1,8 +1,10 @@
 """The SAE backend: load through sae-lens, check it fits the model, expose steering directions.
 
 Sources: ``pretrained`` (`SAE.from_pretrained(release, sae_id)`, needs a network), ``disk``
-(`SAE.load_from_disk(path)`), and ``default`` (the SAE that `crl sae build` trains on the offline model;
-where it lives is `crl.backends.sae_store`, so loading never imports the training code).
+(`SAE.load_from_disk(path)`), and ``default``: CRL's SAE for a layer of the offline model, the shipped one
+(crl/saes/, fp16 on disk, fp32 once loaded; its decoder hash is checked against the one it was shipped with)
+when the layer has one, else the one `crl sae build` trained. Where they live is `crl.backends.sae_store`, so
+loading never imports the training code.
 Registry ids are checked against sae-lens's own directory before anything is downloaded.
 """
 
@@ -15,8 +17,8 @@ from pathlib import Path
 import torch
 
 from crl.backends.hooks import HookPoint, parse_hook_name
-from crl.backends.sae_store import default_sae_dir, is_built
-from crl.config import SAEConfig, validate
+from crl.backends.sae_store import IDENTITY_FILE, find_sae, shipped_layers
+from crl.config import DEFAULT_MODEL_NAME, SAEConfig, validate
 from crl.errors import CRLError
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{np_id}/{feature}"
@@ -45,11 +47,9 @@ class LoadedSAE:
 
     @property
     def identity(self) -> str:
-        """A string that names this SAE, so runs with different SAEs are never compared by feature id."""
-        import hashlib
-
-        digest = hashlib.sha1(self.sae.W_dec.detach().float().cpu().numpy().tobytes()).hexdigest()[:12]
-        return f"{self.source}|{self.hook_name}|d_sae={self.d_sae}|W_dec={digest}"
+        """A string that names this SAE, so runs with different SAEs are never compared by feature id. A shipped
+        SAE has the same identity for every user: its fp16 decoder loads to the same fp32 values everywhere."""
+        return f"{self.source}|{self.hook_name}|d_sae={self.d_sae}|W_dec={decoder_sha1(self.sae.W_dec)[:12]}"
 
     def directions(self, unit: bool = False) -> torch.Tensor:
         """Decoder rows (d_sae, d_in), the steering directions; unit-normalized when `unit`."""
@@ -64,6 +64,13 @@ class LoadedSAE:
         if not self.neuronpedia_id:
             return None
         return NEURONPEDIA_URL.format(np_id=self.neuronpedia_id, feature=int(feature))
+
+
+def decoder_sha1(w_dec: torch.Tensor) -> str:
+    """SHA-1 of the decoder's float32 bytes (row-major, on the CPU): the hash in `LoadedSAE.identity`."""
+    import hashlib
+
+    return hashlib.sha1(w_dec.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def check_compatible(sae: LoadedSAE, d_model: int, n_layers: int, model_name: str = "the model") -> None:
@@ -113,7 +120,7 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
     if cfg.source == "pretrained":
         _, np_id = check_registry(cfg.release, cfg.sae_id)
         try:
-            sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device)
+            sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device or "cpu")
         except Exception as e:  # noqa: BLE001 - network/hub failures
             raise CRLError(
                 f"could not download SAE {cfg.release}/{cfg.sae_id} ({type(e).__name__}); it needs a network. "
@@ -126,21 +133,45 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
         path = Path(cfg.path or "").expanduser()
         if not (path / "cfg.json").exists():
             raise CRLError(f"sae.path='{cfg.path}' is not an SAE directory (no cfg.json); save one with SAE.save_model")
-        sae = SAE.load_from_disk(str(path), device=cfg.device)
+        sae = SAE.load_from_disk(str(path), device=cfg.device or "cpu")
         meta = getattr(sae.cfg, "metadata", None)
         return LoadedSAE(sae.eval(), _hook_of(sae), getattr(meta, "neuronpedia_id", None), f"disk:{path.resolve()}")
     if cfg.source == "default":
-        path = default_sae_dir(cfg.layer)
-        if not is_built(path):
+        path, kind = find_sae(DEFAULT_MODEL_NAME, cfg.layer)
+        if kind is None:
+            shipped = ", ".join(map(str, shipped_layers())) or "none"
             raise CRLError(
-                f"the default SAE for layer {cfg.layer} is not built yet; run `crl sae build sae.layer={cfg.layer}`"
+                f"the default SAE for layer {cfg.layer} is not shipped (shipped layers: {shipped}) and not built "
+                f"yet; run `crl sae build sae.layer={cfg.layer}`"
             )
-        sae = SAE.load_from_disk(str(path), device=cfg.device)
+        sae = SAE.load_from_disk(str(path), device=cfg.device or "cpu")
+        if kind == "shipped":
+            _check_shipped(sae, path)
+            return LoadedSAE(sae.eval(), _hook_of(sae), None, f"shipped:layer{cfg.layer}")
         return LoadedSAE(sae.eval(), _hook_of(sae), None, f"default:layer{cfg.layer}")
     raise CRLError("sae.source=planted is constructed from the model for the planted task, not loaded")
 
 
-def sae_from_decoder(decoder: torch.Tensor, hook: HookPoint, source: str) -> LoadedSAE:
+def _check_shipped(sae, path: Path) -> None:
+    """A shipped SAE must load to the decoder it was shipped with (a corrupted or edited file would silently
+    change what every feature id means)."""
+    import json
+
+    try:
+        expected = json.loads((path / IDENTITY_FILE).read_text())["W_dec_sha1"]
+    except (OSError, ValueError, KeyError):
+        raise CRLError(f"the shipped SAE at {path} has no readable {IDENTITY_FILE}; reinstall crl") from None
+    got = decoder_sha1(sae.W_dec)
+    if got != expected:
+        raise CRLError(
+            f"the shipped SAE at {path} does not match its {IDENTITY_FILE} (decoder sha1 {got[:12]}, shipped "
+            f"{expected[:12]}); reinstall crl or restore the file"
+        )
+
+
+def sae_from_decoder(
+    decoder: torch.Tensor, hook: HookPoint, source: str, device: str | torch.device = "cpu"
+) -> LoadedSAE:
     """A sae-lens `StandardSAE` whose decoder rows are `decoder` (unit-normalized) and encoder is its transpose.
 
     For constructed dictionaries: the planted task, random-direction benchmarks and tests.
@@ -156,4 +187,4 @@ def sae_from_decoder(decoder: torch.Tensor, hook: HookPoint, source: str) -> Loa
         sae.W_enc.copy_(w.T)
         sae.b_enc.zero_()
         sae.b_dec.zero_()
-    return LoadedSAE(sae.eval(), hook, None, source)
+    return LoadedSAE(sae.to(device).eval(), hook, None, source)

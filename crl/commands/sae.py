@@ -1,10 +1,12 @@
-"""`crl sae build` and `crl sae info` (crl.sae_training trains and measures the SAE).
+"""`crl sae build`, `crl sae info` and `crl sae export` (crl.sae_training trains, measures and exports the SAE).
 
-    crl sae build                      # train (or reuse) the default SAE, print its metrics as JSON
+    crl sae info                       # the shipped SAE of sae.layer (else the built one): metrics, "source"
+    crl sae build sae.layer=6          # train (or reuse) the SAE in $CRL_CACHE, print its metrics as JSON
     crl sae build force=true build.k=64
-    crl sae info                       # one JSON object on stdout: quality metrics and build facts
+    crl sae build -m sae.layer=6,15,24 # several layers, one after the other
+    crl sae export sae.layer=6         # the built SAE -> crl/saes/ (fp16, metrics re-measured, identity hash)
 
-Progress bars and logs go to stderr; stdout carries only the JSON object.
+Progress lines and logs go to stderr (`crl sae build 2> build.log`); stdout carries only the JSON object.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from crl.config import SAEBuildConfig, SAEInfoConfig, load
+from crl.config import SAEBuildConfig, SAEExportConfig, SAEInfoConfig, load
 from crl.errors import exit_on_error
 from crl.paths import CONF_DIR  # absolute: a relative config_path is resolved as a Python package
 
 # Keys shown first in the JSON (the acceptance metrics), then the rest in their stored order.
 _FIRST = (
+    "source",
     "explained_variance",
     "l0",
     "dead_fraction",
@@ -41,7 +44,7 @@ def _emit(metrics: dict, path: Path) -> None:
     out = {k: metrics.get(k) for k in _FIRST}
     out["path"] = str(path)
     out.update({k: v for k, v in metrics.items() if k not in out})
-    print(json.dumps(out))
+    print(json.dumps(out), flush=True)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sae_build", version_base=None)
@@ -56,7 +59,7 @@ def build(raw: DictConfig) -> None:
         result = build_sae(load_model(cfg.model), cfg.build, force=cfg.force, progress=True)
         if result.reused:
             print(f"crl: reusing the SAE at {result.path} (force=true rebuilds it)", file=sys.stderr)
-    _emit(result.metrics, result.path)
+    _emit({"source": "built", **result.metrics}, result.path)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sae_info", version_base=None)
@@ -68,3 +71,16 @@ def info(raw: DictConfig) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         metrics, path = built_sae_metrics(cfg.model, cfg.sae.layer, progress=True)
     _emit(metrics, path)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="sae_export", version_base=None)
+@exit_on_error
+def export(raw: DictConfig) -> None:
+    from crl.sae_training.export import export_built_sae
+
+    cfg = load(SAEExportConfig, raw)
+    with contextlib.redirect_stdout(sys.stderr):
+        metrics, path = export_built_sae(
+            cfg.model, cfg.sae.layer, cfg.root, allow_below_bar=cfg.allow_below_bar, progress=True
+        )
+    _emit({"source": "shipped", **metrics}, path)

@@ -4,10 +4,16 @@ crl train                                    # offline default: SmolLM2-135M + C
 crl train experiment=planted                 # planted diagnostic task on a tiny model (seconds)
 crl train -m seed=0,1 steering.layer=3,6     # a sweep: one run directory per job
 crl train resume=runs/<run>                  # continue from the last checkpoint
+
+The run directory's lifecycle (crl.logs.lifecycle): a failed invocation leaves nothing, or a directory marked
+FAILED.json; a new run never writes into a non-empty directory; `resume=` of a run killed before its first
+checkpoint starts it again from the beginning, in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,12 +23,20 @@ from omegaconf import DictConfig
 
 from crl.config import TrainConfig, load
 from crl.errors import CRLError, exit_on_error
+from crl.logs import lifecycle, schema
 from crl.paths import CONF_DIR
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     b, a = summary["before"], summary["after"]
     print(f"\n[crl] run dir: {run_dir}   ({summary['wall_seconds']:.0f}s)")
+    sel = summary.get("selection")
+    if sel and sel["val_curve"]:
+        curve = "  ".join(f"{r['update']}:{r['accuracy']:.3f}" for r in sel["val_curve"])
+        print(f"[crl] val accuracy by update   {curve}")
+        why = "best val (ties go to the earlier update; 0 is no steering)" if sel["rule"] == "best_val" else "last"
+        stop = ", stopped early: val did not improve for run.patience evals" if sel["stopped_early"] else ""
+        print(f"[crl] selected update {sel['selected_update']} of {sel['last_update']} ({why}{stop})")
     print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
     print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
     print(
@@ -38,12 +52,22 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def _main(raw: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from crl.run.train import train
+    from crl.run.components import POLICY_FILE
+    from crl.run.train import resume_config, train
 
     hc = HydraConfig.get()
     cfg = load(TrainConfig, raw)
-    summary = train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+    overrides = list(hc.overrides.task)
     run_dir = Path(cfg.resume or hc.runtime.output_dir)
+    command = shlex.join(["crl", "train", *sys.argv[1:]])
+    with lifecycle.claim(run_dir, new=not cfg.resume, command=command):
+        if cfg.resume:  # the run's own config (a bare resume=), or the composed one if compatible
+            cfg = resume_config(cfg, run_dir, overrides)
+            if lifecycle.never_checkpointed(run_dir):
+                cfg = dataclasses.replace(cfg, resume=None)
+                lifecycle.discard_progress(run_dir, extra=(POLICY_FILE,))
+                print(f"[crl] {run_dir} stopped before its first checkpoint: starting it again from the beginning")
+        summary = train(cfg, run_dir, overrides)
     print_summary(summary, run_dir)
     if cfg.run.analyze:
         from crl.analysis.api import analyze_run
@@ -54,11 +78,28 @@ def _main(raw: DictConfig) -> None:
             print(f"[crl] warning: the analysis report failed: {e}", file=sys.stderr)
 
 
+def preflight(args: list[str]) -> list[str]:
+    """Check the run directory before Hydra creates it or writes its files into one; returns the Hydra
+    overrides to add (`resume=<dir>` writes into that directory instead of a new one)."""
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    resume = given.get("resume")
+    if resume not in (None, "", "null"):
+        missing = [name for name in (schema.RUN_JSON, schema.CONFIG_YAML) if not (Path(resume) / name).exists()]
+        if missing:
+            what = "does not exist" if not Path(resume).exists() else f"has no {' or '.join(missing)}"
+            raise CRLError(f"resume={resume} is not a CRL run directory (it {what}); pass a directory of `crl train`")
+        return [f"hydra.run.dir={resume}"]
+    run_dir = given.get("hydra.run.dir")
+    if run_dir and lifecycle.foreign_entries(Path(run_dir)):
+        raise CRLError(
+            f"hydra.run.dir={run_dir} is not empty; a new run needs a new directory (resume={run_dir} continues a run)"
+        )
+    return []
+
+
+@exit_on_error
 def main() -> None:
-    # `resume=<dir>` writes into that run directory instead of a new one.
-    for arg in sys.argv[1:]:
-        if arg.startswith("resume=") and arg.split("=", 1)[1] not in ("", "null"):
-            sys.argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
+    sys.argv += preflight(sys.argv[1:])
     _main()
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from crl.config.core import ConfigError, group, omegaconf_schema, param
 from crl.config.groups import (
+    TRAIN_TASK,
     BenchConfig,
     BuildConfig,
     MaskingConfig,
@@ -34,7 +35,7 @@ class TrainConfig:
 
     model: ModelConfig = group(ModelConfig)
     sae: SAEConfig = group(SAEConfig)
-    task: TaskConfig = group(TaskConfig)
+    task: TaskConfig = group(TaskConfig, **TRAIN_TASK)
     steering: SteeringConfig = group(SteeringConfig)
     policy: PolicyConfig = group(PolicyConfig)
     ppo: PPOConfig = group(PPOConfig)
@@ -48,6 +49,17 @@ class TrainConfig:
         check_some_action(self.masking, self.steering.allow_noop)
         if self.sae.source == "planted" and self.task.name != "planted":
             raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
+        if self.steering.steer_steps is not None and not self.steering.allow_noop:
+            why = "later tokens are forced to no steering, which needs the no-op"
+            raise ConfigError(
+                "steering.steer_steps", self.steering.steer_steps, why, "null, or steering.allow_noop=true"
+            )
+        if self.run.select == "best_val" and self.run.eval_every == 0:
+            why = "select=best_val needs val evaluations"
+            raise ConfigError("run.eval_every", 0, why, ">= 1, or run.select=last")
+        if self.run.val_split == self.run.eval_split:
+            why = "the split that selects the checkpoint cannot also be the one that reports it"
+            raise ConfigError("run.val_split", self.run.val_split, why, f"a split other than {self.run.eval_split}")
 
 
 @dataclass
@@ -81,6 +93,19 @@ class SAEInfoConfig:
 
     def check(self) -> None:
         _built_sae_only(self.sae, "info")
+
+
+@dataclass
+class SAEExportConfig:
+    """`crl sae export`: the built SAE of `sae.layer` -> the shipped folder, fp16, metrics re-measured."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+    root: str | None = None  # where <model>/layer<L>/ goes; null: crl/saes in the package (the shipped SAEs)
+    allow_below_bar: bool = False  # export even when a re-measured metric misses the quality bar
+
+    def check(self) -> None:
+        _built_sae_only(self.sae, "export")
 
 
 def _built_sae_only(sae: SAEConfig, command: str) -> None:
@@ -135,15 +160,27 @@ class CompareConfig:
     wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
 
 
+@dataclass
+class SoakConfig:
+    """`crl soak`: kill, damage and starve tiny planted training runs; prints what survived (crl/commands/soak)."""
+
+    kills: int = param(10, ge=0)  # SIGKILLs of one run at random points, each followed by resume=
+    seed: int = 0  # where the kills land, the full disk's size
+    dir: str | None = None  # working directory, kept afterwards; null: a temporary one, removed when all passed
+    disk: Literal["auto", "tmpfs", "simulate", "skip"] = "auto"  # auto: a small tmpfs if mountable, else ENOSPC
+
+
 # Hydra config name (conf/<name>.yaml) -> its root schema.
 APPS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "sae_build": SAEBuildConfig,
     "sae_info": SAEInfoConfig,
+    "sae_export": SAEExportConfig,
     "bench_rollout": BenchRolloutConfig,
     "analyze": AnalyzeConfig,
     "compare": CompareConfig,
+    "soak": SoakConfig,
 }
 # Config group (conf/<group>/) -> its schema.
 GROUPS: dict[str, type] = {

@@ -5,8 +5,9 @@
   with a warning (a complete row that only lacks its newline is kept). An unparseable line anywhere else
   means the file is damaged: a one-line `CRLError` naming the file and line.
 - `load_run`: a whole run directory, validated, as pandas tables (`RunDir`). Every problem is a one-line
-  `CRLError` that names what is wrong and what to do. Non-train phases can be logged at several policy
-  updates (periodic evals); `RunDir.episodes_of` keeps the latest update by default, the final policy.
+  `CRLError` that names what is wrong and what to do; a directory marked FAILED.json (a failed `crl train`) is
+  refused with its error. Non-train phases can be logged at several policy updates (periodic evals);
+  `RunDir.episodes_of` keeps the latest update by default, the final policy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from crl.errors import CRLError
 from crl.logs.schema import (
     CONFIG_YAML,
     EPISODES,
+    FAILED,
     INTERVENTIONS,
     METRICS,
     RUN_JSON,
@@ -166,6 +168,8 @@ def _read_info(p: Path, path: str | Path) -> RunInfo:
     if not p.is_dir():
         raise CRLError(f"'{path}' is a file, not a run directory; pass the directory that holds run.json")
     info = RunInfo.read(p)  # run.json first: a missing one means "not a run dir", not "incomplete"
+    if (p / FAILED).exists():
+        raise CRLError(f"run '{path}' failed ({_failure(p / FAILED)}); fix that, then `crl train resume={path}`")
     missing = [f for f in REQUIRED_FILES if not (p / f).exists()]
     if missing:
         raise CRLError(
@@ -173,6 +177,14 @@ def _read_info(p: Path, path: str | Path) -> RunInfo:
             "let the run finish or resume it with `crl train`"
         )
     return info
+
+
+def _failure(path: Path) -> str:
+    """The one-line error a FAILED.json records (crl.logs.lifecycle writes it)."""
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("error", "no error recorded"))
+    except (OSError, ValueError, AttributeError):
+        return f"{path.name} is unreadable"
 
 
 def _typed_episodes(episodes: pd.DataFrame, run: str, default_seed: int) -> pd.DataFrame:

@@ -8,6 +8,8 @@
   episodes.jsonl        one row per finished episode (EpisodeRow)
   metrics.jsonl         one row per PPO update (free-form numeric dict with "update" and "global_step")
   summary.json          written last; its presence marks a complete run
+  FAILED.json           only after a failed invocation (crl.logs.lifecycle): the one-line error, the command;
+                        a successful resume removes it. Its absence is the normal case, so older runs still read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ INTERVENTIONS = "interventions.jsonl"
 EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+FAILED = "FAILED.json"
+LOGS = (INTERVENTIONS, EPISODES, METRICS)  # the append-only JSONL logs
 NO_STEER = -1  # the feature id logged for the "no steering" action
 PHASE_KINDS = ("train", "eval", "baseline")
 
@@ -100,6 +104,7 @@ class RunInfo:
     coef_mode: str | None = None
     planted: list[int] | None = None
     allow_noop: bool | None = None
+    ran_on: dict[str, Any] | None = None  # where it ran: host, device (GPU name), torch version, CPU threads
 
     # What must match for a run's feature ids and prompts to mean the same thing (resume, eval, replay).
     IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("model", "sae_identity", "task", "task_seed", "layer")

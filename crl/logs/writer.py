@@ -22,7 +22,7 @@ from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.atomic import atomic_write_bytes
 
-LOGS = (schema.INTERVENTIONS, schema.EPISODES, schema.METRICS)
+LOGS = schema.LOGS
 
 
 class RunWriter:
@@ -60,18 +60,28 @@ class RunWriter:
             f.seek(size)
 
     def close(self) -> None:
+        """Close every log, even when one fails (a full disk fails the final flush); the first error is raised."""
+        errors = []
         for f in self._files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / schema.CHECKPOINT
     if not path.exists():
-        raise CRLError(f"no checkpoint at {path}: the run stopped before its first checkpoint; start it afresh")
+        raise CRLError(f"no checkpoint at {path}: the run has nothing to resume from; start a new run")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CRLError(f"checkpoint {path} is corrupt ({type(e).__name__}); delete it and start afresh") from None
+        raise CRLError(
+            f"checkpoint {path} is corrupt ({type(e).__name__}); delete it and start again "
+            f"(`crl train resume={run_dir}` restarts an unfinished run from the beginning)"
+        ) from None
 
 
 def _jsonable(x: Any) -> Any:

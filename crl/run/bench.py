@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from crl.envs.tasks.base import Example, Task
 
 
-def random_sae(d_model: int, d_sae: int, layer: int, seed: int = 0) -> LoadedSAE:
+def random_sae(d_model: int, d_sae: int, layer: int, seed: int = 0, device: str = "cpu") -> LoadedSAE:
     """A sae-lens StandardSAE with random unit decoder rows: the bench measures speed, not features."""
     import torch
 
@@ -47,7 +47,7 @@ def random_sae(d_model: int, d_sae: int, layer: int, seed: int = 0) -> LoadedSAE
     from crl.backends.sae import sae_from_decoder
 
     w = torch.randn(d_sae, d_model, generator=torch.Generator().manual_seed(seed))
-    return sae_from_decoder(w, HookPoint(layer, "post"), f"random:layer{layer}:d_sae{d_sae}:seed{seed}")
+    return sae_from_decoder(w, HookPoint(layer, "post"), f"random:layer{layer}:d_sae{d_sae}:seed{seed}", device)
 
 
 def _check(cfg: BenchConfig, lm: FrozenLM, n_examples: int) -> None:

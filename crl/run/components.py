@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crl.agent.masking import FeatureMasker
 from crl.agent.policy import ActorCritic
@@ -33,6 +33,9 @@ from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.schema import RunInfo
+
+if TYPE_CHECKING:
+    import torch
 
 POLICY_FILE = "policy.pt"  # the final policy's state dict, written at the end of `crl train`
 
@@ -78,7 +81,23 @@ class Components:
 
     def new_policy(self) -> ActorCritic:
         """A freshly initialised actor-critic over this SAE's features."""
-        return ActorCritic(self.lm.d_model, self.sae.directions(), self.steering.allow_noop, self.policy)
+        levels = len(self.steering.coef_levels)
+        net = ActorCritic(self.lm.d_model, self.sae.directions(), self.steering.allow_noop, self.policy, levels)
+        return net.to(self.lm.device)  # model.device places everything, the policy included
+
+    def observation_sample(self, split: str = "train", n: int = 256) -> torch.Tensor:
+        """The residuals the policy sees at every decision of unsteered greedy rollouts of the first `n` prompts of
+        `split` (the split's order is fixed by its seed, so this is reproducible)."""
+        import torch
+
+        from crl.envs.rollout import NoSteer, run_episodes
+
+        env = self.env(self.splits[split][:n])
+        try:
+            episodes = run_episodes(env, env.examples, NoSteer(env), keep_tensors=True)
+        finally:
+            env.close()
+        return torch.cat([ep.obs for ep in episodes if ep.obs is not None and len(ep.obs)])
 
     def load_policy(self, run_dir: str | Path, greedy: bool = True, n_alternatives: int = 3) -> PolicyAgent:
         """A run's trained policy (policy.pt, else the last checkpoint's) as a `PolicyAgent`, loaded on CPU."""
@@ -121,6 +140,7 @@ class Components:
             coef_mode=self.steering.coef_mode,
             planted=self.planted,
             allow_noop=self.steering.allow_noop,
+            ran_on=machine(self.lm.device),
         )
 
     def check_identity(
@@ -136,6 +156,23 @@ class Components:
                 + "; ".join(f"{k}: run has {getattr(saved, k)!r}, now {now[k]!r}" for k in diff)
                 + "; feature ids would not match: load the run's own model, SAE and task, or start a new run"
             )
+
+
+def machine(device: Any) -> dict[str, Any]:
+    """Where a run ran, for run.json: host, device (with the GPU's name), torch version and CPU threads."""
+    import platform
+
+    import torch
+
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "host": platform.node(),
+        "device": str(dev),
+        "device_name": name,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig:
@@ -158,13 +195,19 @@ def _is_group(f: dataclasses.Field) -> bool:
     return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
 
 
-def build(cfg: TrainConfig | Mapping[str, Any], splits: tuple[str, ...] = ("train", "val", "test")) -> Components:
+def build(
+    cfg: TrainConfig | Mapping[str, Any],
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    for_training: bool = False,
+) -> Components:
     """Validate the config and read the task data (cheap, so first), then load the model and the SAE."""
     from crl.envs.tasks.registry import make_task
 
     cfg = load(TrainConfig, cfg)
     task = make_task(cfg.task)
     data = {s: task.load(s) for s in splits}
+    if for_training:
+        check_val_split(cfg, data)
     layer = cfg.steering.layer
     planted = None
     lm = load_model(cfg.model)
@@ -180,7 +223,7 @@ def build(cfg: TrainConfig | Mapping[str, Any], splits: tuple[str, ...] = ("trai
         )
         planted = info.planted
     else:
-        sae_cfg = cfg.sae
+        sae_cfg = cfg.sae if cfg.sae.device else dataclasses.replace(cfg.sae, device=cfg.model.device)
         if sae_cfg.source == "default":  # the default SAE is the one built for the steered layer
             sae_cfg = dataclasses.replace(sae_cfg, layer=layer)
             _ensure_default_sae(cfg.model, layer)
@@ -191,6 +234,19 @@ def build(cfg: TrainConfig | Mapping[str, Any], splits: tuple[str, ...] = ("trai
             )
     check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
     return Components(lm, sae, task, data, cfg.steering, cfg.masking, cfg.policy, cfg.ppo, planted)
+
+
+def check_val_split(cfg: TrainConfig, data: dict[str, list[Example]]) -> None:
+    """A val split too small to tell checkpoints apart is a one-line error before the model loads."""
+    exp = cfg.run
+    if exp.select != "best_val":
+        return
+    n = len(data.get(exp.val_split, []))
+    if n < exp.min_val_prompts:
+        raise CRLError(
+            f"run.val_split={exp.val_split} has {n} prompts, fewer than run.min_val_prompts={exp.min_val_prompts}: "
+            f"too few to select a checkpoint on; enlarge it (task.n_{exp.val_split}) or set run.select=last"
+        )
 
 
 def _ensure_default_sae(model_cfg: ModelConfig, layer: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from crl.envs.rollout import ActionPolicy, Episode, NoSteer, accuracy, run_episodes
+from crl.envs.tasks.base import Example
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
@@ -23,11 +24,12 @@ from crl.logs.writer import RunWriter
 from crl.run.components import Components, build, saved_config
 
 
-def evaluate(comps: Components, split: str, agent: ActionPolicy | None, seed: int) -> list[Episode]:
-    """Every example of `split` once with `agent` (None: no steering), masking as at eval time."""
-    env = comps.env(split, comps.masker(for_eval=True), seed)
+def evaluate(comps: Components, split: str | list[Example], agent: ActionPolicy | None, seed: int) -> list[Episode]:
+    """Every example of `split` (a split name or a list) once with `agent` (None: no steering), eval masking."""
+    examples = comps.splits[split] if isinstance(split, str) else split
+    env = comps.env(examples, comps.masker(for_eval=True), seed)
     try:
-        return run_episodes(env, comps.splits[split], agent if agent is not None else NoSteer(env))
+        return run_episodes(env, examples, agent if agent is not None else NoSteer(env))
     finally:
         env.close()
 

@@ -33,6 +33,7 @@ from crl.logs.wandb import WandbLogger
 from crl.logs.writer import RunWriter, load_checkpoint
 from crl.run.components import POLICY_FILE, Components, build, saved_config
 from crl.run.evaluate import evaluate, feature_usage
+from crl.run.selection import Selection
 
 
 def seed_everything(seed: int) -> None:
@@ -82,11 +83,9 @@ def train(
             raise CRLError(f"resume={resume} is not a CRL run directory (no {schema.RUN_JSON} / {schema.CONFIG_YAML})")
         cfg = resume_config(cfg, run_dir, user_overrides)
         ckpt = load_checkpoint(run_dir)  # fails fast on a missing or corrupt checkpoint
-    exp = cfg.run
-    seed = cfg.seed
+    exp, ppo, seed = cfg.run, cfg.ppo, cfg.seed
     seed_everything(seed)
-    comps = build(cfg)
-    ppo = comps.ppo
+    comps = build(cfg, for_training=True)
     run_name = run_dir.name
     if ckpt is not None:
         comps.check_identity(RunInfo.read(run_dir), run_dir)
@@ -100,6 +99,8 @@ def train(
     batch_rng = np.random.default_rng(seed)
     mb_gen = torch.Generator().manual_seed(seed)
     writer = RunWriter(run_dir)
+    sel = Selection(run_dir, exp)
+    unsteered: dict[str, float] = {}  # prompt id -> reward of its unsteered rollout (advantage=unsteered)
     start_update, episode_counter, global_step = 0, 0, 0
     logger = None
     try:
@@ -109,6 +110,8 @@ def train(
             masker.load_state_dict(ckpt["masking"])
             restore_rng(ckpt["rng"], batch_rng, mb_gen)
             start_update, episode_counter, global_step = ckpt["update"], ckpt["episode"], ckpt["global_step"]
+            sel.load_state_dict(ckpt.get("selection", {}))
+            unsteered = dict(ckpt.get("unsteered", {}))
             writer.truncate_to(ckpt["log_sizes"])
             print(f"[crl] resuming {run_dir} from update {start_update}/{ppo.total_updates}")
         logger = WandbLogger(
@@ -120,6 +123,10 @@ def train(
             inter, eps = episode_rows(before, run_name, Phase.baseline("none", split), 0, 0)
             writer.append(schema.INTERVENTIONS, inter)
             writer.append(schema.EPISODES, eps)
+        if ckpt is None and comps.policy.obs_norm == "standardize":  # resumed: the checkpoint carries them
+            net.set_obs_stats(comps.observation_sample("train", comps.policy.obs_stats_prompts))
+        if ckpt is None and exp.eval_every:  # update 0: the untrained policy (no steering under its prior)
+            logger.log(sel.evaluate(comps, net, 0, writer, run_name, seed), step=0)
         env = comps.env("train", masker, seed)
         agent = PolicyAgent(net)
         from tqdm.auto import tqdm
@@ -131,15 +138,19 @@ def train(
             total=ppo.total_updates,
             disable=None,
         )
+        t_loop = time.time()
         for update in bar:
+            if sel.stopped:
+                break
             t_upd = time.time()
             if ppo.anneal_lr:
                 optimizer.param_groups[0]["lr"] = ppo.learning_rate * (1.0 - update / ppo.total_updates)
-            group = ppo.group_size if ppo.advantage == "group" else 1
-            batch = sample_batch(comps.splits["train"], ppo.episodes_per_update, batch_rng, group)
+            batch = sample_batch(comps.splits["train"], ppo.episodes_per_update, batch_rng, ppo.group_size)
             episodes = run_episodes(env, batch, agent, keep_tensors=True)
             t_roll = time.time() - t_upd
-            metrics = ppo_update(net, optimizer, episodes, ppo, mb_gen)
+            if ppo.advantage == "unsteered":
+                unsteered_rewards(comps, batch, unsteered, seed)
+            metrics = ppo_update(net, optimizer, episodes, ppo, mb_gen, unsteered)
             chosen = torch.tensor([f for ep in episodes for f in ep.features])
             masker.observe_update(chosen)
             global_step += len(chosen)
@@ -148,31 +159,56 @@ def train(
             episode_counter += len(episodes)
             writer.append(schema.INTERVENTIONS, inter)
             writer.append(schema.EPISODES, eps)
+            done = update + 1
+            if exp.eval_every and (done % exp.eval_every == 0 or done == ppo.total_updates):
+                metrics.update(sel.evaluate(comps, net, done, writer, run_name, seed))
             writer.append(schema.METRICS, [{"update": update, "global_step": global_step, **metrics}])
             logger.log(metrics, step=update)
             bar.set_postfix(reward=f"{metrics['charts/mean_reward']:.2f}", kl=f"{metrics['losses/approx_kl']:.3f}")
-            if (update + 1) % exp.checkpoint_every == 0 or update + 1 == ppo.total_updates:
+            if bar.disable:  # no terminal (a log file, CI): one plain line per update instead of the bar
+                print(
+                    progress_line(done, ppo.total_updates, metrics, sel, time.time() - t_loop, start_update), flush=True
+                )
+            if done % exp.checkpoint_every == 0 or done == ppo.total_updates or sel.stopped:
                 writer.save_checkpoint(
                     {
                         "policy": net.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "masking": masker.state_dict(),
                         "rng": rng_state(batch_rng, mb_gen),
-                        "update": update + 1,
+                        "update": done,
                         "episode": episode_counter,
                         "global_step": global_step,
                         "wandb_id": logger.id,
                         "identity": comps.identity(),
+                        "selection": sel.state_dict(),
+                        "unsteered": unsteered,
                     }
                 )
         env.close()
+        last_update = sel.stopped_at or ppo.total_updates
+        torch.save(net.state_dict(), run_dir / POLICY_FILE)
+        chosen_update = sel.chosen(last_update)
+        last = None
+        if chosen_update != last_update:  # the last policy too, so the report can show what selection bought
+            last = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
+            inter, eps = episode_rows(last, run_name, Phase.baseline("last", split), last_update, 0)
+            writer.append(schema.INTERVENTIONS, inter)
+            writer.append(schema.EPISODES, eps)
+            net.load_state_dict(sel.best_state(), strict=False)
+            torch.save(net.state_dict(), run_dir / POLICY_FILE)  # policy.pt is the selected policy
         after = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
-        inter, eps = episode_rows(after, run_name, Phase.eval(split), ppo.total_updates, 0)
+        inter, eps = episode_rows(after, run_name, Phase.eval(split), chosen_update, 0)
+        writer.append(schema.INTERVENTIONS, inter)
+        writer.append(schema.EPISODES, eps)
+        on_train = evaluate(comps, train_sample(comps, exp), PolicyAgent(net, greedy=True), seed)
+        inter, eps = episode_rows(on_train, run_name, Phase.eval("train"), chosen_update, 0)
         writer.append(schema.INTERVENTIONS, inter)
         writer.append(schema.EPISODES, eps)
         writer.flush()
-        torch.save(net.state_dict(), run_dir / POLICY_FILE)
         summary = make_summary(run_dir, comps, exp, split, after, time.time() - t0)
+        summary["selection"] = sel.summary(chosen_update, last_update, last, on_train)
+        atomic_write_json(run_dir / schema.SUMMARY, summary)
         logger.log_feature_usage(summary["top_features"], step=ppo.total_updates)
         after_metrics = {f"eval/{k}": v for k, v in summary["after"].items() if isinstance(v, float)}
         logger.log(after_metrics, step=ppo.total_updates)
@@ -183,6 +219,31 @@ def train(
         if logger is not None:
             logger.finish()
     return summary
+
+
+def progress_line(done: int, total: int, m: dict[str, float], sel: Selection, elapsed: float, start: int) -> str:
+    """One log line per update: reward, how much the policy steers, val accuracy, speed and ETA."""
+    per = elapsed / max(1, done - start)
+    eta = time.strftime("%H:%M:%S", time.gmtime(per * (total - done)))
+    val = f"  val {m['eval/val_accuracy']:.3f}" if "eval/val_accuracy" in m else ""
+    best = f" (best {sel.best_accuracy:.3f} @ update {sel.best_update})" if sel.best_update is not None else ""
+    return (
+        f"[crl] update {done}/{total}  reward {m['charts/mean_reward']:.3f}  no-steer {m['charts/noop_share']:.2f}"
+        f"  kl {m['losses/approx_kl']:.3f}{val}{best if val else ''}  {per:.1f}s/update  ETA {eta}"
+    )
+
+
+def train_sample(comps: Components, exp: RunConfig) -> list[Example]:
+    """As many train prompts as the val split has, for the train/val/test gap."""
+    return comps.splits["train"][: max(1, len(comps.splits[exp.val_split]))]
+
+
+def unsteered_rewards(comps: Components, batch: list[Example], cache: dict[str, float], seed: int) -> None:
+    """Fill `cache` with the reward of each new prompt's unsteered greedy rollout (once per prompt)."""
+    todo = list({e.id: e for e in batch if e.id not in cache}.values())
+    if todo:
+        for ep in evaluate(comps, todo, None, seed):
+            cache[ep.example.id] = ep.reward
 
 
 def config_yaml(cfg: TrainConfig) -> bytes:

@@ -14,6 +14,9 @@ reconstruction, and ``f`` the latent activations.
   the full LM when the residual at the hook is replaced by its SAE reconstruction (via
   `crl.backends.hooks.residual_hook`, positions >= 1; position 0 stays clean), minus the clean loss. Both are
   averaged over the predictions made at positions 1..126 of the first ``ce_eval_tokens`` held-out tokens.
+
+The quality bar of a shipped SAE (`QUALITY_BAR`, `below_bar`): explained_variance >= 0.85, 10 <= l0 <= 100,
+dead_fraction <= 0.05, ce_loss_increase <= 0.15 nats.
 """
 
 from __future__ import annotations
@@ -25,16 +28,35 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from crl.backends.hooks import residual_hook
 from crl.backends.model import FrozenLM, load_model
 from crl.backends.sae import LoadedSAE, check_compatible, load_sae
-from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE, is_built, model_cache_name, sae_dir
+from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE, find_sae, model_cache_name
 from crl.config import BuildConfig, ModelConfig, SAEConfig
 from crl.errors import CRLError
 from crl.sae_training.config import corpus_config
 from crl.sae_training.corpus import build_corpus
+from crl.sae_training.progress import Progress
+
+# metric -> (lowest, highest) allowed for a shipped SAE (None: unbounded)
+QUALITY_BAR: dict[str, tuple[float | None, float | None]] = {
+    "explained_variance": (0.85, None),
+    "l0": (10, 100),
+    "dead_fraction": (None, 0.05),
+    "ce_loss_increase": (None, 0.15),
+}
+
+
+def below_bar(metrics: dict) -> list[str]:
+    """The metrics that miss `QUALITY_BAR`, as readable lines (empty: the SAE meets the bar)."""
+    out = []
+    for key, (lo, hi) in QUALITY_BAR.items():
+        value = metrics.get(key)
+        if value is None or (lo is not None and value < lo) or (hi is not None and value > hi):
+            want = " and ".join(([f">= {lo}"] if lo is not None else []) + ([f"<= {hi}"] if hi is not None else []))
+            out.append(f"{key}={value if value is None else round(value, 4)} (needs {want})")
+    return out
 
 
 class _Stop(Exception):
@@ -53,10 +75,14 @@ def collect_residuals(
         raise _Stop
 
     device = model.device
-    with residual_hook(model.layers, hook_name, grab):
-        for i in tqdm(range(0, len(rows), batch_size), desc="SAE eval: residuals", disable=not progress):
+    with (
+        Progress("eval: residuals", rows.numel(), "tok", enabled=progress) as bar,
+        residual_hook(model.layers, hook_name, grab),
+    ):
+        for i in range(0, len(rows), batch_size):
             with contextlib.suppress(_Stop):
-                model.model(rows[i : i + batch_size].to(device))
+                model.model(rows[i : i + batch_size].to(device), use_cache=False)
+            bar.update(rows[i : i + batch_size].numel())
     return torch.cat(out)
 
 
@@ -117,18 +143,21 @@ def ce_losses(
     totals = [0.0, 0.0]
     count = 0
     device = model.device
-    for i in tqdm(range(0, len(rows), batch_size), desc="SAE eval: CE loss", disable=not progress):
+    bar = Progress("eval: CE loss (2 full passes)", rows.numel(), "tok", enabled=progress)
+    for i in range(0, len(rows), batch_size):
         batch = rows[i : i + batch_size].to(device)
         targets = batch[:, start + 1 :]
         for j, spliced in enumerate((False, True)):
             if spliced:
                 with residual_hook(model.layers, sae.hook_name, splice):
-                    logits = model.model(batch).logits
+                    logits = model.model(batch, use_cache=False).logits
             else:
-                logits = model.model(batch).logits
+                logits = model.model(batch, use_cache=False).logits
             pred = logits[:, start:-1].float()
             totals[j] += float(F.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets.reshape(-1), reduction="sum"))
         count += targets.numel()
+        bar.update(batch.numel())
+    bar.close()
     return totals[0] / count, totals[1] / count
 
 
@@ -150,24 +179,35 @@ def evaluate(
 
 
 def built_sae_metrics(model_cfg: ModelConfig, layer: int, progress: bool = False) -> tuple[dict, Path]:
-    """(quality metrics, directory) of the SAE that `crl sae build` made for `layer` of the model; metrics that
-    are missing are computed (on the stored held-out rows) and written next to it."""
-    path = sae_dir(model_cache_name(model_cfg), layer)
-    if not is_built(path):
+    """(quality metrics, directory) of CRL's SAE for `layer` of the model: the shipped one when present, else the
+    one `crl sae build` made. ``metrics["source"]`` says which ("shipped" or "built"). Metrics missing from a
+    built SAE are computed (on its stored held-out rows) and written next to it."""
+    name = model_cache_name(model_cfg)
+    path, kind = find_sae(name, layer)
+    if kind is None:
         raise CRLError(
-            f"the SAE for layer {layer} of {model_cache_name(model_cfg)} is not built (nothing at {path}); "
+            f"the SAE for layer {layer} of {name} is not shipped and not built (nothing at {path}); "
             f"run `crl sae build sae.layer={layer}` first"
         )
     try:
-        return json.loads((path / METRICS_FILE).read_text()), path
+        metrics = json.loads((path / METRICS_FILE).read_text())
     except (OSError, ValueError):
-        return evaluate_dir(load_model(model_cfg), path, progress=progress, write=True), path
+        if kind == "shipped":
+            raise CRLError(f"the shipped SAE at {path} has no readable {METRICS_FILE}; reinstall crl") from None
+        metrics = evaluate_dir(load_model(model_cfg), path, progress=progress, write=True)
+    return {"source": kind, **metrics}, path
 
 
 def evaluate_dir(
-    model: FrozenLM, path: Path, cfg: BuildConfig | None = None, progress: bool = False, write: bool = True
+    model: FrozenLM,
+    path: Path,
+    cfg: BuildConfig | None = None,
+    progress: bool = False,
+    write: bool = True,
+    rows: torch.Tensor | None = None,
 ) -> dict:
-    """Metrics of the SAE that `build_sae` wrote to `path`, with its build facts; written next to it."""
+    """Metrics of the SAE that `build_sae` wrote to `path`, with its build facts; written next to it. The held-out
+    `rows` default to the ones stored with the SAE, else the (deterministic) corpus's held-out split."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -175,11 +215,11 @@ def evaluate_dir(
     if cfg is None:
         known = set(BuildConfig.__dataclass_fields__)
         cfg = BuildConfig(**{k: v for k, v in record.get("config", {}).items() if k in known})
-    if (path / EVAL_TOKENS_FILE).exists():
+    if rows is None and (path / EVAL_TOKENS_FILE).exists():
         rows = load_file(str(path / EVAL_TOKENS_FILE))["tokens"]
-    else:  # the corpus is deterministic: rebuild the same held-out split
+    elif rows is None:  # the corpus is deterministic: rebuild the same held-out split
         rows = build_corpus(model.tokenizer, corpus_config(cfg), progress=progress).eval
-    sae = load_sae(SAEConfig(source="disk", path=str(path)))
+    sae = load_sae(SAEConfig(source="disk", path=str(path), device=str(model.device)))
     ce_rows = max(1, math.ceil(cfg.ce_eval_tokens / rows.shape[1]))
     metrics = evaluate(model, sae, rows, ce_rows, cfg.exclude_first_position, progress=progress)
     metrics.update(
@@ -198,4 +238,13 @@ def evaluate_dir(
     return metrics
 
 
-__all__ = ["built_sae_metrics", "ce_losses", "collect_residuals", "evaluate", "evaluate_dir", "reconstruction_metrics"]
+__all__ = [
+    "QUALITY_BAR",
+    "below_bar",
+    "built_sae_metrics",
+    "ce_losses",
+    "collect_residuals",
+    "evaluate",
+    "evaluate_dir",
+    "reconstruction_metrics",
+]

@@ -1,9 +1,6 @@
 """Procedural arithmetic and one-step word problems with integer answers (offline, unlimited).
 
-Disjoint splits: each split draws from its own seed stream, ``Random("arith:<seed>:<split>")``, and keeps a
-problem only if the SHA-256 of its prompt falls in that split's bucket (train 80%, val 10%, test 10% of hash
-space). A prompt therefore belongs to exactly one split for every seed: test problems can never appear in
-training, even across runs with different ``task.seed``. Duplicates within a split are skipped.
+Disjoint splits by prompt hash (`procedural.py`): test problems can never appear in training.
 
 Kinds (``task.subset`` picks one): add (1-50 + 1-50), sub (non-negative results up to 60), mul (2-20 x 2-12),
 two_step (a + b - c, a x b + c) and word (one-step story problems). The instruction asks for just the number.
@@ -11,11 +8,11 @@ two_step (a + b - c, a x b + c) and word (one-step story problems). The instruct
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from typing import Any
 
+from crl.envs.tasks import procedural
 from crl.envs.tasks.base import SPLITS, Example
 from crl.envs.tasks.dataset_task import DatasetTask
 from crl.envs.tasks.loading import Row
@@ -24,7 +21,6 @@ from crl.envs.tasks.verifiers import extract_number, numeric_reward
 from crl.errors import CRLError
 
 INSTRUCTION = "Answer with just the number."
-BUCKETS = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # percent of hash space per split
 
 _NAMES = ("Tom", "Mia", "Sam", "Ava", "Leo", "Zoe", "Ben", "Ivy", "Max", "Lily")
 _ITEMS = ("apples", "marbles", "stickers", "books", "cookies", "pencils", "coins", "cards")
@@ -83,36 +79,15 @@ KINDS: dict[str, Callable[[random.Random], tuple[str, int]]] = {
 }
 
 
-def bucket(prompt: str) -> str:
-    """The only split a prompt may belong to (stable across seeds and runs)."""
-    h = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 100
-    return next(s for s, (lo, hi) in BUCKETS.items() if lo <= h < hi)
-
-
 def generate(split: str, n: int, seed: int, kinds: tuple[str, ...] = tuple(KINDS)) -> list[Row]:
     """`n` distinct problems of `split` (rows with prompt, answer, kind, id)."""
-    if n < 0:
-        raise CRLError(f"task arith generates problems and needs a finite task.n_{split}, got {n}; use a count")
-    rng = random.Random(f"arith:{seed}:{split}")
-    rows: list[Row] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(rows) < n:
-        attempts += 1
-        if attempts > 200 * n + 1000:
-            raise CRLError(
-                f"arith kind(s) {', '.join(kinds)} yield only {len(rows)} distinct {split} "
-                f"problems; lower task.n_{split} or unset task.subset"
-            )
+
+    def draw(rng: random.Random) -> tuple[str, str, dict[str, Any]]:
         kind = rng.choice(kinds)
         question, value = KINDS[kind](rng)
-        prompt = f"{question} {INSTRUCTION}"
-        if prompt in seen or bucket(prompt) != split:
-            continue
-        seen.add(prompt)
-        digest = hashlib.sha256(prompt.encode()).hexdigest()[:10]
-        rows.append({"id": f"{split}-{digest}", "prompt": prompt, "answer": str(value), "kind": kind})
-    return rows
+        return f"{question} {INSTRUCTION}", str(value), {"kind": kind}
+
+    return procedural.generate("arith", split, n, seed, draw, f"lower task.n_{split} or unset task.subset")
 
 
 @register_task("arith")

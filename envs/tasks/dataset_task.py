@@ -12,6 +12,7 @@ from pathlib import Path
 from crl.config import TaskConfig
 from crl.envs.tasks.base import SPLITS, Example, Task
 from crl.envs.tasks.loading import (
+    FRACTIONS,
     ROW_INDEX,
     SOURCE_SPLIT,
     SPLIT_ALIASES,
@@ -32,6 +33,7 @@ class DatasetTask(Task):
     column_aliases: dict[str, tuple[str, ...]] = {}
     offline_task: str | None = None  # named in the error when the hub is unreachable
     split_aliases: dict[str, tuple[str, ...]] = SPLIT_ALIASES  # raw split names -> train/val/test
+    split_fractions: dict[str, float] = FRACTIONS  # how a pooled source is carved (test first, then val)
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
@@ -92,7 +94,7 @@ class DatasetTask(Task):
     def _build(self) -> dict[str, list[Example]]:
         raw = self.rows()
         key = self.stratify_key if type(self).stratify_key is not DatasetTask.stratify_key else None
-        splits = resolve_splits(raw, self.cfg.seed, key=key, aliases=self.split_aliases)
+        splits = resolve_splits(raw, self.cfg.seed, key=key, aliases=self.split_aliases, fractions=self.split_fractions)
         out: dict[str, list[Example]] = {}
         seen: set[str] = set()
         for split in SPLITS:

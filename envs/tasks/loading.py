@@ -216,6 +216,7 @@ def resolve_splits(
     seed: int,
     key: Callable[[Row], Hashable] | None = None,
     aliases: dict[str, tuple[str, ...]] = SPLIT_ALIASES,
+    fractions: dict[str, float] = FRACTIONS,
 ) -> dict[str, list[Row]]:
     """Map raw split names onto train/val/test, carving whatever is missing (see the module docstring)."""
     if isinstance(raw, list):
@@ -233,11 +234,11 @@ def resolve_splits(
             found[split] = tagged[name]
     if not found:
         pooled = [r for rows in tagged.values() for r in rows]
-        return seeded_split(pooled, seed, FRACTIONS, key)
+        return seeded_split(pooled, seed, fractions, key)
     missing = [s for s in SPLITS if s not in found]
     if missing:
         donor = max(found, key=lambda s: len(found[s]))
-        parts = seeded_split(found[donor], seed, {s: FRACTIONS[s] for s in (donor, *missing)}, key)
+        parts = seeded_split(found[donor], seed, {s: fractions[s] for s in (donor, *missing)}, key)
         found.update(parts)
     return {s: found[s] for s in SPLITS}
 

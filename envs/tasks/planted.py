@@ -135,8 +135,8 @@ def build_planted_sae(
     W = torch.randn(d_sae, lm.d_model, generator=g)
     for k in range(task.n_classes):
         prompts = [task.format_prompt(e, tok) for e in train if e.meta["cls"] == k][:8]
-        W[planted[k]] = _push_direction(lm, hook.name, prompts, targets[k], coef, steps, g)
-    sae = sae_from_decoder(W, hook, f"planted:{lm.name}:layer{layer}:seed{seed}")
+        W[planted[k]] = _push_direction(lm, hook.name, prompts, targets[k], coef, steps, g).cpu()
+    sae = sae_from_decoder(W, hook, f"planted:{lm.name}:layer{layer}:seed{seed}", device=lm.device)
     return sae, PlantedInfo(planted, coef)
 
 
@@ -144,8 +144,8 @@ def _push_direction(
     lm: FrozenLM, hook_name: str, prompts: list[str], target: int, coef: float, steps: int, g: torch.Generator
 ) -> torch.Tensor:
     """A unit direction v maximizing log p(target) when x_last += coef * ||x_last|| * v."""
-    enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    v = torch.randn(lm.d_model, generator=g).requires_grad_(True)
+    enc = lm.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    v = torch.randn(lm.d_model, generator=g).to(lm.device).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=0.1)
 
     def steer(resid: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ T = TypeVar("T", bound=type[Task])
 # Imported at the bottom of this file, so TASKS is complete once the registry is imported.
 TASK_MODULES: tuple[str, ...] = (
     "crl.envs.tasks.arith",
+    "crl.envs.tasks.compare",
     "crl.envs.tasks.gsm8k",
     "crl.envs.tasks.mmlu",
     "crl.envs.tasks.bbq",

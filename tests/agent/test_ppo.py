@@ -1,4 +1,4 @@
-"""PPO pieces: GAE and group-relative advantages over token steps, and the agent adapter."""
+"""PPO pieces: advantages (GAE, group, leave-one-out, unsteered baseline), the no-steer pulls, the update, the agent."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import pytest
 import torch
 
 from crl.agent.policy import ActorCritic
-from crl.agent.ppo import PolicyAgent, compute_advantages
+from crl.agent.ppo import PolicyAgent, compute_advantages, kl_to_no_steer, normalize, ppo_update
 from crl.config import PolicyConfig, PPOConfig
 from crl.envs.rollout import Episode
 from crl.envs.tasks.base import Example
 
 
-def _episode(pid: str, reward: float, values: list[float]) -> Episode:
-    steps = [{"value": v} for v in values]
+def _episode(pid: str, reward: float, values: list[float], features: list[int] | None = None) -> Episode:
+    features = features or [-1] * len(values)
+    steps = [{"value": v, "feature": f} for v, f in zip(values, features, strict=True)]
     return Episode(Example(pid, "q", "a"), "c", reward, reward > 0, True, "eos", steps)
 
 
 def test_gae_with_terminal_reward():
     ep = _episode("p", 1.0, [0.2, 0.5, 0.9])
-    (adv,), (ret,) = compute_advantages([ep], PPOConfig(gamma=1.0, gae_lambda=1.0))
+    (adv,), (ret,) = compute_advantages([ep], PPOConfig(advantage="gae", regularizer="none", gamma=1.0, gae_lambda=1.0))
     torch.testing.assert_close(adv, torch.tensor([0.8, 0.5, 0.1]))  # lambda = 1: reward - value
     torch.testing.assert_close(ret, torch.ones(3))
-    (adv,), _ = compute_advantages([ep], PPOConfig(gamma=1.0, gae_lambda=0.0))
+    (adv,), _ = compute_advantages([ep], PPOConfig(advantage="gae", regularizer="none", gamma=1.0, gae_lambda=0.0))
     torch.testing.assert_close(adv, torch.tensor([0.3, 0.4, 0.1]))  # lambda = 0: one-step TD errors
 
 
@@ -47,3 +48,66 @@ def test_agent_reports_logprob_value_and_alternatives(greedy):
     if greedy:
         logits = net.logits(torch.from_numpy(obs), torch.from_numpy(mask))
         assert actions.tolist() == logits.argmax(-1).tolist()
+
+
+def test_leave_one_out_and_unsteered_baselines():
+    eps = [_episode("p", 1.0, [0.0]), _episode("p", 0.0, [0.0]), _episode("p", 0.0, [0.0]), _episode("q", 1.0, [0.0])]
+    loo, _ = compute_advantages(eps, PPOConfig(advantage="loo", group_size=3))
+    assert [round(a.item(), 6) for a in loo] == [1.0, -0.5, -0.5, 0.0]  # r - mean(other samples of the prompt)
+    unsteered = {"p": 0.0, "q": 1.0}
+    adv, _ = compute_advantages(eps, PPOConfig(advantage="unsteered"), unsteered)
+    assert [a.item() for a in adv] == [1.0, 0.0, 0.0, 0.0]  # only an outcome that steering changed counts
+    with pytest.raises(ValueError, match="unsteered reward"):
+        compute_advantages(eps, PPOConfig(advantage="unsteered"))
+
+
+def test_steer_cost_is_paid_by_steered_decisions_only():
+    ep = _episode("p", 1.0, [0.0, 0.0, 0.0], features=[5, -1, 7])
+    cfg = PPOConfig(advantage="unsteered", regularizer="steer_cost", reg_coef=0.25)
+    (adv,), _ = compute_advantages([ep], cfg, {"p": 0.0})
+    torch.testing.assert_close(adv, torch.tensor([0.75, 1.0, 0.75]))
+    # with the critic the cost is a per-token reward: lambda = 1 gives reward-to-go minus the value
+    cfg = PPOConfig(advantage="gae", gamma=1.0, gae_lambda=1.0, regularizer="steer_cost", reg_coef=0.25)
+    (adv,), _ = compute_advantages([ep], cfg)
+    torch.testing.assert_close(adv, torch.tensor([0.5, 0.75, 0.75]))
+
+
+def test_kl_to_no_steer_matches_the_definition():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1], [1, 0, 1, 0, 1, 1]]).bool()
+    logits = logits.masked_fill(~mask, -1e9)
+    eps, noop = 0.1, 5
+    k = mask.sum(-1, keepdim=True).float()
+    ref = torch.where(mask, eps / k, torch.zeros(()))
+    ref[:, noop] += 1 - eps
+    p = torch.softmax(logits, -1)
+    explicit = (p * (torch.log(p.clamp_min(1e-30)) - torch.log(ref.clamp_min(1e-30)))).where(mask, 0).sum(-1)
+    torch.testing.assert_close(kl_to_no_steer(logits, mask, noop, eps), explicit)
+    # the reference itself has zero KL; more steering mass has more
+    at_ref = torch.log(ref.clamp_min(1e-30)).masked_fill(~mask, -1e9)
+    torch.testing.assert_close(kl_to_no_steer(at_ref, mask, noop, eps), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_scale_normalisation_keeps_zero_advantages_zero():
+    adv = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0])
+    assert normalize(adv, "scale")[[0, 1, 4]].abs().max() == 0
+    assert normalize(adv, "standardize")[0] != 0  # standardising moves "nothing changed" off zero
+    assert torch.equal(normalize(adv, "none"), adv)
+
+
+def test_forced_steps_are_not_decisions():
+    torch.manual_seed(0)
+    net = ActorCritic(8, torch.randn(6, 8), allow_noop=True, cfg=PolicyConfig(hidden=16))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ep = _episode("p", 1.0, [0.1, 0.2])
+    ep.obs = torch.randn(2, 8)
+    ep.masks = torch.zeros(2, 7, dtype=torch.bool)
+    ep.masks[:, 6] = True  # only the no-op: both steps are forced
+    ep.actions = torch.tensor([6, 6])
+    for s in ep.steps:
+        s["logprob"] = 0.0
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    out = ppo_update(net, opt, [ep], PPOConfig(advantage="gae"), torch.Generator().manual_seed(0))
+    assert out["charts/decisions"] == 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -26,7 +26,8 @@ def test_cli_info_prints_one_json_object(model, cache, capsys, tiny_build_config
     out = capsys.readouterr().out
     info = json.loads(out)  # stdout holds exactly one JSON object
     assert info["path"] == str(path) and info["hook_name"] == "blocks.0.hook_resid_post"
-    assert list(info)[:4] == ["explained_variance", "l0", "dead_fraction", "ce_loss_increase"]
+    assert list(info)[:5] == ["source", "explained_variance", "l0", "dead_fraction", "ce_loss_increase"]
+    assert info["source"] == "built"
 
     (path / METRICS_FILE).unlink()  # info recomputes missing metrics (same held-out rows) and stores them
     main(args)
@@ -49,3 +50,41 @@ def test_cli_build_errors_are_one_line(cache, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("crl: error:") and expected in err[0], err
     assert not (cache / "saes").exists()
+
+
+TINY_BUILD = [
+    "model=tiny",
+    "model.n_layers=2",
+    "model.d_model=32",
+    "build.d_sae=64",
+    "build.k=4",
+    "build.training_tokens=4096",
+    "build.epochs=1",
+    "build.context_size=32",
+    "build.train_batch_size_tokens=256",
+    "build.store_batch_size_prompts=8",
+    "build.lr_warm_up_steps=2",
+    "build.dead_feature_window=5",
+    "build.eval_tokens=1024",
+    "build.ce_eval_tokens=256",
+    "build.prose_packages=[tqdm,omegaconf,jinja2]",
+]
+
+
+def test_cli_builds_several_layers_in_one_command(cache, capsys, tmp_path, monkeypatch):
+    """`crl sae build -m sae.layer=0,1`: a Hydra sweep, one build (and one JSON line) per layer, nothing written to
+    the working directory."""
+    from crl.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    main(["sae", "build", "-m", "sae.layer=0,1", *TINY_BUILD])
+    captured = capsys.readouterr()
+    results = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(r["layer"], r["source"]) for r in results] == [(0, "built"), (1, "built")]
+    assert all(r["path"].startswith(str(cache)) for r in results)
+    assert "crl sae: SAE training  4,096/4,096 samples" in captured.err
+    assert not list(work.iterdir())  # no multirun/, outputs/ or .hydra/ in the working directory
+    assert [p.name for p in (tmp_path / "tmp" / "crl-sweeps").iterdir()][0].startswith("sae-build-")

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_nosteer_without_an_env_acts_like_nosteer_with_one(lm, sae, task, examples):
     exs = examples[:3]
-    env = SteeringVecEnv(lm, sae, task, exs, SteeringConfig(max_new_tokens=3), num_envs=3)
+    env = SteeringVecEnv(lm, sae, task, exs, SteeringConfig(max_new_tokens=3, coef_levels=[1.0]), num_envs=3)
     try:
         with_env = run_episodes(env, exs, NoSteer(env))
         no_env = run_episodes(env, exs, NoSteer(noop=D_SAE))

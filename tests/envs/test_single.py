@@ -73,7 +73,8 @@ def test_check_env_passes(lm, sae, task, examples):
     check_env(env, skip_render_check=True)
     obs, info = env.reset(seed=5)
     assert obs.shape == (lm.d_model,) and obs.dtype == np.float32
-    assert env.action_space.n == D_SAE + 1 and info["action_mask"].shape == (D_SAE + 1,)
+    n = 2 * D_SAE + 1  # amplify and suppress each feature (default coef_levels [1, -1]), plus the no-op
+    assert env.action_space.n == n and info["action_mask"].shape == (n,)
     env.close()
 
 

@@ -115,7 +115,7 @@ def test_naive_equals_cached(lm, sae, task, examples, mode):
 def test_bad_input(lm, sae, task, examples):
     env = SteeringVecEnv(lm, sae, task, examples[:2], SteeringConfig(max_new_tokens=3), num_envs=2)
     env.reset(options={"examples": examples[:2]})
-    for bad in (D_SAE + 1, -1):
+    for bad in (2 * D_SAE + 1, -1):  # two coefficient levels by default: 2 * D_SAE is the no-op
         with pytest.raises(CRLError, match="out of range") as e:
             env.step(np.array([0, bad]))
         assert "\n" not in str(e.value)
@@ -124,7 +124,7 @@ def test_bad_input(lm, sae, task, examples):
     single = SteeringEnv(lm, sae, task, examples[:2], SteeringConfig(allow_noop=False, max_new_tokens=3))
     single.reset(seed=0)
     with pytest.raises(CRLError, match="out of range"):
-        single.step(D_SAE)
+        single.step(2 * D_SAE)
     with pytest.raises(CRLError, match="one integer"):
         single.step(np.array([1, 2]))
     single.close()

@@ -86,6 +86,7 @@ def test_run_info_writes_today_s_run_json_and_reads_it_back(tmp_path):
         "coef_mode",
         "planted",
         "allow_noop",
+        "ran_on",
     ]
     assert text == json.dumps(info.to_dict(), indent=2) + "\n"
     assert RunInfo.read(tmp_path) == info

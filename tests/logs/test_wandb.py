@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -62,3 +63,32 @@ def test_other_modes_start_one_run_from_the_config(monkeypatch, tmp_path):
             reinit="finish_previous",
         )
     ]
+
+
+def test_crl_train_with_logger_disabled_never_initialises_wandb(tmp_path):
+    # End to end through `crl train` (training, then the analysis report), with nothing in the environment
+    # turning wandb off: every way into a wandb run refuses. sae-lens imports wandb when the SAE is built, so
+    # the module may be loaded; no run may be started and nothing written for one.
+    from tests.run.helpers import QUICK
+
+    args = [a for a in QUICK if a not in ("logger=disabled", "run.analyze=false")]
+    args += ["logger.mode=disabled", "run.analyze=true", "ppo.total_updates=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    code = f"""
+import wandb
+calls = []
+def refuse(*args, **kwargs):
+    calls.append(1)
+    raise RuntimeError("wandb was initialised")
+wandb.init = wandb.setup = refuse
+from crl.cli import main
+try:
+    main(["train", *{args!r}])
+finally:
+    print("wandb calls:", len(calls))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "wandb calls: 0" in out.stdout
+    assert (tmp_path / "run" / "analysis" / "report.html").exists()  # the report ran too
+    assert not list(tmp_path.rglob("wandb")) and not list(tmp_path.rglob("wandb-*"))

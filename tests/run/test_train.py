@@ -163,3 +163,48 @@ def test_an_old_runs_config_still_resumes(tmp_path):
     assert resume_config(now, tmp_path, [f"resume={tmp_path}", "ppo.total_updates=20"]) is now
     with pytest.raises(CRLError, match="incompatible with this config: task differ"):
         resume_config(compose_config("train", ["task.n_test=8"]), tmp_path, [f"resume={tmp_path}", "task.n_test=8"])
+
+
+def _hurting_task(cfg) -> type:
+    """The planted task with the reward turned around: 1 iff the completion is the unsteered model's own, so every
+    intervention that changes the output can only hurt."""
+    from crl.envs.rollout import NoSteer, run_episodes
+    from crl.envs.tasks.planted import PlantedTask
+
+    comps = build(cfg)
+    own: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        env = comps.env(split)
+        for ep in run_episodes(env, comps.splits[split], NoSteer(env)):
+            own[comps.task.format_prompt(ep.example, comps.lm.tokenizer)] = ep.completion
+        env.close()
+
+    class Hurting(PlantedTask):
+        def reward(self, prompts, completions, **columns):
+            return [float(c == own[p]) for p, c in zip(prompts, completions, strict=True)]
+
+    return Hurting
+
+
+@pytest.mark.parametrize(
+    "pull", [["ppo.regularizer=steer_cost", "ppo.reg_coef=0.1"], ["ppo.regularizer=kl", "ppo.reg_coef=0.5"]]
+)
+def test_no_steer_pull_keeps_the_policy_unsteered_when_steering_only_hurts(tmp_path, monkeypatch, pull):
+    from crl.envs.tasks.registry import TASKS
+
+    args = [*QUICK, "policy.noop_init_bias=4.2", "ppo.total_updates=12", "ppo.advantage=unsteered", "ppo.group_size=4"]
+    monkeypatch.setitem(TASKS, "planted", _hurting_task(compose_train(args)))
+    pulled = train(compose_train([*args, *pull, "ppo.ent_coef=0"]), tmp_path / "pulled")
+    train(compose_train([*args, "ppo.regularizer=none", "ppo.ent_coef=0.1"]), tmp_path / "free")
+    noop = {
+        name: [m["charts/noop_share"] for m in read_jsonl(tmp_path / name / schema.METRICS)]
+        for name in ("pulled", "free")
+    }
+    assert summary_noop(pulled) == 1.0 and pulled["after"]["accuracy"] == 1.0
+    assert noop["pulled"][-1] >= noop["pulled"][0] + 0.1  # sampling steers less than at the start, not more
+    # The same run without the pull drifts into steering: the assertions above can fail.
+    assert noop["free"][-1] < noop["free"][0] - 0.1
+
+
+def summary_noop(summary: dict) -> float:
+    return sum(r["share"] for r in summary["top_features"] if r["feature"] == schema.NO_STEER)

@@ -15,6 +15,6 @@ def test_bad_build_settings_fail_before_work(model, cache, tiny_build_config):
         build_sae(model, tiny_build_config(k=64), progress=False)
     with pytest.raises(CRLError, match="build.lr=0.0 is invalid: out of range; valid: a number > 0"):
         build_sae(model, tiny_build_config(lr=0.0), progress=False)
-    with pytest.raises(CRLError, match="mixing buffer"):
-        build_sae(model, tiny_build_config(n_batches_in_buffer=2), progress=False)
+    with pytest.raises(CRLError, match=r"build.epochs=32 is invalid: training_tokens / epochs is less than one batch"):
+        build_sae(model, tiny_build_config(epochs=32), progress=False)
     assert not (cache / "saes").exists()

@@ -4,8 +4,9 @@
 - random: a uniformly random feature at every token (seeded per seed).
 - static: one fixed feature at every token. Candidates = the top `n_usage` features by the policy's usage
   (given, e.g. from the run's logs) plus the top `n_act` features by mean SAE activation at the unsteered
-  decisions on the selection split. The feature with the best accuracy on `select_split` (train) at the run's
-  coefficient is picked, then its coefficient is picked from `coef_grid` on `coef_split` (val).
+  decisions on the selection split. The (feature, sign) with the best accuracy on `select_split` (train) at the
+  run's coefficient times each of its coefficient levels (so suppression too, when the policy may suppress) is
+  picked, then its coefficient is picked from `coef_grid` (signed) on `coef_split` (val).
 - corr (CorrSteer-style): per unsteered train episode, each feature's activation averaged over the episode's
   decisions; the feature with the highest Pearson correlation between that and the reward is picked; its
   coefficient is chosen on val like static. Skipped with a note when the train rewards do not vary.
@@ -143,31 +144,45 @@ def select_static(
     rows = []
     for f in candidates:
         _check_fixed(comps, f)
-        acc, wf = scores(rollout(comps, sel, FixedFeature(f), num_envs=cfg.num_envs))
-        rows.append(
-            {
-                "method": method,
-                "stage": f"feature@{cfg.select_split}",
-                "feature": f,
-                "coef": comps.steering.coef,
-                "accuracy": acc,
-                "well_formed": wf,
-            }
-        )
-    feature = int(_best(rows, "feature")["feature"])
-    rows.extend(select_coef(comps, feature, cfg, method))
+        for level in dict.fromkeys(comps.steering.coef_levels):
+            c = comps.steering.coef * level
+            acc, wf = scores(rollout(comps, sel, FixedFeature(f), num_envs=cfg.num_envs, coef=_as_level0(comps, c)))
+            rows.append(
+                {
+                    "method": method,
+                    "stage": f"feature@{cfg.select_split}",
+                    "feature": f,
+                    "coef": c,
+                    "accuracy": acc,
+                    "well_formed": wf,
+                }
+            )
+    best = _best(rows, "feature")
+    feature = int(best["feature"])
+    rows.extend(select_coef(comps, feature, cfg, method, base=float(best["coef"])))
     coef = float(_best([r for r in rows if r["stage"].startswith("coef")], "coef")["coef"])
     return feature, coef, rows
 
 
-def select_coef(comps: Components, feature: int, cfg: BaselineConfig, method: str) -> list[dict[str, Any]]:
+def _as_level0(comps: Components, coef: float) -> float:
+    """The steering.coef override that makes action `feature` (level 0) steer with `coef`."""
+    return coef / comps.steering.coef_levels[0]
+
+
+def select_coef(
+    comps: Components, feature: int, cfg: BaselineConfig, method: str, base: float | None = None
+) -> list[dict[str, Any]]:
+    """The best coefficient for `feature` on the coef split: `coef_grid`, default base * (0.5, 1, 2), where base is
+    the signed coefficient it was selected at (default steering.coef)."""
     from crl.envs.rollout import FixedFeature
 
-    grid = cfg.coef_grid or [comps.steering.coef * m for m in (0.5, 1.0, 2.0)]
+    base = comps.steering.coef if base is None else base
+    grid = cfg.coef_grid or [base * m for m in (0.5, 1.0, 2.0)]
     val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
     rows = []
     for c in grid:
-        acc, wf = scores(rollout(comps, val, FixedFeature(feature), num_envs=cfg.num_envs, coef=float(c)))
+        fixed = FixedFeature(feature)
+        acc, wf = scores(rollout(comps, val, fixed, num_envs=cfg.num_envs, coef=_as_level0(comps, float(c))))
         rows.append(
             {
                 "method": method,
@@ -251,7 +266,7 @@ def run_baselines(
                 eps = rollout(comps, test, policy, seed=s, masker=masker, num_envs=cfg.num_envs)
             else:
                 f, c = fixed[method]
-                eps = rollout(comps, test, FixedFeature(f), seed=s, num_envs=cfg.num_envs, coef=c)
+                eps = rollout(comps, test, FixedFeature(f), seed=s, num_envs=cfg.num_envs, coef=_as_level0(comps, c))
             episodes.setdefault(phase, []).extend(eps)
             seeds.setdefault(phase, []).extend([s] * len(eps))
     return BaselineResult(episodes, seeds, pd.DataFrame(selection), chosen, notes)

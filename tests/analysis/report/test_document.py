@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+
 import pandas as pd
+import pytest
 
 from crl.analysis.offline.features import feature_usage
 from crl.analysis.report import plots
@@ -28,3 +35,34 @@ def test_wandb_logging_runs_with_a_disabled_run(run, tmp_path):
         log_to_wandb(wb, rep)
     finally:
         wb.finish()
+
+
+def _wide_report(path):
+    rep = Report("wide")
+    df = pd.DataFrame({f"column_{i}_with_a_long_name": [i * 1.5, i] for i in range(30)})
+    df.insert(0, "completion", ["a long completion " * 12, "https://example.org/" + "x" * 200])
+    rep.add_table(rep.section("wide"), "wide", df)
+    return rep.write(path)
+
+
+def test_wide_tables_scroll_inside_their_box_not_the_page(tmp_path):
+    html = _wide_report(tmp_path / "r.html").read_text()
+    assert '<div class="tw"><table>' in html and "</table></div>" in html
+    assert ".tw{max-width:100%;overflow-x:auto" in html
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless chromium to lay the page out")
+def test_wide_table_does_not_widen_the_page_in_a_browser(tmp_path):
+    page = _wide_report(tmp_path / "r.html")
+    probe = (
+        "<script>window.onload=()=>{const d=document.documentElement,b=document.querySelector('.tw');"
+        "document.body.dataset.m=JSON.stringify([d.scrollWidth,d.clientWidth,b.scrollWidth,b.clientWidth])}</script>"
+    )
+    page.write_text(page.read_text() + probe)
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800"]
+    dom = subprocess.run(
+        [*cmd, "--virtual-time-budget=3000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    page_w, view_w, box_w, box_view = json.loads(html_lib.unescape(re.search(r'data-m="([^"]*)"', dom).group(1)))
+    assert page_w <= view_w  # the page itself does not scroll sideways
+    assert box_w > box_view  # the table scrolls inside its box
