@@ -40,6 +40,9 @@ BAD = [
     ("ppo.total_updates=-3", "ppo.total_updates=-3"),
     ("steering.coef_mode=weird", "steering.coef_mode=weird"),
     ("task=nope", "task=nope"),
+    ("ppo.advantage=magic", "ppo.advantage=magic"),
+    ("ppo.regularizer=l2", "ppo.regularizer=l2"),
+    ("ppo.reg_coef=-0.1", "ppo.reg_coef=-0.1"),
 ]
 
 
@@ -229,3 +232,21 @@ def test_omegaconf_view_types_literals_as_their_value_type():
     with pytest.raises(Exception, match="could not be converted"):
         node.n = "abc"
     assert describe(Literal["x", "y"] | None) == "x, y or null"
+
+
+def test_a_val_split_too_small_to_select_on_is_one_line_before_any_model_loads(tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CRL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "crl.cli", "train", "task.n_val=5", f"hydra.run.dir={tmp_path / 'run'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crl: error: "), proc.stderr
+    assert "has 5 prompts, fewer than run.min_val_prompts=20" in lines[0]
+    assert "run.select=last" in lines[0]  # the fix is named
+    assert not cache.exists() or not any(cache.iterdir())  # before the model was converted or loaded
