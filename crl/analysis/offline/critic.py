@@ -160,10 +160,19 @@ class CriticSummary:
     reason: str
 
 
-def diagnose(ev_all: float, ece_rel: float, auroc_first: float, cfg: CriticConfig | None = None) -> tuple[str, str]:
-    """The reading rule of the module docstring: (diagnosis, one-line reason)."""
+def diagnose(
+    ev_all: float, ece_rel: float, auroc_first: float, cfg: CriticConfig | None = None, advantage: str = "gae"
+) -> tuple[str, str]:
+    """The reading rule of the module docstring: (diagnosis, one-line reason). With critic-free advantages
+    (`advantage` other than gae) a poor critic does not touch learning, so it is reported, not flagged."""
     cfg = cfg or CriticConfig()
-    if np.isnan(ev_all) or ev_all < cfg.ev_min or ece_rel > cfg.ece_max:
+    poor = np.isnan(ev_all) or ev_all < cfg.ev_min or ece_rel > cfg.ece_max
+    if poor and advantage != "gae":
+        return (
+            "critic not used for learning",
+            f"ppo.advantage={advantage} is critic-free; the critic (EV={ev_all:.2f}) only draws the trajectories below",
+        )
+    if poor:
         return (
             "value-estimation error",
             f"EV={ev_all:.2f} (min {cfg.ev_min}) / relative ECE={ece_rel:.2f} (max {cfg.ece_max}): critic "
@@ -183,7 +192,7 @@ def diagnose(ev_all: float, ece_rel: float, auroc_first: float, cfg: CriticConfi
 
 
 def critic_summary(
-    steps: pd.DataFrame, episodes: pd.DataFrame, cfg: CriticConfig | None = None
+    steps: pd.DataFrame, episodes: pd.DataFrame, cfg: CriticConfig | None = None, advantage: str = "gae"
 ) -> tuple[CriticSummary, pd.DataFrame]:
     """Value quality over an eval phase: the summary and the all-steps calibration table."""
     cfg = cfg or CriticConfig()
@@ -201,7 +210,7 @@ def critic_summary(
     if r.max() == r.min():  # nothing to predict: EV and AUROC are undefined, not bad
         diagnosis, reason = "no outcome variation", f"every eval episode has reward {r[0]:g}; nothing to predict"
     else:
-        diagnosis, reason = diagnose(ev_all, ece_all / span, au, cfg)
+        diagnosis, reason = diagnose(ev_all, ece_all / span, au, cfg, advantage)
     summary = CriticSummary(
         len(first),
         len(df),

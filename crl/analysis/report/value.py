@@ -20,6 +20,14 @@ from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 
 
+def run_advantage(run: RunDir) -> str:
+    """The run's ppo.advantage (gae for runs from before the option existed)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.create(run.config_text or "{}")) or {}
+    return str((cfg.get("ppo") or {}).get("advantage", "gae"))
+
+
 def critic_section(rep: Report, run: RunDir, phase: str, baselines: dict[str, str], out: Path, n_bins: int) -> None:
     """Value trajectories per outcome vs no steering, calibration, and the diagnosis (also in the summary)."""
     s = rep.section("Critic trajectories")
@@ -39,7 +47,7 @@ def critic_section(rep: Report, run: RunDir, phase: str, baselines: dict[str, st
         rep.add_image(s, "critic_relative", rel_png)
     else:
         s.append(para("No baseline:none phase: outcome categories need the unsteered run.", "warn"))
-    summary, calib = critic_summary(eval_steps, eval_eps, ccfg)
+    summary, calib = critic_summary(eval_steps, eval_eps, ccfg, run_advantage(run))
     rep.add_table(s, "critic_summary", pd.DataFrame([summary.__dict__]))
     rep.sections[0][1].append(para(f"Critic: {summary.diagnosis} ({summary.reason})."))
     rep.add_table(s, "calibration", calib)

@@ -84,6 +84,10 @@ def test_critic_diagnosis_tells_policy_limit_from_value_error(run, tmp_path):
     bad, _ = critic_summary(bad_run.steps_of("eval:test"), bad_run.episodes_of("eval:test"))
     assert bad.ev_all == pytest.approx(0.0, abs=1e-9) and bad.diagnosis == "value-estimation error"
     assert diagnose(0.5, 0.05, 0.55)[0] == "inconclusive"
+    # A poor critic is a flag only when advantages come from it (gae); critic-free runs report it as unused.
+    assert diagnose(-1.1, 0.05, 0.55, advantage="gae")[0] == "value-estimation error"
+    assert diagnose(-1.1, 0.05, 0.55, advantage="unsteered")[0] == "critic not used for learning"
+    assert diagnose(0.5, 0.05, 0.9, advantage="unsteered")[0] == "policy limit"
 
 
 def test_critic_reports_no_outcome_variation_instead_of_a_bad_critic():
