@@ -16,6 +16,8 @@ never reaches into training.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -84,3 +86,15 @@ def shipped_layers(model_name: str = DEFAULT_MODEL_NAME) -> list[int]:
 def is_built(path: Path) -> bool:
     """Whether `path` holds a finished SAE (builds and exports are renamed into place only once complete)."""
     return (Path(path) / SAE_CONFIG_FILE).exists()
+
+
+def install_dir(tmp: Path, dst: Path) -> None:
+    """Move a finished SAE directory `tmp` into place at `dst` (a build or an export). An existing `dst` is moved
+    aside only once the new one is complete, so a reader never finds a half-written SAE."""
+    if dst.exists():
+        old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dst)

@@ -14,13 +14,18 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.atomic import atomic_write_bytes
+from crl.logs.rows import episode_rows
+from crl.logs.schema import Phase
+
+if TYPE_CHECKING:
+    from crl.envs.rollout import Episode
 
 LOGS = schema.LOGS
 
@@ -34,6 +39,14 @@ class RunWriter:
     def append(self, log: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self._files[log].write("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+
+    def append_episodes(
+        self, episodes: list[Episode], run: str, phase: Phase | str, update: int = 0, first_episode: int = 0
+    ) -> None:
+        """Rollouts as rows (`episode_rows`), appended to interventions.jsonl and episodes.jsonl."""
+        inter, eps = episode_rows(episodes, run, phase, update, first_episode)
+        self.append(schema.INTERVENTIONS, inter)
+        self.append(schema.EPISODES, eps)
 
     def flush(self) -> dict[str, int]:
         """Flush and fsync all logs; returns their sizes for the checkpoint."""

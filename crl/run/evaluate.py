@@ -18,7 +18,6 @@ from crl.envs.tasks.base import Example
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
-from crl.logs.rows import episode_rows
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.writer import RunWriter
 from crl.run.components import Components, build, saved_config
@@ -71,9 +70,7 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
     first = 1 + max((r["episode"] for r in read_jsonl(run_dir / schema.EPISODES)), default=-1)
     writer = RunWriter(run_dir)
     try:
-        inter, eps = episode_rows(episodes, run_dir.name, Phase.eval(split), cfg.ppo.total_updates, first)
-        writer.append(schema.INTERVENTIONS, inter)
-        writer.append(schema.EPISODES, eps)
+        writer.append_episodes(episodes, run_dir.name, Phase.eval(split), cfg.ppo.total_updates, first)
         writer.flush()
     finally:
         writer.close()

@@ -25,7 +25,6 @@ from crl.envs.rollout import Episode, accuracy
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.atomic import atomic_write_bytes
-from crl.logs.rows import episode_rows
 from crl.logs.schema import Phase
 from crl.logs.writer import RunWriter
 
@@ -63,9 +62,7 @@ class Selection:
         from crl.run.evaluate import evaluate
 
         episodes = evaluate(comps, self.exp.val_split, PolicyAgent(net, greedy=True), seed)
-        inter, eps = episode_rows(episodes, run_name, Phase.eval(self.exp.val_split), update, 0)
-        writer.append(schema.INTERVENTIONS, inter)
-        writer.append(schema.EPISODES, eps)
+        writer.append_episodes(episodes, run_name, Phase.eval(self.exp.val_split), update)
         stats = episode_stats(episodes)
         self.curve.append({"update": update, **stats})
         if stats["accuracy"] > self.best_accuracy:  # strictly better: ties keep the earlier update

@@ -27,7 +27,6 @@ from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 from crl.logs.reader import read_jsonl
-from crl.logs.rows import episode_rows
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.wandb import WandbLogger
 from crl.logs.writer import RunWriter, load_checkpoint
@@ -120,9 +119,7 @@ def train(
         split = exp.eval_split
         if ckpt is None and exp.eval_before:
             before = evaluate(comps, split, None, seed)
-            inter, eps = episode_rows(before, run_name, Phase.baseline("none", split), 0, 0)
-            writer.append(schema.INTERVENTIONS, inter)
-            writer.append(schema.EPISODES, eps)
+            writer.append_episodes(before, run_name, Phase.baseline("none", split))
         if ckpt is None and comps.policy.obs_norm == "standardize":  # resumed: the checkpoint carries them
             net.set_obs_stats(comps.observation_sample("train", comps.policy.obs_stats_prompts))
         if ckpt is None and exp.eval_every:  # update 0: the untrained policy (no steering under its prior)
@@ -155,10 +152,8 @@ def train(
             masker.observe_update(chosen)
             global_step += len(chosen)
             metrics.update(charts(episodes, chosen, optimizer.param_groups[0]["lr"], masker.cap(), t_upd, t_roll))
-            inter, eps = episode_rows(episodes, run_name, Phase.train(), update, episode_counter)
+            writer.append_episodes(episodes, run_name, Phase.train(), update, episode_counter)
             episode_counter += len(episodes)
-            writer.append(schema.INTERVENTIONS, inter)
-            writer.append(schema.EPISODES, eps)
             done = update + 1
             if exp.eval_every and (done % exp.eval_every == 0 or done == ppo.total_updates):
                 metrics.update(sel.evaluate(comps, net, done, writer, run_name, seed))
@@ -187,28 +182,20 @@ def train(
                 )
         env.close()
         last_update = sel.stopped_at or ppo.total_updates
-        torch.save(net.state_dict(), run_dir / POLICY_FILE)
         chosen_update = sel.chosen(last_update)
         last = None
         if chosen_update != last_update:  # the last policy too, so the report can show what selection bought
             last = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
-            inter, eps = episode_rows(last, run_name, Phase.baseline("last", split), last_update, 0)
-            writer.append(schema.INTERVENTIONS, inter)
-            writer.append(schema.EPISODES, eps)
+            writer.append_episodes(last, run_name, Phase.baseline("last", split), last_update)
             net.load_state_dict(sel.best_state(), strict=False)
-            torch.save(net.state_dict(), run_dir / POLICY_FILE)  # policy.pt is the selected policy
+        torch.save(net.state_dict(), run_dir / POLICY_FILE)  # policy.pt is the selected policy
         after = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
-        inter, eps = episode_rows(after, run_name, Phase.eval(split), chosen_update, 0)
-        writer.append(schema.INTERVENTIONS, inter)
-        writer.append(schema.EPISODES, eps)
+        writer.append_episodes(after, run_name, Phase.eval(split), chosen_update)
         on_train = evaluate(comps, train_sample(comps, exp), PolicyAgent(net, greedy=True), seed)
-        inter, eps = episode_rows(on_train, run_name, Phase.eval("train"), chosen_update, 0)
-        writer.append(schema.INTERVENTIONS, inter)
-        writer.append(schema.EPISODES, eps)
+        writer.append_episodes(on_train, run_name, Phase.eval("train"), chosen_update)
         writer.flush()
-        summary = make_summary(run_dir, comps, exp, split, after, time.time() - t0)
-        summary["selection"] = sel.summary(chosen_update, last_update, last, on_train)
-        atomic_write_json(run_dir / schema.SUMMARY, summary)
+        selection = sel.summary(chosen_update, last_update, last, on_train)
+        summary = make_summary(run_dir, comps, exp, split, after, time.time() - t0, selection)
         logger.log_feature_usage(summary["top_features"], step=ppo.total_updates)
         after_metrics = {f"eval/{k}": v for k, v in summary["after"].items() if isinstance(v, float)}
         logger.log(after_metrics, step=ppo.total_updates)
@@ -293,7 +280,13 @@ def restore_rng(state: dict[str, Any], batch_rng: np.random.Generator, mb_gen: t
 
 
 def make_summary(
-    run_dir: Path, comps: Components, exp: RunConfig, split: str, after: list[Episode], seconds: float
+    run_dir: Path,
+    comps: Components,
+    exp: RunConfig,
+    split: str,
+    after: list[Episode],
+    seconds: float,
+    selection: dict[str, Any],
 ) -> dict[str, Any]:
     none = str(Phase.baseline("none", split))
     before_rows = [r for r in read_jsonl(run_dir / schema.EPISODES) if r["phase"] == none]
@@ -313,6 +306,7 @@ def make_summary(
         "planted": comps.planted,
         "wall_seconds": seconds,
         "config": {"steering": asdict(comps.steering), "masking": asdict(comps.masking), "ppo": asdict(comps.ppo)},
+        "selection": selection,
     }
     atomic_write_json(run_dir / schema.SUMMARY, summary)
     return summary

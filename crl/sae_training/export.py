@@ -34,6 +34,7 @@ from crl.backends.sae_store import (
     IDENTITY_FILE,
     METRICS_FILE,
     SAE_CONFIG_FILE,
+    install_dir,
     is_built,
     model_cache_name,
     sae_dir,
@@ -109,13 +110,7 @@ def export_sae(
             )
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         (tmp / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
-        if dst.exists():
-            old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
+        install_dir(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return metrics, dst

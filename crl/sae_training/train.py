@@ -33,7 +33,15 @@ import torch.nn.functional as F
 
 from crl.backends.hooks import HookPoint, residual_hook
 from crl.backends.model import FrozenLM
-from crl.backends.sae_store import BUILD_FILE, EVAL_TOKENS_FILE, METRICS_FILE, SAE_CONFIG_FILE, is_built, sae_dir
+from crl.backends.sae_store import (
+    BUILD_FILE,
+    EVAL_TOKENS_FILE,
+    METRICS_FILE,
+    SAE_CONFIG_FILE,
+    install_dir,
+    is_built,
+    sae_dir,
+)
 from crl.config import BuildConfig
 from crl.errors import CRLError
 from crl.sae_training.config import check_build, corpus_config
@@ -371,13 +379,7 @@ def build_sae(
         metrics["build_seconds"] = record["build_seconds"]
         (tmp / BUILD_FILE).write_text(json.dumps(record, indent=1))
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-        if out.exists():  # force: move the old build aside only once the new one is complete
-            old = out.with_name(f"{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        install_dir(tmp, out)  # force: the old build is moved aside only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     metrics["path"] = str(out)

@@ -9,16 +9,9 @@ from crl.config import RunConfig
 from crl.envs.rollout import Episode
 from crl.envs.tasks.base import Example
 from crl.errors import CRLError
+from crl.logs.writer import RunWriter
 from crl.run import selection
 from crl.run.selection import BEST_FILE, Selection
-
-
-class _Writer:
-    def __init__(self):
-        self.rows: dict[str, list] = {}
-
-    def append(self, log: str, rows: list) -> None:
-        self.rows.setdefault(log, []).extend(rows)
 
 
 def _episodes(accuracy: float, n: int = 20) -> list[Episode]:
@@ -46,13 +39,17 @@ def _run(tmp_path, monkeypatch, val_curve: list[float], **run_kw) -> tuple[Selec
     sel = Selection(tmp_path, RunConfig(**run_kw))
     net = torch.nn.Linear(1, 1)
     evaluated = []
-    for update in range(len(val_curve)):
-        if sel.stopped:
-            break
-        with torch.no_grad():
-            net.weight.fill_(update)
-        sel.evaluate(None, net, update, _Writer(), "run", 0)
-        evaluated.append(update)
+    writer = RunWriter(tmp_path / "logs")
+    try:
+        for update in range(len(val_curve)):
+            if sel.stopped:
+                break
+            with torch.no_grad():
+                net.weight.fill_(update)
+            sel.evaluate(None, net, update, writer, "run", 0)
+            evaluated.append(update)
+    finally:
+        writer.close()
     return sel, evaluated
 
 
