@@ -3,15 +3,18 @@
 crl train                               # the embedded offline default, end to end
 crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
 crl eval run_dir=runs/... split=test
+crl transfer run_dir=runs/... [variants=[wording:pick,range:3digit]] [n=400]
 crl sae build sae.layer=6 ; crl sae info ; crl sae export sae.layer=6
 crl bench rollout
 crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
 crl soak                                # the run directory's reliability soak (kills, damage, full disk)
+crl features show 1398 ; crl features build ; crl features index ; crl features export 1398
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from crl.config.compose import check_command
@@ -21,6 +24,7 @@ from crl.errors import CRLError
 COMMANDS: dict[tuple[str, ...], str] = {
     ("train",): "crl.commands.train:main",
     ("eval",): "crl.commands.evaluate:main",
+    ("transfer",): "crl.commands.transfer:main",
     ("sae", "build"): "crl.commands.sae:build",
     ("sae", "info"): "crl.commands.sae:info",
     ("sae", "export"): "crl.commands.sae:export",
@@ -28,7 +32,19 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("analyze",): "crl.commands.report:analyze",
     ("compare",): "crl.commands.report:compare",
     ("soak",): "crl.commands.soak:main",
+    ("features", "show"): "crl.commands.features:show",
+    ("features", "build"): "crl.commands.features:build",
+    ("features", "index"): "crl.commands.features:index",
+    ("features", "export"): "crl.commands.features:export",
 }
+# Commands that take one bare value, and its key: `crl features show 1398` = `crl features show feature=1398`
+# (Hydra reads only key=value overrides).
+POSITIONAL: dict[tuple[str, ...], str] = {("features", "show"): "feature", ("features", "export"): "feature"}
+
+
+def _positional(words: tuple[str, ...], args: list[str]) -> list[str]:
+    key = POSITIONAL.get(words)
+    return [f"{key}={a}" if key and re.fullmatch(r"-?\d+", a) else a for a in args]
 
 
 def _usage() -> str:
@@ -40,11 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     for words, target in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
         if tuple(argv[: len(words)]) == words:
             module, func = target.split(":")
-            sys.argv = [f"crl {' '.join(words)}", *argv[len(words) :]]
+            args = _positional(words, argv[len(words) :])
+            sys.argv = [f"crl {' '.join(words)}", *args]
             try:
+                if words == ("bench", "rollout"):  # sets OMP_WAIT_POLICY, which must precede torch: the device
+                    importlib.import_module("crl.run.bench")  # check below imports torch for a non-cpu device
                 # Bad config values fail here, in one line, before the command (so torch, the model) is imported.
                 # Each command composes conf/<its words joined by "_">.yaml (`crl sae build`: sae_build.yaml).
-                check_command("_".join(words), argv[len(words) :])
+                check_command("_".join(words), args)
                 getattr(importlib.import_module(module), func)()
             except CRLError as e:
                 print(f"crl: error: {e}", file=sys.stderr)

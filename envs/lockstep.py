@@ -18,6 +18,7 @@ import inspect
 import queue
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -51,6 +52,18 @@ class DecodeSpec:
     temperature: float = 1.0
     use_cache: bool = True
     add_special_tokens: bool = False  # chat-templated prompts already hold their special tokens
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: list[str], add_special_tokens: bool, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 0's model inputs: (input ids, attention mask, position ids), left-padded (the tokenizer's padding side,
+    set by `crl.backends.model`), with explicit positions counted from each row's first real token, so a padded row
+    sees the positions it would see alone. The last column is every prompt's last token."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    ids = enc["input_ids"].to(device)
+    mask = enc["attention_mask"].to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 class LockstepDecoder:
@@ -123,10 +136,7 @@ class LockstepDecoder:
     def _generate(self, prompts: list[str], spec: DecodeSpec) -> None:
         tok, model = self.lm.tokenizer, self.lm.model
         device = self.lm.device
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=spec.add_special_tokens)
-        ids = enc["input_ids"].to(device)
-        mask = enc["attention_mask"].to(device)
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        ids, mask, pos = encode_prompts(tok, prompts, spec.add_special_tokens, device)
         rows = torch.arange(len(prompts), device=device)
         steps = torch.zeros(len(prompts), dtype=torch.long, device=device)
         cache = None

@@ -8,6 +8,7 @@ A policy is any object with ``act(obs, info) -> (actions, extras)``; `extras` ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,9 +43,14 @@ class Episode:
 
 
 def run_episodes(
-    env: SteeringVecEnv, examples: list[Example], policy: ActionPolicy, keep_tensors: bool = False
+    env: SteeringVecEnv,
+    examples: list[Example],
+    policy: ActionPolicy,
+    keep_tensors: bool = False,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[Episode]:
-    """Every example once, in batches of `env.num_envs`; returns episodes in the order given."""
+    """Every example once, in batches of `env.num_envs`; returns episodes in the order given. `on_done(k)` is
+    told after each step how many more episodes just finished (progress lines; it changes nothing else)."""
     out: list[Episode] = []
     for start in range(0, len(examples), env.num_envs):
         batch = examples[start : start + env.num_envs]
@@ -66,9 +72,13 @@ def run_episodes(
                     for key, vals in extras.items():
                         v = vals[r]
                         rec[key] = v.tolist() if hasattr(v, "tolist") else v
+            finished = 0
             for r, fin in enumerate(info["final"][: len(batch)]):
                 if fin is not None:
+                    finished += finals[r] is None
                     finals[r] = fin
+            if on_done is not None and finished:
+                on_done(finished)
         for r, (ex, fin) in enumerate(zip(batch, finals, strict=True)):
             ep = Episode(
                 ex,

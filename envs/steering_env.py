@@ -42,6 +42,14 @@ from crl.errors import CRLError
 ActionMasker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def prompt_texts(task: Task, tokenizer: Any, examples: list[Example]) -> tuple[list[str], bool]:
+    """The exact texts the env feeds the model for `examples` (the task's format, chat template included), and
+    whether the tokenizer adds its special tokens: chat-templated prompts already hold theirs, raw prompts get the
+    tokenizer's (BOS). With `crl.envs.lockstep.encode_prompts` this is step 0's input, for analyses that re-run it."""
+    special = not (task.cfg.chat_template and getattr(tokenizer, "chat_template", None))
+    return [task.format_prompt(e, tokenizer) for e in examples], special
+
+
 class SteeringVecEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.DISABLED}
 
@@ -93,8 +101,7 @@ class SteeringVecEnv(VectorEnv):
 
     # -- validation -------------------------------------------------------------------------------
     def _add_special_tokens(self) -> bool:
-        """Chat-templated prompts already hold their special tokens; raw prompts get the tokenizer's (BOS)."""
-        return not (self.task.cfg.chat_template and getattr(self.lm.tokenizer, "chat_template", None))
+        return prompt_texts(self.task, self.lm.tokenizer, [])[1]
 
     def _check_context(self) -> None:
         # Count tokens exactly as the decoder will tokenize them (a BOS counts against the context too).
@@ -142,7 +149,7 @@ class SteeringVecEnv(VectorEnv):
             use_cache=self.cfg.use_cache,
             add_special_tokens=self._add_special_tokens(),
         )
-        self._prompts = [self.task.format_prompt(e, tok) for e in batch]
+        self._prompts = prompt_texts(self.task, tok, batch)[0]
         if hasattr(self.masker, "begin"):
             self.masker.begin(self.num_envs)  # running means are per episode
         self._decision = self._decoder.start(self._prompts, spec)

@@ -20,9 +20,10 @@ SOURCES = {"crl": ROOT / "crl", "crl.envs": ROOT / "envs"}  # envs/ installs as 
 
 # Lowest first; a module may import its own layer and the ones before it (ARCHITECTURE.md draws the picture).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("crl", "crl.errors", "crl.paths", "crl.config")),
+    ("base", ("crl", "crl.errors", "crl.paths", "crl.progress", "crl.config")),
     ("backends", ("crl.backends",)),
     ("sae_training", ("crl.sae_training",)),
+    ("cards", ("crl.cards",)),
     ("envs", ("crl.envs",)),
     ("agent", ("crl.agent",)),
     ("logs", ("crl.logs",)),
@@ -133,6 +134,12 @@ def test_loading_an_sae_never_imports_training(module):
     loaded = _loaded_after_import(module)
     assert module in loaded
     assert not [m for m in loaded if m.startswith("crl.sae_training")]
+
+
+def test_reading_feature_cards_never_imports_torch():
+    """`crl features show` and the offline report read cards; neither may pay for torch."""
+    loaded = _loaded_after_import("crl.cards.store, crl.cards.label, crl.cards.tokens, crl.cards")
+    assert "torch" not in loaded and not [m for m in loaded if m.startswith("crl.sae_training")]
 
 
 def test_offline_analyses_never_import_torch():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,7 @@ BAD = [
     ("ppo.advantage=magic", "ppo.advantage=magic"),
     ("ppo.regularizer=l2", "ppo.regularizer=l2"),
     ("ppo.reg_coef=-0.1", "ppo.reg_coef=-0.1"),
+    ("seed=-1", "seed=-1"),  # NumPy's seeding would fail after the model loaded, with a traceback
 ]
 
 
@@ -80,6 +83,117 @@ def test_bad_value_fails_before_the_command_is_imported(override, named, monkeyp
     assert capsys.readouterr().err.startswith(f"crl: error: {named} is invalid: ")
 
 
+# -- devices: a device this host's torch cannot use is one line, before anything loads ------------------------------
+def _cpu_only_torch():
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is not None or torch.cuda.is_available():
+        pytest.skip("needs the CPU-only torch that `make` installs")
+    return torch
+
+
+@pytest.mark.parametrize(
+    "override,why",
+    [
+        ("model.device=cuda", "is built without CUDA; valid: cpu; "),
+        ("model.device=gpu", "not a torch device (such as cpu, cuda, cuda:1, mps); valid: cpu; "),
+    ],
+)
+def test_a_device_this_torch_cannot_use_is_one_line_before_any_model_loads(override, why, tmp_path):
+    _cpu_only_torch()
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    env = {**os.environ, "CRL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "crl.cli", "train", override, f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # not torch's "Torch not compiled with CUDA enabled" traceback
+    assert lines[0].startswith(f"crl: error: {override} is invalid: "), lines[0]
+    assert why in lines[0] and "make train TORCH_SPEC=torch" in lines[0], lines[0]  # the fix is named
+    assert proc.stdout == ""
+    assert not cache.exists() or not any(cache.iterdir())  # the model was not converted or loaded
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "words", [("train",), ("bench", "rollout"), ("sae", "build"), ("sae", "info"), ("sae", "export")]
+)
+def test_every_command_that_takes_model_device_checks_it_first(words, monkeypatch, capsys):
+    _cpu_only_torch()
+
+    def command() -> None:
+        raise AssertionError("the command ran: the device check must come first")
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what `crl bench rollout` sets; restored afterwards
+    monkeypatch.setitem(sys.modules, "_crl_test_command", types.SimpleNamespace(main=command))
+    monkeypatch.setitem(cli.COMMANDS, words, "_crl_test_command:main")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*words, "model.device=cuda"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crl: error: model.device=cuda is invalid: this torch (") and "TORCH_SPEC" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_of_a_run_made_on_a_gpu_is_one_line_on_a_host_without_one(tmp_path, monkeypatch, capsys):
+    _cpu_only_torch()
+    from crl.config import ModelConfig
+    from crl.run.train import config_yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(config_yaml(TrainConfig(model=ModelConfig(device="cuda"))))
+    (run / "run.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", f"run_dir={run}"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"crl: error: {run / 'config.yaml'}: model.device=cuda is invalid: this torch ("), lines
+    assert "TORCH_SPEC" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "device,gpus,cuda,message",
+    [
+        ("cuda:1", 1, "12.8", "model.device=cuda:1 is invalid: this host has 1 CUDA GPU; valid: cpu, cuda, cuda:0"),
+        ("cuda:2", 2, "12.8", "model.device=cuda:2 is invalid: this host has 2 CUDA GPUs; valid: cpu, cuda, cuda:0, "),
+        ("cuda", 0, "12.8", "model.device=cuda is invalid: torch sees no CUDA GPU on this host"),
+        ("cuda", 0, None, "model.device=cuda is invalid: this torch ("),
+        (
+            "gpu",
+            1,
+            "12.8",
+            "model.device=gpu is invalid: not a torch device (such as cpu, cuda, cuda:1, mps); valid: cpu, ",
+        ),
+        ("cuda:0", 1, "12.8", None),
+        ("cuda", 2, "12.8", None),
+        ("cpu", 0, None, None),
+    ],
+)
+def test_device_check_on_hosts_with_and_without_gpus(device, gpus, cuda, message, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from crl.config.device import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    if message is None:
+        check_device("model.device", device)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_device("model.device", device)
+    assert str(err.value).startswith(message), str(err.value)
+    assert ("TORCH_SPEC" in str(err.value)) == (cuda is None)  # the fix is named only where it is the fix
+
+
 def test_validation_imports_nothing_heavy():
     code = (
         "import sys; from crl.config.compose import compose_config; compose_config('train', ['ppo.num_envs=4']); "
@@ -102,6 +216,9 @@ def test_validation_imports_nothing_heavy():
         (["-m", "seed=0,1", "ppo.num_envs=16,0"], "ppo.num_envs=0 is invalid: out of range"),
         (["--multirun", "task=arith,nope"], "task=nope is invalid: no such option in config group 'task'"),
         (["sae=planted"], "sae.source=planted is invalid: the planted SAE is built for the planted task"),
+        (["seed=-1"], "seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
+        (["task.seed=4294967296"], "task.seed=4294967296 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
+        (["model.seed=-2"], "model.seed=-2 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
     ],
 )
 def test_train_errors_name_key_value_and_valid_range(argv, message):
@@ -120,11 +237,32 @@ def test_train_errors_name_key_value_and_valid_range(argv, message):
         ("analyze", "wandb.enabled=true", "wandb.enabled=true is invalid: no such key; valid: mode, project, entity"),
         ("sae_build", "build.k=4000", "build.k=4000 is invalid: at least d_sae=3072; valid: 1..3071"),
         ("sae_build", "sae=disk", "sae.source=disk is invalid: `crl sae build` works on the SAE that CRL builds"),
+        ("bench_rollout", "bench.seed=-1", "bench.seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
+        ("eval", "seed=-1", "seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1] or null"),
+        ("analyze", "env_seeds=[0,-1]", "env_seeds=[0,-1] is invalid: out of range; valid: a list of at least 1, each"),
+        ("sae_build", "build.seed=-1", "build.seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
     ],
 )
 def test_other_apps_validate_too(name, override, message):
-    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check_command(name, [override])
+
+
+def _seed_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dict]]:
+    for f in dataclasses.fields(cls):
+        tp = f.default_factory().__class__ if f.default_factory is not dataclasses.MISSING else None
+        if tp is not None and dataclasses.is_dataclass(tp):
+            yield from _seed_fields(tp, f"{prefix}{f.name}.")
+        elif "seed" in f.name:
+            yield prefix + f.name, dict(f.metadata)
+
+
+def test_every_seed_takes_the_range_every_generator_accepts():
+    fields = {f"{app}:{key}": meta for app, cls in APPS.items() for key, meta in _seed_fields(cls)}
+    assert {"train:seed", "train:task.seed", "train:model.seed", "bench_rollout:bench.seed"} <= set(fields)
+    assert {"sae_build:build.seed", "eval:seed", "analyze:seed", "analyze:env_seeds", "soak:seed"} <= set(fields)
+    wrong = [key for key, meta in fields.items() if (meta.get("ge"), meta.get("le")) != (0, 2**32 - 1)]
+    assert not wrong, f"seed fields without the range [0, 2**32-1]: {wrong}"
 
 
 def test_every_command_has_a_root_schema():

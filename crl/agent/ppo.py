@@ -44,22 +44,37 @@ from crl.envs.rollout import Episode
 
 
 class PolicyAgent:
-    """Adapts the network to the environment's action-policy protocol (sampling or greedy), on its device."""
+    """Adapts the network to the environment's action-policy protocol (sampling or greedy), on its device.
 
-    def __init__(self, net: ActorCritic, greedy: bool = False, n_alternatives: int = 3):
+    With an abstention rule (policy.abstain, crl/agent/policy.py) and `abstain=True`, a decision whose residual is out
+    of distribution may only take the no-op: its row of `info["action_mask"]` is narrowed in place, so the rollout
+    stores it as a forced step (left out of PPO), and extras["abstained"] says where. `abstain=False` ignores the rule
+    (the ablation of `crl transfer`)."""
+
+    def __init__(self, net: ActorCritic, greedy: bool = False, n_alternatives: int = 3, abstain: bool = True):
         self.net, self.greedy, self.k = net, greedy, n_alternatives
+        self.abstain = abstain and net.can_abstain
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         device = self.net.device
         o = torch.as_tensor(obs, device=device)
         m = torch.as_tensor(info["action_mask"], device=device)
+        ood = None
+        if self.abstain:
+            ood = self.net.out_of_distribution(o).cpu().numpy()
+            if ood.any():
+                info["action_mask"][ood, : self.net.n_actions - 1] = False  # only the no-op (the last action)
+                m = torch.as_tensor(info["action_mask"], device=device)
         action, logprob, _, value, logits = self.net.get_action_and_value(o, m, greedy=self.greedy)
         k = min(self.k + 1, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices.tolist()
         action, logprob, value = action.cpu(), logprob.cpu(), value.cpu()
         alts = [[int(f) for f in row if f != a][: self.k] for row, a in zip(top, action.tolist(), strict=True)]
-        return action.numpy(), {"logprob": logprob.numpy(), "value": value.numpy(), "top_alternatives": alts}
+        extras = {"logprob": logprob.numpy(), "value": value.numpy(), "top_alternatives": alts}
+        if ood is not None:
+            extras["abstained"] = ood
+        return action.numpy(), extras
 
 
 def episode_baselines(episodes: list[Episode], cfg: PPOConfig, unsteered: dict[str, float] | None = None) -> np.ndarray:

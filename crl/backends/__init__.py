@@ -1,15 +1,28 @@
-"""Backends: the frozen language model, the hook point on its residual stream, the SAE, and where built SAEs live."""
+"""Backends: the frozen language model, the hook point on its residual stream, the SAE, and where built SAEs live.
 
-from crl.backends.hooks import HookPoint, residual_hook, resolve_hook
-from crl.backends.model import FrozenLM, load_model
-from crl.backends.sae import LoadedSAE, load_sae
+The names below load lazily, so a light submodule (`sae_store`: where SAEs and their cards live) never pays
+for torch.
+"""
 
-__all__ = [
-    "FrozenLM",
-    "HookPoint",
-    "LoadedSAE",
-    "load_model",
-    "load_sae",
-    "resolve_hook",
-    "residual_hook",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "HookPoint": "crl.backends.hooks",
+    "residual_hook": "crl.backends.hooks",
+    "resolve_hook": "crl.backends.hooks",
+    "FrozenLM": "crl.backends.model",
+    "load_model": "crl.backends.model",
+    "LoadedSAE": "crl.backends.sae",
+    "load_sae": "crl.backends.sae",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'crl.backends' has no attribute {name!r}")

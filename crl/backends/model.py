@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from crl.config import DEFAULT_MODEL_NAME, ModelConfig, validate
+from crl.config.device import check_device
 from crl.errors import CRLError
 
 # model_type -> family; the family decides where the decoder layers live.
@@ -94,6 +95,7 @@ def _wrap(model: nn.Module, tokenizer, name: str) -> FrozenLM:
 def load_model(cfg: ModelConfig) -> FrozenLM:
     """Load a frozen model. Bad settings and ids fail fast with a one-line `CRLError`."""
     validate(cfg, "model.")
+    check_device("model.device", cfg.device)  # one line, not torch's error from deep inside .to(device)
     dtype = getattr(torch, cfg.dtype)
     if cfg.source == "tiny":
         lm = tiny_model(cfg.name, n_layers=cfg.n_layers, d_model=cfg.d_model, seed=cfg.seed)

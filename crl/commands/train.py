@@ -21,6 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from crl.cards.label import HEURISTIC_MARK
 from crl.config import TrainConfig, load
 from crl.errors import CRLError, exit_on_error
 from crl.logs import lifecycle, schema
@@ -39,12 +40,28 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         print(f"[crl] selected update {sel['selected_update']} of {sel['last_update']} ({why}{stop})")
     print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
     print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
-    print(
-        "[crl] top features (eval, greedy):  "
-        + ", ".join(
-            f"{'no-steer' if r['feature'] < 0 else r['feature']} {r['share']:.0%}" for r in summary["top_features"][:8]
-        )
-    )
+    print_top_features(summary["top_features"][:8])
+
+
+def _feature_text(row: dict[str, Any]) -> tuple[str, str]:
+    """(``no-steer``, ``1398 ≈'minimum' → 'less'`` with the heuristic label marked, or the bare ``1398``; ``23%``)."""
+    f, label = int(row["feature"]), row.get("label")
+    what = "no-steer" if f < 0 else f"{f} {HEURISTIC_MARK}{label}" if label else str(f)
+    return what, f"{row['share']:.0%}"
+
+
+def print_top_features(rows: list[dict[str, Any]], width: int = 120) -> None:
+    """The eval's top features on one line when it fits in `width`, else one line per feature under a header."""
+    head = "[crl] top features (eval, greedy):"
+    items = [_feature_text(r) for r in rows]
+    line = f"{head}  " + ", ".join(f"{what} {share}" for what, share in items)
+    if len(line) <= width:
+        print(line)
+        return
+    labelled = any(r.get("label") and int(r["feature"]) >= 0 for r in rows)
+    print(head + (f"  (share, feature {HEURISTIC_MARK} heuristic label of its card)" if labelled else ""))
+    for what, share in items:
+        print(f"[crl]   {share:>4}  {what}")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)

@@ -21,6 +21,7 @@ from crl.config.apps import (
     SAEInfoConfig,
     SoakConfig,
     TrainConfig,
+    TransferConfig,
     register,
 )
 from crl.config.core import ConfigError, load, param, validate
@@ -32,6 +33,7 @@ from crl.config.groups import (
     BenchConfig,
     BuildConfig,
     CoefMode,
+    FamilyConfig,
     MaskingConfig,
     ModelConfig,
     PolicyConfig,
@@ -61,6 +63,7 @@ __all__ = [
     "CompareConfig",
     "ConfigError",
     "EvalConfig",
+    "FamilyConfig",
     "MaskingConfig",
     "ModelConfig",
     "PPOConfig",
@@ -75,6 +78,7 @@ __all__ = [
     "SteeringConfig",
     "TaskConfig",
     "TrainConfig",
+    "TransferConfig",
     "WandbConfig",
     "WandbMode",
     "check_some_action",

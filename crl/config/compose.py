@@ -2,7 +2,8 @@
 
 Hydra reports a bad override (an unknown group option, a wrong type on a typed node) with its own multi-line
 errors before the app runs, so `crl.cli` calls `check_command` first: it composes with `hydra.compose`, turns
-any Hydra or OmegaConf error into one `ConfigError`, then runs the schema's type and range checks. A `-m` sweep
+any Hydra or OmegaConf error into one `ConfigError`, then runs the schema's type and range checks and checks that
+each device (model.device, sae.device) is one this host's torch can use (crl/config/device.py). A `-m` sweep
 is checked value by value; Hydra's informational flags (`--help`, `--info`, ...) are left to Hydra.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from crl.config.apps import APPS, register
 from crl.config.core import ConfigError, describe, field_type, load, why_invalid
+from crl.config.device import check_devices
 from crl.errors import CRLError
 from crl.paths import CONF_DIR
 
@@ -28,7 +30,9 @@ def check_command(config_name: str, argv: list[str], conf_dir: str = CONF_DIR) -
     if args is None:
         return
     for overrides in _sweep_variants(args.overrides) if args.multirun else [args.overrides]:
-        compose_config(config_name, overrides, conf_dir)
+        cfg = compose_config(config_name, overrides, conf_dir)
+        if not args.cfg:  # `--cfg job` only prints the config: it may name a device of another host
+            check_devices(cfg)
 
 
 def compose_config(config_name: str, overrides: list[str], conf_dir: str = CONF_DIR) -> Any:

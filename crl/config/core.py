@@ -26,6 +26,8 @@ from crl.errors import CRLError
 T = TypeVar("T")
 _OPS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
 _NOT = {bool: "not true or false", int: "not an integer", float: "not a number", str: "not a string"}
+# The largest seed every random generator CRL seeds accepts (NumPy's legacy `np.random.seed` stops at 2**32 - 1).
+SEED_MAX = 2**32 - 1
 
 
 class ConfigError(CRLError):
@@ -57,6 +59,11 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def seed_param(default: int | None = 0) -> Any:
+    """A seed field: an integer in [0, 2**32-1], the range every generator CRL seeds accepts."""
+    return param(default, ge=0, le=SEED_MAX)
+
+
 def group(cls: type, **changes: Any) -> Any:
     """A nested config group, defaulting to its schema's defaults (with `changes`, where a command differs)."""
     return dataclasses.field(default_factory=functools.partial(cls, **changes) if changes else cls)
@@ -83,13 +90,21 @@ def _optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _bound(v: Any) -> str:
+    """A range limit as a user reads it: 4294967295 -> 2**32-1."""
+    if isinstance(v, int) and v >= 2**16 and (v + 1) & v == 0:
+        return f"2**{v.bit_length()}-1"
+    return str(v)
+
+
 def _range_text(meta: Mapping[str, Any]) -> str:
-    lo = f"[{meta['ge']}" if "ge" in meta else f"({meta['gt']}" if "gt" in meta else None
-    hi = f"{meta['le']}]" if "le" in meta else f"{meta['lt']})" if "lt" in meta else None
+    b = {k: _bound(v) for k, v in meta.items()}
+    lo = f"[{b['ge']}" if "ge" in b else f"({b['gt']}" if "gt" in b else None
+    hi = f"{b['le']}]" if "le" in b else f"{b['lt']})" if "lt" in b else None
     if lo and hi:
         return f" in {lo}, {hi}"
     sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return "".join(f" {sign[k]} {meta[k]}" for k in _OPS if k in meta)
+    return "".join(f" {sign[k]} {b[k]}" for k in _OPS if k in b)
 
 
 def describe(tp: Any, meta: Mapping[str, Any] | None = None) -> str:

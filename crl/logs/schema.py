@@ -168,9 +168,16 @@ class InterventionRow:
     reward: float = 0.0  # final episode reward, filled when the episode ends
     correct: bool = False
     well_formed: bool = False
+    # True where policy.abstain forced "no steering" (the residual was unlike the training sample), False where the
+    # rule let the policy decide. None (the key is left out of the row) when the policy has no abstention rule, so
+    # the rows of runs without it are exactly those written before the rule existed (readers fill None).
+    abstained: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        if row["abstained"] is None:
+            del row["abstained"]
+        return row
 
 
 @dataclass

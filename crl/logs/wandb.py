@@ -61,7 +61,8 @@ class WandbLogger:
             return
         import wandb
 
-        cols = ["feature", "count", "share", "mean_reward", "neuronpedia_url"]
+        # label: the feature card's heuristic label; card: its page in the run's report (both None without cards)
+        cols = ["feature", "label", "card", "count", "share", "mean_reward", "neuronpedia_url"]
         table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
         bar = wandb.plot.bar(table, "feature", "share", title="Top features by share of selections")
         self.run.log({"features/usage": table, "features/top_share": bar}, step=step)

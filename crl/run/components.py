@@ -28,11 +28,14 @@ from crl.config import (
     TrainConfig,
     load,
 )
+from crl.config.device import check_devices
+from crl.envs.rollout import ActionPolicy, Episode, NoSteer, run_episodes
 from crl.envs.steering_env import SteeringVecEnv
 from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.schema import RunInfo
+from crl.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -85,16 +88,15 @@ class Components:
         net = ActorCritic(self.lm.d_model, self.sae.directions(), self.steering.allow_noop, self.policy, levels)
         return net.to(self.lm.device)  # model.device places everything, the policy included
 
-    def observation_sample(self, split: str = "train", n: int = 256) -> torch.Tensor:
+    def observation_sample(self, split: str = "train", n: int = 256, progress: str | None = None) -> torch.Tensor:
         """The residuals the policy sees at every decision of unsteered greedy rollouts of the first `n` prompts of
-        `split` (the split's order is fixed by its seed, so this is reproducible)."""
+        `split` (the split's order is fixed by its seed, so this is reproducible). `progress`: the phase's name in
+        progress lines on stderr (none when None)."""
         import torch
-
-        from crl.envs.rollout import NoSteer, run_episodes
 
         env = self.env(self.splits[split][:n])
         try:
-            episodes = run_episodes(env, env.examples, NoSteer(env), keep_tensors=True)
+            episodes = rollouts(env, env.examples, NoSteer(env), progress, keep_tensors=True)
         finally:
             env.close()
         return torch.cat([ep.obs for ep in episodes if ep.obs is not None and len(ep.obs)])
@@ -158,6 +160,22 @@ class Components:
             )
 
 
+def rollouts(
+    env: SteeringVecEnv,
+    examples: list[Example],
+    policy: ActionPolicy,
+    progress: str | None = None,
+    keep_tensors: bool = False,
+) -> list[Episode]:
+    """`run_episodes`, with plain progress lines on stderr for the phase named `progress` (crl.progress: a first
+    line, one at most every 15 s, a last one with the duration). Nothing is printed when `progress` is None, and
+    the episodes are the same either way."""
+    bar = Progress(f"[crl] {progress}", len(examples), "prompts", enabled=progress is not None)
+    episodes = run_episodes(env, examples, policy, keep_tensors=keep_tensors, on_done=bar.update)
+    bar.close()
+    return episodes
+
+
 def machine(device: Any) -> dict[str, Any]:
     """Where a run ran, for run.json: host, device (with the GPU's name), torch version and CPU threads."""
     import platform
@@ -177,7 +195,8 @@ def machine(device: Any) -> dict[str, Any]:
 
 def saved_config(run_dir: str | Path) -> TrainConfig:
     """A run's config.yaml as a validated `TrainConfig`. Settings added to CRL after the run was made take their
-    defaults; a file without every config group (not written by `crl train`) is refused."""
+    defaults; a file without every config group (not written by `crl train`), or one whose device this host
+    cannot use, is refused in one line."""
     from omegaconf import OmegaConf
 
     path = Path(run_dir) / schema.CONFIG_YAML
@@ -186,9 +205,11 @@ def saved_config(run_dir: str | Path) -> TrainConfig:
     if missing:
         raise CRLError(f"{path} cannot be rebuilt (no {', '.join(missing)}); it is not a full `crl train` config")
     try:
-        return load(TrainConfig, raw)
+        cfg = load(TrainConfig, raw)
+        check_devices(cfg)  # a run made on a GPU, rebuilt on a host without one
     except ConfigError as e:
         raise CRLError(f"{path}: {e}") from None
+    return cfg
 
 
 def _is_group(f: dataclasses.Field) -> bool:
@@ -204,6 +225,7 @@ def build(
     from crl.envs.tasks.registry import make_task
 
     cfg = load(TrainConfig, cfg)
+    check_devices(cfg)
     task = make_task(cfg.task)
     data = {s: task.load(s) for s in splits}
     if for_training:

@@ -13,28 +13,42 @@ from typing import Any
 
 import numpy as np
 
-from crl.envs.rollout import ActionPolicy, Episode, NoSteer, accuracy, run_episodes
+from crl.cards.store import find_cards
+from crl.envs.rollout import ActionPolicy, Episode, NoSteer, accuracy
 from crl.envs.tasks.base import Example
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.writer import RunWriter
-from crl.run.components import Components, build, saved_config
+from crl.run.components import Components, build, rollouts, saved_config
 
 
-def evaluate(comps: Components, split: str | list[Example], agent: ActionPolicy | None, seed: int) -> list[Episode]:
-    """Every example of `split` (a split name or a list) once with `agent` (None: no steering), eval masking."""
+def evaluate(
+    comps: Components,
+    split: str | list[Example],
+    agent: ActionPolicy | None,
+    seed: int,
+    progress: str | None = None,
+) -> list[Episode]:
+    """Every example of `split` (a split name or a list) once with `agent` (None: no steering), eval masking.
+    `progress`: the phase's name in progress lines on stderr (none when None)."""
     examples = comps.splits[split] if isinstance(split, str) else split
     env = comps.env(examples, comps.masker(for_eval=True), seed)
     try:
-        return run_episodes(env, examples, agent if agent is not None else NoSteer(env))
+        return rollouts(env, examples, agent if agent is not None else NoSteer(env), progress)
     finally:
         env.close()
 
 
+# Where a run's report puts a feature's card, from the run directory (crl.analysis.report.cards writes it).
+CARD_HREF = "analysis/cards.html#feature-{feature}"
+
+
 def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[dict[str, Any]]:
-    """The `top` most chosen features: count, share of all decisions, mean episode reward, Neuronpedia link."""
+    """The `top` most chosen features: count, share of all decisions, mean episode reward, the heuristic label
+    and card link when the SAE has feature cards (shipped or cached; None otherwise: nothing is built here,
+    a build takes minutes), and the Neuronpedia link."""
     counts: Counter[int] = Counter()
     rewards: dict[int, list[float]] = {}
     for ep in episodes:
@@ -42,9 +56,13 @@ def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[
             counts[f] += 1
             rewards.setdefault(f, []).append(ep.reward)
     total = max(1, sum(counts.values()))
+    cards = find_cards(comps.sae.identity, comps.lm.name)
+    has_card = lambda f: cards is not None and 0 <= f < cards.d_sae
     return [
         {
             "feature": f,
+            "label": "no steer" if f < 0 else cards.label(f) if has_card(f) else None,
+            "card": CARD_HREF.format(feature=f) if has_card(f) else None,
             "count": c,
             "share": c / total,
             "mean_reward": float(np.mean(rewards[f])),
@@ -65,7 +83,7 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
     comps = build(cfg, splits=("train", split) if split != "train" else ("train",))
     comps.check_identity(saved, run_dir, keys=("sae_identity",))
     agent = comps.load_policy(run_dir, greedy=True)
-    episodes = evaluate(comps, split, agent, cfg.seed if seed is None else seed)
+    episodes = evaluate(comps, split, agent, cfg.seed if seed is None else seed, progress=f"eval {split}")
     # Fresh episode ids: a re-evaluation must not repeat the (phase, update, episode) keys of earlier ones.
     first = 1 + max((r["episode"] for r in read_jsonl(run_dir / schema.EPISODES)), default=-1)
     writer = RunWriter(run_dir)

@@ -61,8 +61,9 @@ class Selection:
         """Evaluate the greedy policy on val, log its rows, keep it if it is the best so far; returns metrics."""
         from crl.run.evaluate import evaluate
 
-        episodes = evaluate(comps, self.exp.val_split, PolicyAgent(net, greedy=True), seed)
-        writer.append_episodes(episodes, run_name, Phase.eval(self.exp.val_split), update)
+        split = self.exp.val_split
+        episodes = evaluate(comps, split, PolicyAgent(net, greedy=True), seed, progress=f"{split} at update {update}")
+        writer.append_episodes(episodes, run_name, Phase.eval(split), update)
         stats = episode_stats(episodes)
         self.curve.append({"update": update, **stats})
         if stats["accuracy"] > self.best_accuracy:  # strictly better: ties keep the earlier update

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from crl.logs.reader import read_jsonl
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.wandb import WandbLogger
 from crl.logs.writer import RunWriter, load_checkpoint
+from crl.progress import Progress
 from crl.run.components import POLICY_FILE, Components, build, saved_config
 from crl.run.evaluate import evaluate, feature_usage
 from crl.run.selection import Selection
@@ -118,32 +120,31 @@ def train(
         )
         split = exp.eval_split
         if ckpt is None and exp.eval_before:
-            before = evaluate(comps, split, None, seed)
+            before = evaluate(comps, split, None, seed, progress=f"{split} before training (no steering)")
             writer.append_episodes(before, run_name, Phase.baseline("none", split))
         if ckpt is None and comps.policy.obs_norm == "standardize":  # resumed: the checkpoint carries them
-            net.set_obs_stats(comps.observation_sample("train", comps.policy.obs_stats_prompts))
+            n_obs = comps.policy.obs_stats_prompts
+            sample = comps.observation_sample("train", n_obs, progress="observation statistics (train)")
+            net.set_obs_stats(sample)
+            if comps.policy.abstain != "off":  # the abstention rule (crl/agent/policy.py), fitted once, like the stats
+                n_val = len(comps.splits[exp.val_split])
+                val = comps.observation_sample(exp.val_split, n_val, progress="abstention (val)")
+                net.fit_abstention(sample, val)
         if ckpt is None and exp.eval_every:  # update 0: the untrained policy (no steering under its prior)
             logger.log(sel.evaluate(comps, net, 0, writer, run_name, seed), step=0)
         env = comps.env("train", masker, seed)
         agent = PolicyAgent(net)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            range(start_update, ppo.total_updates),
-            desc="crl train",
-            initial=start_update,
-            total=ppo.total_updates,
-            disable=None,
-        )
         t_loop = time.time()
-        for update in bar:
+        for update in range(start_update, ppo.total_updates):
             if sel.stopped:
                 break
             t_upd = time.time()
             if ppo.anneal_lr:
                 optimizer.param_groups[0]["lr"] = ppo.learning_rate * (1.0 - update / ppo.total_updates)
             batch = sample_batch(comps.splits["train"], ppo.episodes_per_update, batch_rng, ppo.group_size)
-            episodes = run_episodes(env, batch, agent, keep_tensors=True)
+            # A long update shows its rollouts too; the update's own line (below) ends it.
+            rolling = Progress(f"[crl] update {update + 1}/{ppo.total_updates}", len(batch), "episodes", ends=False)
+            episodes = run_episodes(env, batch, agent, keep_tensors=True, on_done=rolling.update)
             t_roll = time.time() - t_upd
             if ppo.advantage == "unsteered":
                 unsteered_rewards(comps, batch, unsteered, seed)
@@ -159,11 +160,9 @@ def train(
                 metrics.update(sel.evaluate(comps, net, done, writer, run_name, seed))
             writer.append(schema.METRICS, [{"update": update, "global_step": global_step, **metrics}])
             logger.log(metrics, step=update)
-            bar.set_postfix(reward=f"{metrics['charts/mean_reward']:.2f}", kl=f"{metrics['losses/approx_kl']:.3f}")
-            if bar.disable:  # no terminal (a log file, CI): one plain line per update instead of the bar
-                print(
-                    progress_line(done, ppo.total_updates, metrics, sel, time.time() - t_loop, start_update), flush=True
-                )
+            # One plain line per update, on stderr with the other progress lines (a terminal and a log alike).
+            line = progress_line(done, ppo.total_updates, metrics, sel, time.time() - t_loop, start_update)
+            print(line, file=sys.stderr, flush=True)
             if done % exp.checkpoint_every == 0 or done == ppo.total_updates or sel.stopped:
                 writer.save_checkpoint(
                     {
@@ -185,13 +184,16 @@ def train(
         chosen_update = sel.chosen(last_update)
         last = None
         if chosen_update != last_update:  # the last policy too, so the report can show what selection bought
-            last = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
+            phase = f"{split} last policy (update {last_update})"
+            last = evaluate(comps, split, PolicyAgent(net, greedy=True), seed, progress=phase)
             writer.append_episodes(last, run_name, Phase.baseline("last", split), last_update)
             net.load_state_dict(sel.best_state(), strict=False)
         torch.save(net.state_dict(), run_dir / POLICY_FILE)  # policy.pt is the selected policy
-        after = evaluate(comps, split, PolicyAgent(net, greedy=True), seed)
+        phase = f"{split} selected policy (update {chosen_update})"
+        after = evaluate(comps, split, PolicyAgent(net, greedy=True), seed, progress=phase)
         writer.append_episodes(after, run_name, Phase.eval(split), chosen_update)
-        on_train = evaluate(comps, train_sample(comps, exp), PolicyAgent(net, greedy=True), seed)
+        phase = f"train selected policy (update {chosen_update})"
+        on_train = evaluate(comps, train_sample(comps, exp), PolicyAgent(net, greedy=True), seed, progress=phase)
         writer.append_episodes(on_train, run_name, Phase.eval("train"), chosen_update)
         writer.flush()
         selection = sel.summary(chosen_update, last_update, last, on_train)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crl.config import TaskConfig, validate
+from crl.envs.tasks.family import FamilyAxes, Variants
 from crl.errors import CRLError
 
 SPLITS = ("train", "val", "test")
@@ -35,6 +36,7 @@ class Task:
     default_max_new_tokens: int = 8  # = the composed task.max_new_tokens of conf/task/<name>.yaml (a test checks)
     supports_constrained: bool = False  # multiple-choice tasks score option letters only
     subsets: tuple[str, ...] | None = ()  # allowed task.subset values; None = free-form (checked on load)
+    family_axes: FamilyAxes | None = None  # a templated task's variants (family.py); None: task.family does not apply
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -52,6 +54,35 @@ class Task:
         if cfg.subset is not None and self.subsets is not None and cfg.subset not in self.subsets:
             allowed = ", ".join(self.subsets) if self.subsets else "none (leave task.subset unset)"
             raise CRLError(f"task.subset='{cfg.subset}' is unknown for task '{self.name}'; allowed: {allowed}")
+        if self.family_axes is None:
+            if cfg.family.enabled:
+                raise CRLError(f"task '{self.name}' has no variants, so task.family does not apply; set it to false")
+        else:
+            self.family_axes.check(cfg.family, self.name)
+
+    # -- variants (family.py) -----------------------------------------------------------------------
+    def template(self) -> Variants:
+        """The variant of the task's single template (what the splits hold with task.family off)."""
+        raise NotImplementedError
+
+    def variants(self) -> Variants:
+        """The variants train/val/test draw from."""
+        if self.family_axes is None:
+            raise CRLError(f"task '{self.name}' has no variants; crl transfer needs a task with variants (compare)")
+        return self.family_axes.selected(self.cfg.family) if self.cfg.family.enabled else self.template()
+
+    def variant_rows(self, variants: Variants, split: str, n: int, at_most: bool = False) -> list[Any]:
+        """`n` rows of `split` drawn from `variants` (fewer with `at_most` when the variants hold fewer)."""
+        raise NotImplementedError
+
+    def variant_examples(self, variants: Variants, split: str, n: int) -> list[Example]:
+        """Up to `n` examples of `split` drawn from `variants`, whatever the task's own family (crl transfer)."""
+        if self.family_axes is None:
+            self.variants()  # the one-line error
+        return [self.to_example(r, split) for r in self.variant_rows(variants, split, n, at_most=True)]
+
+    def to_example(self, row: Any, split: str) -> Example:
+        raise NotImplementedError
 
     # -- data -------------------------------------------------------------------------------------
     def load_split(self, split: str) -> list[Example]:

@@ -32,8 +32,11 @@ def bucket(prompt: str) -> str:
     return next(s for s, (lo, hi) in BUCKETS.items() if lo <= h < hi)
 
 
-def generate(task: str, split: str, n: int, seed: int, draw: Draw, too_few_hint: str) -> list[Row]:
-    """`n` distinct rows of `split` (id, prompt, answer, extra columns) drawn by `draw`."""
+def generate(
+    task: str, split: str, n: int, seed: int, draw: Draw, too_few_hint: str, at_most: bool = False
+) -> list[Row]:
+    """`n` distinct rows of `split` (id, prompt, answer, extra columns) drawn by `draw`. `at_most`: when the
+    generator cannot find `n` (a small variant, e.g. one-digit numbers), the rows it found instead of an error."""
     if n < 0:
         raise CRLError(f"task {task} generates problems and needs a finite task.n_{split}, got {n}; use a count")
     rng = random.Random(f"{task}:{seed}:{split}")
@@ -43,6 +46,8 @@ def generate(task: str, split: str, n: int, seed: int, draw: Draw, too_few_hint:
     while len(rows) < n:
         attempts += 1
         if attempts > 200 * n + 1000:
+            if at_most and rows:
+                break
             raise CRLError(f"{task} yields only {len(rows)} distinct {split} problems; {too_few_hint}")
         prompt, answer, extra = draw(rng)
         if prompt in seen or bucket(prompt) != split:

@@ -35,5 +35,5 @@ def assert_self_contained(html: str) -> None:
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", html, re.I)  # no CSS imports
     srcs = re.findall(r"""<img[^>]*\ssrc="([^"]*)\"""", html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    for href in re.findall(r'href="([^"]*)"', html):
-        assert href.startswith(("#", "https://www.neuronpedia.org/")), href
+    for href in re.findall(r'href="([^"]*)"', html):  # in-page, Neuronpedia, or the feature pages beside it
+        assert re.match(r"#|https://www\.neuronpedia\.org/|(cards|feature_index)\.html(#feature-\d+)?$", href), href

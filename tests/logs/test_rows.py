@@ -33,7 +33,8 @@ def _episodes() -> list[Episode]:
 
 def test_rows_follow_the_schema():
     inter, eps = episode_rows(_episodes(), "run1", Phase.eval("test"), update=5, first_episode=10)
-    assert [set(r) for r in inter] == [{f for f in InterventionRow.__dataclass_fields__}] * 3
+    # `abstained` only where the policy has an abstention rule (policy.abstain), so rows without it are as before
+    assert [set(r) for r in inter] == [{f for f in InterventionRow.__dataclass_fields__} - {"abstained"}] * 3
     assert [set(r) for r in eps] == [{f for f in EpisodeRow.__dataclass_fields__}] * 2
     assert {r["phase"] for r in inter + eps} == {"eval:test"} and {r["update"] for r in inter + eps} == {5}
     assert [r["episode"] for r in inter] == [10, 10, 11] and [r["episode"] for r in eps] == [10, 11]
@@ -43,6 +44,15 @@ def test_rows_follow_the_schema():
     assert first["reward"] == 1.0 and first["correct"] and not inter[2]["well_formed"]
     assert eps[0]["n_steps"] == 2 and eps[0]["answer"] == "7" and eps[0]["meta"] == {"cls": 1}
     json.dumps(inter + eps)  # plain JSON types only
+
+
+def test_rows_say_where_an_abstention_rule_forced_no_steering():
+    episodes = _episodes()
+    for ep in episodes:
+        for s in ep.steps:
+            s["abstained"] = s["feature"] < 0
+    inter, _ = episode_rows(episodes, "run1", Phase.eval("test"))
+    assert [r["abstained"] for r in inter] == [False, True, False]
 
 
 def test_phase_strings_seed_and_prompt_ids():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,3 +209,62 @@ def test_no_steer_pull_keeps_the_policy_unsteered_when_steering_only_hurts(tmp_p
 
 def summary_noop(summary: dict) -> float:
     return sum(r["share"] for r in summary["top_features"] if r["feature"] == schema.NO_STEER)
+
+
+# A tiny run with every phase before update 1 (the unsteered test evaluation, the observation statistics, val at
+# update 0), in lockstep batches of 8 prompts, so each phase has lines between its first and its last.
+PHASED = [
+    *[o for o in QUICK if not o.startswith("run.eval_before=")],
+    "run.eval_before=true",
+    "policy.obs_norm=standardize",
+    "policy.obs_stats_prompts=16",
+    "ppo.num_envs=8",
+    "ppo.episodes_per_update=16",
+    "ppo.total_updates=2",
+    "run.eval_every=1",
+]
+TIMING = re.compile(r"seconds|per_sec|wall|_time\b|\btime_")  # as the soak: keys that measure wall time
+
+
+def _phase_lines(lines: list[str], phase: str) -> tuple[list[str], list[str], list[str]]:
+    """(first lines, lines in between, last lines) of the progress of `phase`."""
+    head = re.escape(f"[crl] {phase}")
+    first = [ln for ln in lines if re.fullmatch(rf"{head}  0/\d+ prompts \.\.\.", ln)]
+    rate = r"[\d.,]+ prompts/s  elapsed \S+"
+    between = [ln for ln in lines if re.fullmatch(rf"{head}  \d+/\d+ prompts \([\d.]+%\)  {rate}  ETA \S+", ln)]
+    last = [ln for ln in lines if re.fullmatch(rf"{head}  (\d+)/\1 prompts \(100\.0%\)  {rate}  done", ln)]
+    return first, between, last
+
+
+def test_phases_before_update_1_print_progress_on_stderr_and_logs_stay_identical(tmp_path, monkeypatch, capsys):
+    from crl import progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # a line whenever a step finishes episodes
+    train(compose_train(PHASED), tmp_path / "every")
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "it/s" not in captured.err  # plain lines, no tqdm bar
+    lines = captured.err.splitlines()
+    episodes = read_jsonl(tmp_path / "every" / schema.EPISODES)
+    n_val = sum(r["phase"] == "eval:val" and r["update"] == 0 for r in episodes)
+    assert n_val > 8  # more than one batch
+    for phase, n in [
+        ("test before training (no steering)", 16),
+        ("observation statistics (train)", 16),
+        ("val at update 0", n_val),
+    ]:
+        first, between, last = _phase_lines(lines, phase)
+        assert len(first) == 1 and len(last) == 1, (phase, captured.err)
+        assert lines.index(first[0]) < lines.index(between[0]) < lines.index(last[0]), (phase, captured.err)
+        assert last[0].startswith(f"[crl] {phase}  {n}/{n} prompts (100.0%)"), last[0]
+    updates = [ln.split("  ")[0] for ln in lines if re.match(r"\[crl\] update \d+/2  reward ", ln)]
+    assert updates == ["[crl] update 1/2", "[crl] update 2/2"]  # the update lines, on stderr too
+
+    monkeypatch.setattr(progress, "EVERY_S", 1e9)  # first and last lines only
+    train(compose_train(PHASED), tmp_path / "quiet")
+    for name in (schema.INTERVENTIONS, schema.EPISODES, schema.METRICS):
+        every, quiet = read_jsonl(tmp_path / "every" / name), read_jsonl(tmp_path / "quiet" / name)
+        assert [_untimed(r) for r in every] == [_untimed(r) for r in quiet], name  # progress goes to stderr only
+
+
+def _untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "run" and not TIMING.search(k)}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,11 +114,14 @@ def feature_usage(
     episodes: pd.DataFrame,
     neuronpedia_id: str | None = None,
     effects: pd.DataFrame | None = None,
+    labels: Callable[[int], str] | Mapping[int, str] | None = None,
 ) -> pd.DataFrame:
     """One row per chosen feature (NO_STEER included), sorted by count. See the module docstring.
 
     `effects` is an optional precomputed table with a `feature` column (e.g. the paired forced-feature
-    effect from `crl.analysis.replay.effects`); its other columns are joined on.
+    effect from `crl.analysis.replay.effects`); its other columns are joined on. `labels` gives each feature's
+    label (e.g. the heuristic label of its card, `crl.cards.store.FeatureCards.label`); a feature it does not
+    cover, or every feature when it is None, is labelled by its bare id.
     """
     if steps.empty:
         raise CRLError("no intervention rows for this phase; the policy was not evaluated or logging was off")
@@ -153,13 +157,25 @@ def feature_usage(
 
     out = out.reset_index().sort_values(["count", "feature"], ascending=[False, True]).reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
-    out["label"] = np.where(out["feature"] == NO_STEER, "no steer", out["feature"].astype(str))
+    out["label"] = [feature_label(f, labels) for f in out["feature"]]
     out["url"] = [neuronpedia_url(neuronpedia_id, f) for f in out["feature"]]
     if effects is not None:
         if "feature" not in effects.columns:
             raise CRLError("the effects table needs a 'feature' column; write it with crl.analysis.replay.effects")
         out = out.merge(effects, on="feature", how="left")
     return out
+
+
+def feature_label(feature: int, labels: Callable[[int], str] | Mapping[int, str] | None = None) -> str:
+    """The label of `feature`: "no steer" for NO_STEER, else what `labels` gives, else the bare id."""
+    f = int(feature)
+    if f == NO_STEER:
+        return "no steer"
+    if isinstance(labels, Mapping):
+        got = labels.get(f)
+    else:
+        got = labels(f) if labels is not None else None
+    return str(got) if got else str(f)
 
 
 def step_histogram(steps: pd.DataFrame, features: list[int]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import pandas as pd
 from crl.analysis.offline.features import planted_recovery
 from crl.analysis.offline.stats import StatsConfig, method_table
 from crl.analysis.report import plots
+from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.common import (
     FORMAT_COLUMNS,
     FORMAT_NOTE,
@@ -37,8 +38,11 @@ IDENTITY_KEYS = (
 )
 
 
-def summary_section(rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, warnings: list[str]) -> None:
+def summary_section(
+    rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, warnings: list[str], refs: FeatureRefs | None = None
+) -> None:
     """Identity, the trained policy's accuracy vs no steering, and (planted task) feature recovery."""
+    refs = refs or FeatureRefs()
     s = rep.section("Summary")
     ident = {k: getattr(run.info, k) for k in IDENTITY_KEYS}
     rep.add_table(s, "identity", pd.DataFrame([{"key": k, "value": str(v)} for k, v in ident.items()]))
@@ -68,12 +72,15 @@ def summary_section(rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, warn
             para(
                 f"Planted task: the policy picks the prompt's planted feature at step 0 in "
                 f"{rec['step0_hit']:.1%} of {rec['n_episodes']} episodes; {rec['planted_share']:.1%} of all "
-                f"decisions are planted features {list(planted)}."
+                f"decisions are planted features {', '.join(refs.describe(f) for f in planted)}."
             )
         )
 
 
-def baselines_section(rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, out: Path) -> None:
+def baselines_section(
+    rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, out: Path, refs: FeatureRefs | None = None
+) -> None:
+    refs = refs or FeatureRefs()
     s = rep.section("Baselines with 95% CIs and p-values")
     s.append(para(STATS_NOTE, "note"))
     rep.add_table(s, "methods", mt, columns=METHOD_COLUMNS)
@@ -87,7 +94,10 @@ def baselines_section(rep: Report, run: RunDir, phase: str, mt: pd.DataFrame, ou
                 "note",
             )
         )
-        rep.add_table(s, "baseline_selection", selection)
+        if "feature" in selection.columns:
+            selection = refs.annotate(selection)
+        shown = [c for c in selection.columns if c not in ("card", "url")]
+        rep.add_table(s, "baseline_selection", selection, columns=shown, **refs.table_kw())
     s = rep.section("Format-valid rates (kept apart from accuracy)")
     s.append(para(FORMAT_NOTE, "note"))
     rep.add_table(s, "format", mt, columns=FORMAT_COLUMNS)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crl.analysis.offline.feature_effects import read_feature_effects
 from crl.analysis.offline.stats import StatsConfig, method_table
 from crl.analysis.report.accuracy import baselines_section, summary_section
+from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.common import Result, ordered, publish
 from crl.analysis.report.document import Report
 from crl.analysis.report.learning import learning_section
 from crl.analysis.report.replayed import branch_section, side_effects_section
+from crl.analysis.report.steering import steering_section
 from crl.analysis.report.sweeps import coef_section
+from crl.analysis.report.transfer import transfer_section
 from crl.analysis.report.usage import usage_section
 from crl.analysis.report.value import critic_section
 from crl.config import AnalyzeConfig
@@ -49,12 +53,17 @@ def analyze_run(cfg: AnalyzeConfig) -> Result:
     mt = method_table(methods, "crl", StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed))
 
     rep = Report(f"CRL analysis: {run.name}")
-    summary_section(rep, run, phase, mt, warnings)
+    refs = FeatureRefs.of(run)  # labels and card links for every feature id in the report
+    summary_section(rep, run, phase, mt, warnings, refs)
+    rep.sections[0][1].append(refs.note_html())
     learning_section(rep, run, out)
-    baselines_section(rep, run, phase, mt, out)
-    usage_section(rep, run, cfg.usage_phase or phase, out, cfg.top_k, cfg.effects_table)
-    branch_section(rep, run, out, cfg.branch_table)
+    baselines_section(rep, run, phase, mt, out, refs)
+    usage_section(rep, run, cfg.usage_phase or phase, out, cfg.top_k, cfg.effects_table, refs)
+    branch_section(rep, run, out, cfg.branch_table, refs)
     critic_section(rep, run, phase, baselines, out, cfg.n_bins)
     coef_section(rep, run, baselines, out)
-    side_effects_section(rep, run, cfg.top_k, cfg.side_effects_table)
+    side_effects_section(rep, run, cfg.top_k, cfg.side_effects_table, refs)
+    transfer_section(rep, run)  # only when `crl transfer` wrote analysis/transfer.csv
+    steering_section(rep, run, cfg.split, cfg.feature_effects, force=cfg.env, refs=refs)  # runs the model
+    refs.write_pages(out, f"Features of {run.name}", read_feature_effects(run.path), run.name)
     return publish(rep, out, cfg.wandb, f"analyze-{run.name}", warnings)

@@ -18,8 +18,10 @@ import pandas as pd
 from crl.analysis.offline.features import FeatureConfig
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.report.accuracy import pooled_sections
+from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.common import Result, publish, warn
 from crl.analysis.report.document import Report
+from crl.analysis.report.seeds import seeds_section
 from crl.analysis.report.sweeps import layers_section
 from crl.analysis.report.usage import across_runs_section
 from crl.config import CompareConfig
@@ -89,5 +91,12 @@ def compare_runs(cfg: CompareConfig) -> Result:
     pooled_sections(rep, runs, cfg.split, stats_cfg, out, warnings)
     layers_section(rep, runs, cfg.split, stats_cfg, out)
     fcfg = FeatureConfig(top_k=cfg.top_k, min_share=cfg.min_share, n_boot=cfg.n_boot, seed=cfg.seed)
-    across_runs_section(rep, runs, cfg.split, fcfg, skip)
+    # One SAE: its cards label the features (steering effects are per run, so cards.html shows none here).
+    refs = FeatureRefs.of(runs[0]) if skip is None else FeatureRefs()
+    if skip is None:
+        rep.sections[0][1].append(refs.note_html())
+    across_runs_section(rep, runs, cfg.split, fcfg, skip, refs)
+    if skip is None:
+        seeds_section(rep, runs, cfg.split, refs)
+    refs.write_pages(out, f"Features of {len(runs)} compared runs")
     return publish(rep, out, cfg.wandb, f"compare-{stamp}", warnings)

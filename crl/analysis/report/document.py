@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 _CSS = """
@@ -25,11 +27,28 @@ img{max-width:100%;margin:.4em 0}
 
 
 def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
     return str(v)
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+# Link targets a table cell may carry: web pages, and the pages the report writes next to report.html
+# (cards.html#feature-12, feature_index.html); nothing else (no javascript:, no file paths).
+_LOCAL_PAGE = re.compile(r"^[\w.-]+\.html(#[\w-]+)?$")
+
+
+def _linkable(url: Any) -> bool:
+    return isinstance(url, str) and (url.startswith(("https://", "http://")) or bool(_LOCAL_PAGE.match(url)))
 
 
 def table_html(
@@ -37,25 +56,37 @@ def table_html(
     columns: list[str] | None = None,
     links: dict[str, str] | None = None,
     max_rows: int | None = None,
+    headers: dict[str, str] | None = None,
+    tips: dict[str, str] | None = None,
 ) -> str:
-    """An HTML table. `links` maps a shown column to a column holding its URL (rendered as <a href>).
+    """An HTML table. `links` maps a shown column to a column holding its URL (rendered as <a href>);
+    `headers` renames shown columns, `tips` gives a column header a tooltip.
 
-    It sits in a `.tw` box that scrolls sideways, so a wide table never runs off the page; long text cells wrap."""
-    links = links or {}
+    It sits in a `.tw` box that scrolls sideways, so a wide table never runs off the page; long text cells wrap.
+    Cells are read column by column, so an integer column stays integer (a row-wise read would turn a
+    feature id 1398 into the float 1.4e+03 next to float columns)."""
+    links, headers, tips = links or {}, headers or {}, tips or {}
     cols = [c for c in (columns or list(df.columns)) if c in df.columns]
     body = df if max_rows is None else df.head(max_rows)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+
+    def th(c: str) -> str:
+        tip = f' title="{html.escape(tips[c], quote=True)}"' if c in tips else ""
+        return f"<th{tip}>{html.escape(str(headers.get(c, c)))}</th>"
+
+    data = {c: body[c].tolist() for c in {*cols, *(u for c, u in links.items() if c in cols and u in body)}}
     rows = []
-    for _, r in body.iterrows():
+    for i in range(len(body)):
         cells = []
         for c in cols:
-            text = html.escape(_fmt(r[c]))
-            url = r.get(links[c]) if c in links else None
-            if isinstance(url, str) and url.startswith(("https://", "http://")):
+            v = data[c][i]
+            text = html.escape(_fmt(v))
+            url = data[links[c]][i] if c in links and links[c] in data else None
+            if text and _linkable(url):
                 text = f'<a href="{html.escape(url, quote=True)}">{text}</a>'
-            cls = "" if isinstance(r[c], (int, float)) and not isinstance(r[c], bool) else ' class="t"'
+            cls = "" if _numeric(v) else ' class="t"'
             cells.append(f"<td{cls}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(th(c) for c in cols)
     return f'<div class="tw"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
@@ -113,7 +144,9 @@ def _wandb_frame(df: pd.DataFrame) -> pd.DataFrame:
     # wandb.Table needs one type per column: objects (lists, None, mixed) become strings.
     out = df.copy()
     for c in out.columns:
-        if out[c].dtype == object:
+        if isinstance(out[c].dtype, pd.Int64Dtype):  # nullable ids (a feature column with gaps): ints and None
+            out[c] = pd.Series([None if pd.isna(v) else int(v) for v in out[c]], index=out.index, dtype=object)
+        elif out[c].dtype == object:
             out[c] = out[c].map(lambda v: "" if v is None else str(v))
     return out
 

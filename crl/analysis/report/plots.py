@@ -41,35 +41,72 @@ def _empty(ax, text: str) -> None:
     ax.set_axis_off()
 
 
+def feature_tick(feature: int, label: str | None = None, width: int = 36) -> str:
+    """A feature on an axis or in a legend: ``1398 ≈'minimum' → 'less'`` (cut to `width`), or the bare id."""
+    f = int(feature)
+    if f < 0:
+        return "no steer"
+    text = f"{f} ≈{label}" if label and label != str(f) else str(f)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def feature_usage_bars(usage: pd.DataFrame, path: str | Path, top_k: int = 20, title: str = "") -> Path:
     """Horizontal bars of the selection share of the top features, colored by mean reward when chosen."""
     top = usage.head(top_k).iloc[::-1]
-    fig, (ax,) = _figure(6.4, 0.25 * len(top) + 1.2)
+    fig, (ax,) = _figure(7.2, 0.25 * len(top) + 1.2)
     if top.empty:
         _empty(ax, "no selections")
         return _save(fig, path)
     reward = top["mean_reward"].fillna(0).to_numpy(float)
     span = (reward.min(), reward.max()) if reward.max() > reward.min() else (reward.min() - 1, reward.max() + 1)
     colors = [(0.3, 0.45 + 0.4 * (r - span[0]) / (span[1] - span[0]), 0.7) for r in reward]
-    ax.barh([str(x) for x in top["label"]], top["share"], color=colors)
+    ticks = [feature_tick(f, lab) for f, lab in zip(top["feature"], top["label"], strict=True)]
+    ax.barh(range(len(top)), top["share"], color=colors)
+    ax.set_yticks(range(len(top)), ticks, fontsize=8)
     ax.set_xlabel("share of decisions (bar color: lighter = higher mean reward)")
     ax.set_title(title or "Top features by selection share")
     return _save(fig, path)
 
 
-def step_histogram_plot(hist: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Where (token step) each top feature was chosen: one line per feature."""
+def step_histogram_plot(
+    hist: pd.DataFrame, path: str | Path, title: str = "", labels: dict[int, str] | None = None
+) -> Path:
+    """Where (token step) each top feature was chosen: one line per feature (see `one_step_bars` for runs
+    whose every decision is at one step, where these lines would be single dots)."""
+    labels = labels or {}
     fig, (ax,) = _figure()
     if hist.empty:
         _empty(ax, "no selections")
         return _save(fig, path)
     for f, g in hist.groupby("feature"):
-        ax.plot(g["step"], g["count"], marker="o", ms=3, label=f"{f}" if f >= 0 else "no steer")
+        ax.plot(g["step"], g["count"], marker="o", ms=3, label=feature_tick(f, labels.get(int(f)), 28))
     ax.set_xlabel("token step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("selections")
     ax.legend(fontsize=7, ncol=2, loc="upper right")  # a fixed spot: loc="best" is slow to compute
     ax.set_title(title or "Token positions where top features are chosen")
+    return _save(fig, path)
+
+
+def one_step_bars(counts: pd.DataFrame, path: str | Path, step: int, labels: dict[int, str] | None = None) -> Path:
+    """For runs whose every decision is at one token step (one-token answers, e.g. the compare task): per
+    feature (no steering included), how often it was chosen there, split by whether the answer was right.
+    `counts`: index feature, columns True / False (correct), values selections."""
+    labels = labels or {}
+    counts = counts.reindex(columns=[True, False], fill_value=0)
+    counts = counts.loc[counts.sum(axis=1).sort_values().index]
+    fig, (ax,) = _figure(8.0, max(2.6, 0.32 * len(counts) + 1.4))
+    if counts.empty:
+        _empty(ax, "no selections")
+        return _save(fig, path)
+    y = np.arange(len(counts))
+    right, wrong = counts[True].to_numpy(), counts[False].to_numpy()
+    ax.barh(y, right, color=_COLORS["incorrect->correct"], label="answer correct")
+    ax.barh(y, wrong, left=right, color=_COLORS["correct->incorrect"], label="answer wrong")
+    ax.set_yticks(y, [feature_tick(f, labels.get(int(f))) for f in counts.index], fontsize=8)
+    ax.set_xlabel(f"decisions at token step {step}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside, off the bars
+    ax.set_title(f"All decisions are at token step {step}: what was chosen, and the answer", fontsize=10)
     return _save(fig, path)
 
 

@@ -7,12 +7,23 @@ from pathlib import Path
 
 from crl.analysis.replay.branch_points import aggregate as branch_aggregate
 from crl.analysis.report import plots
+from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.common import REPLAY_HINT, read_precomputed
 from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 
 
-def branch_section(rep: Report, run: RunDir, out: Path, branch_table: str | None) -> None:
+def _alternatives(text: object, refs: FeatureRefs) -> str:
+    """Each alternative feature with its label: "12, -1" -> "12 ≈'x' → 'y' · no steer"."""
+    if not isinstance(text, str) or not text.strip():
+        return "" if not isinstance(text, (int, float)) else refs.describe(text)
+    return " · ".join(refs.describe(int(float(a))) for a in text.split(","))
+
+
+def branch_section(
+    rep: Report, run: RunDir, out: Path, branch_table: str | None, refs: FeatureRefs | None = None
+) -> None:
+    refs = refs or FeatureRefs()
     s = rep.section("Branch points")
     branches = read_precomputed(run.path, "branch_points", branch_table)
     if branches is None:
@@ -21,14 +32,27 @@ def branch_section(rep: Report, run: RunDir, out: Path, branch_table: str | None
     trials = read_precomputed(run.path, "branch_trials")
     if trials is not None and len(trials):
         rep.add_table(s, "branch_by_step", branch_aggregate(trials, run.task))
-    rep.add_table(s, "branch_points", branches, max_rows=50)
+    if "feature" in branches.columns:
+        branches = refs.annotate(branches, link_rows=50)
+        if "alternatives" in branches.columns:
+            branches["alternatives"] = [
+                _alternatives(a, refs) if i < 50 else a for i, a in enumerate(branches["alternatives"])
+            ]
+    shown = [c for c in branches.columns if c not in ("card", "url")]
+    rep.add_table(s, "branch_points", branches, columns=shown, max_rows=50, **refs.table_kw())
     rep.add_image(s, "branch_positions", plots.branch_positions(branches, out / "branch_positions.png"))
 
 
-def side_effects_section(rep: Report, run: RunDir, top_k: int, side_effects_table: str | None) -> None:
+def side_effects_section(
+    rep: Report, run: RunDir, top_k: int, side_effects_table: str | None, refs: FeatureRefs | None = None
+) -> None:
+    refs = refs or FeatureRefs()
     s = rep.section("Side effects")
     side = read_precomputed(run.path, "side_effects", side_effects_table)
     if side is None:
         s.append(para(f"Not computed: KL on neutral prompts needs the model (run {REPLAY_HINT} on this run).", "note"))
     else:
-        rep.add_table(s, "side_effects", side, max_rows=top_k)
+        if "feature" in side.columns:
+            side = refs.annotate(side, link_rows=top_k)
+        shown = [c for c in side.columns if c not in ("card", "url")]
+        rep.add_table(s, "side_effects", side, columns=shown, max_rows=top_k, **refs.table_kw())

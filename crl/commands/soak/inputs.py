@@ -34,6 +34,9 @@ def bad_inputs(work: Path, ref: Path, tally: Tally) -> None:
         ("a resume dir that does not exist", ["resume=runs/nope"], ("runs/nope",)),
         ("a resume dir that is not a run", [f"resume={user}"], (str(user),)),
         ("a new run into a finished run's dir", [f"hydra.run.dir={finished}"], ("not empty",)),
+        ("a seed NumPy cannot take", ["seed=-1"], ("seed=-1", "[0, 2**32-1]")),
+        # No host has 100 GPUs: with the CPU-only torch this names TORCH_SPEC, with a CUDA torch the GPU count.
+        ("a device this torch cannot use", ["model.device=cuda:99"], ("model.device=cuda:99",)),
     ]  # fmt: skip
     for i, (what, args, needles) in enumerate(cases):
         existing = {p.name for p in runs.iterdir()}

@@ -126,3 +126,11 @@ def test_planted_recovery_counts_step0_hits(tmp_path):
     rec = planted_recovery(run.steps_of("eval:test"), run.episodes_of("eval:test"), [7, 3])
     # Step 0 is feature 7 on the correct prompts p1..p5 and 3 on p0, p6, p7: hits are p2, p4 and p7.
     assert rec["n_episodes"] == 8 and rec["step0_hit"] == pytest.approx(3 / 8)
+
+
+def test_feature_usage_labels_from_a_dict_or_a_function(run):
+    steps, eps = run.steps_of("eval:test"), run.episodes_of("eval:test")
+    by_dict = feature_usage(steps, eps, labels={7: "'42' → ' answer'"}).set_index("feature")["label"]
+    assert by_dict.to_dict() == {7: "'42' → ' answer'", 3: "3", NO_STEER: "no steer"}  # 3: not covered, bare id
+    by_fn = feature_usage(steps, eps, labels=lambda f: f"f{f}" if f == 3 else None).set_index("feature")["label"]
+    assert by_fn.to_dict() == {7: "7", 3: "f3", NO_STEER: "no steer"}

@@ -41,7 +41,10 @@ def test_analyze_writes_pngs_and_a_self_contained_report(tmp_path):
     html = res.html.read_text()
     assert_self_contained(html)
     assert len(re.findall(r"<img ", html)) == len(pngs)
-    assert '<a href="https://www.neuronpedia.org/gemma-2-2b/6-gemmascope-res-16k/7">7</a>' in html
+    # No cards for this SAE: bare ids, the Neuronpedia link in its own column, one line on how to build cards.
+    assert '<a href="https://www.neuronpedia.org/gemma-2-2b/6-gemmascope-res-16k/7">neuronpedia ↗</a>' in html
+    assert "No feature cards for this SAE yet" in html and "crl features build" in html
+    assert "cards.html" not in html and not (d / "analysis" / "cards.html").exists()
     for title in (
         "Summary",
         "Baselines with 95% CIs",

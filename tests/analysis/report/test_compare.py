@@ -45,3 +45,12 @@ def test_compare_feature_mode_accepts_booleans(tmp_path):
     ]
     with pytest.raises(CRLError, match="auto, require or skip"):
         _feature_mode("sometimes")
+
+
+def test_compare_of_seeds_reports_feature_groups(tmp_path):
+    dirs = [write_run_dir(tmp_path / f"s{s}", SyntheticSpec(run=f"s{s}", seed=s, n_prompts=20)) for s in (0, 1, 2)]
+    res = compare_runs(CompareConfig(dirs=[str(d) for d in dirs], out_dir=str(tmp_path / "cmp"), n_boot=200))
+    groups = res.report.tables["seed_groups"]
+    assert len(res.report.tables["seed_pairs"]) == 3  # every pair of the 3 seeds
+    assert groups["n_runs"].max() <= 3 and set(groups.columns) >= {"members", "recurrence", "lo", "hi"}
+    assert "Across seeds" in res.html.read_text()

@@ -66,3 +66,22 @@ def test_wide_table_does_not_widen_the_page_in_a_browser(tmp_path):
     page_w, view_w, box_w, box_view = json.loads(html_lib.unescape(re.search(r'data-m="([^"]*)"', dom).group(1)))
     assert page_w <= view_w  # the page itself does not scroll sideways
     assert box_w > box_view  # the table scrolls inside its box
+
+
+def test_integer_columns_stay_integers_next_to_float_columns():
+    # A row-wise read turns every cell of an all-numeric row into a float: feature 1398 showed as 1.4e+03.
+    df = pd.DataFrame({"feature": [1398, 1590], "digit": [0.5, 0.25]})
+    df["nullable"] = pd.array([7, None], dtype="Int64")
+    out = table_html(df)
+    assert "<td>1398</td><td>0.5</td><td>7</td>" in out and "<td>1590</td>" in out and "e+03" not in out
+
+
+def test_table_links_reach_the_report_pages_and_the_web_only():
+    df = pd.DataFrame(
+        {"feature": [1, 2, 3, 4], "card": ["cards.html#feature-1", "feature_index.html", "../x.html", "file:///x"]}
+    )
+    out = table_html(
+        df, columns=["feature"], links={"feature": "card"}, headers={"feature": "id"}, tips={"feature": "t"}
+    )
+    assert re.findall(r'href="([^"]*)"', out) == ["cards.html#feature-1", "feature_index.html"]
+    assert '<th title="t">id</th>' in out

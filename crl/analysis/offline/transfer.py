@@ -1,0 +1,175 @@
+"""Transfer: does a trained policy's gain, and its "do no harm", hold on variants of its task it was not trained on?
+
+`crl transfer` (crl/commands/transfer.py) runs n fresh test-split prompts of each variant (crl/envs/tasks/family.py)
+greedily with no steering and with the trained policy, twice when the policy has an abstention rule (policy.abstain:
+with it, `crl_abstain`, and without it, `crl_no_abstain`, the ablation); this module turns the per-prompt outcomes into
+the table. Per variant and policy:
+
+- accuracy of no steering (`none`) and of the policy;
+- diff = acc(policy) - acc(none), with the paired-bootstrap 95% CI over prompts (`stats.paired_bootstrap`) and the
+  exact McNemar p-value (`stats.mcnemar_exact`);
+- steered: the share of prompts where the policy steered at least one decision; abstained: the share where the
+  rule forced at least one decision to "no steering";
+- verdict: HARM when the CI's lower bound is below -HARM_MARGIN (a loss of more than 2 points is not ruled out),
+  else GAIN when p < ALPHA and diff > 0, else TIE.
+
+Torch-free: it reads outcomes, not models. Files: <run_dir>/analysis/transfer.csv (one row per variant),
+transfer.json (the same rows and the settings) and transfer_prompts.csv (the per-prompt outcomes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
+from crl.errors import CRLError
+from crl.logs.atomic import atomic_write_bytes, atomic_write_json
+
+HARM_MARGIN = 0.02  # a CI reaching below -0.02 cannot rule out harm
+ALPHA = 0.05
+CSV, JSON, PROMPTS_CSV = "transfer.csv", "transfer.json", "transfer_prompts.csv"
+# Policy columns of the outcomes: one policy, or the abstention ablation (policy.abstain).
+PLAIN = ("crl",)
+ABLATION = ("crl_abstain", "crl_no_abstain")
+
+
+def verdict(diff: float, lo: float, p: float, margin: float = HARM_MARGIN, alpha: float = ALPHA) -> str:
+    """HARM / GAIN / TIE (module docstring)."""
+    if lo < -margin:
+        return "HARM"
+    if p < alpha and diff > 0:
+        return "GAIN"
+    return "TIE"
+
+
+def policies_of(outcomes: pd.DataFrame) -> tuple[str, ...]:
+    """The policy columns present: ("crl",) or the ablation ("crl_abstain", "crl_no_abstain")."""
+    if all(f"{m}_correct" in outcomes for m in ABLATION):
+        return ABLATION
+    if "crl_correct" in outcomes:
+        return PLAIN
+    raise CRLError("transfer outcomes hold no policy column (crl_correct); they were not written by crl transfer")
+
+
+def transfer_table(
+    outcomes: pd.DataFrame, variants: list[dict[str, Any]], cfg: StatsConfig | None = None
+) -> pd.DataFrame:
+    """One row per variant (in the order of `variants`: dicts with variant, held_out, describe) from per-prompt
+    outcomes (variant, prompt_id, none_correct, <policy>_correct, <policy>_steered[, crl_abstain_abstained])."""
+    cfg = cfg or StatsConfig()
+    policies = policies_of(outcomes)
+    rows = []
+    for v in variants:
+        o = outcomes[outcomes["variant"] == v["variant"]]
+        if o["prompt_id"].duplicated().any():
+            raise CRLError(f"variant {v['variant']} repeats a prompt; transfer pairs each prompt once")
+        none = o["none_correct"].to_numpy(dtype=float)
+        row: dict[str, Any] = {
+            "variant": v["variant"],
+            "held_out": v.get("held_out", ""),
+            "describe": v.get("describe", ""),
+            "n": len(o),
+            "none": float(none.mean()) if len(o) else math.nan,
+        }
+        for m in policies:
+            acc = o[f"{m}_correct"].to_numpy(dtype=float)
+            row[m] = float(acc.mean()) if len(o) else math.nan
+            if len(o):
+                pt = paired_bootstrap(acc, none, cfg)
+                p = mcnemar_exact(acc.astype(bool), none.astype(bool)).p
+                row.update({f"{m}_diff": pt.diff, f"{m}_lo": pt.lo, f"{m}_hi": pt.hi, f"{m}_p": p})
+                row[f"{m}_verdict"] = verdict(pt.diff, pt.lo, p)
+            row[f"{m}_steered"] = float(o[f"{m}_steered"].mean()) if len(o) else math.nan
+            if f"{m}_abstained" in o:
+                row[f"{m}_abstained"] = float(o[f"{m}_abstained"].mean()) if len(o) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pct(x: float) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def _p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as plain text, one line per (variant, policy), for stdout."""
+    policies = [m for m in (*PLAIN, *ABLATION) if m in table]
+    head = [
+        "variant",
+        "held out",
+        "n",
+        "none",
+        "policy",
+        "acc",
+        "diff [95% CI]",
+        "p",
+        "steered",
+        "abstained",
+        "verdict",
+    ]
+    lines = []
+    for _, r in table.iterrows():
+        for m in policies:
+            ci = (
+                f"{r[f'{m}_diff']:+.3f} [{r[f'{m}_lo']:+.3f}, {r[f'{m}_hi']:+.3f}]"
+                if f"{m}_diff" in r and r["n"]
+                else ""
+            )
+            lines.append(
+                [
+                    str(r["variant"]),
+                    str(r["held_out"] or "-"),
+                    str(int(r["n"])),
+                    f"{r['none']:.3f}",
+                    m,
+                    f"{r[m]:.3f}",
+                    ci,
+                    _p(r[f"{m}_p"]) if ci else "",
+                    _pct(r[f"{m}_steered"]),
+                    _pct(r.get(f"{m}_abstained")) if f"{m}_abstained" in r else "",
+                    str(r.get(f"{m}_verdict", "")),
+                ]
+            )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), *(fmt(line) for line in lines)])
+
+
+def write_transfer(
+    out_dir: str | Path, table: pd.DataFrame, outcomes: pd.DataFrame, settings: dict[str, Any]
+) -> dict[str, Path]:
+    """transfer.csv, transfer.json and transfer_prompts.csv in `out_dir` (written atomically); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / CSV, "json": out / JSON, "prompts": out / PROMPTS_CSV}
+    atomic_write_bytes(paths["csv"], table.to_csv(index=False).encode())
+    atomic_write_bytes(paths["prompts"], outcomes.to_csv(index=False).encode())
+    records = json.loads(table.to_json(orient="records"))  # NaN -> null
+    atomic_write_json(paths["json"], {**settings, "harm_margin": HARM_MARGIN, "alpha": ALPHA, "variants": records})
+    return paths
+
+
+def read_transfer(run_dir: str | Path) -> pd.DataFrame | None:
+    """<run_dir>/analysis/transfer.csv, or None when `crl transfer` has not been run on this run."""
+    path = Path(run_dir) / "analysis" / CSV
+    if not path.exists():
+        return None
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def read_transfer_settings(run_dir: str | Path) -> dict[str, Any]:
+    """The settings `crl transfer` recorded in transfer.json ({} when absent or unreadable)."""
+    path = Path(run_dir) / "analysis" / JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if k != "variants"} if isinstance(data, dict) else {}

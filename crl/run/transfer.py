@@ -1,0 +1,176 @@
+"""Re-run a trained policy on task variants held out of its training (`crl transfer`, crl/commands/transfer.py).
+
+`transfer_outcomes` rebuilds model, SAE and policy from the run directory (as `crl eval` does: policy.pt, the
+val-selected policy, else the last checkpoint's), then, for each variant (crl/envs/tasks/family.py), draws `n` fresh
+test-split prompts and runs them greedily with no steering and with the policy; with an abstention rule
+(policy.abstain) the policy runs twice, with the rule and without it. Returns per-prompt outcomes; the table and
+its statistics are crl/analysis/offline/transfer.py's. Nothing is written into the run's logs.
+
+The run with the rule is only rolled out for the prompts whose outcome the other two runs do not already fix:
+greedy decoding is deterministic and the rule only ever replaces an action by "no steering", so where every decision
+of the unsteered rollout is out of distribution the abstaining policy never steers and its episode is the unsteered
+one, and where no decision of the rule-free rollout is out of distribution it is that one (up to the float noise of
+another batch composition, as between any two evaluations). For one-token answers (compare) that is every prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from crl.agent.ppo import PolicyAgent
+from crl.envs.rollout import Episode, NoSteer
+from crl.envs.tasks.base import Example
+from crl.envs.tasks.family import held_out_axes
+from crl.errors import CRLError
+from crl.logs import schema
+from crl.logs.schema import RunInfo
+from crl.run.components import Components, build, rollouts, saved_config
+
+
+def _steered(ep: Episode) -> bool:
+    return any(f >= 0 for f in ep.features)
+
+
+def _abstained(ep: Episode) -> bool:
+    return any(bool(s.get("abstained")) for s in ep.steps)
+
+
+def fit_abstention(comps: Components, net: Any) -> None:
+    """Fit the policy's abstention rule as `crl train` does (crl/agent/policy.py): the training sample is the
+    residuals of the first policy.obs_stats_prompts train prompts, the threshold a quantile of the val prompts'."""
+    n = comps.policy.obs_stats_prompts
+    train = comps.observation_sample("train", n, progress="abstention: train sample")
+    val = comps.observation_sample("val", len(comps.splits["val"]), progress="abstention: val distances")
+    net.fit_abstention(train, val)
+
+
+def transfer_outcomes(
+    run_dir: Path,
+    variants: list[str] | None = None,
+    n: int = 400,
+    seed: int | None = None,
+    fit_abstain: str = "off",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(per-prompt outcomes, one dict per variant: variant, held_out, describe, and the settings) of `run_dir`."""
+    if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
+        raise CRLError(
+            f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
+        )
+    cfg = saved_config(run_dir)
+    if fit_abstain != "off":
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, abstain=fit_abstain))
+    task = _task_with_variants(cfg)  # every variant is checked before the model loads
+    trained = task.variants()
+    specs = variants or task.family_axes.default_specs(cfg.task.family, trained)
+    parsed = [(spec, task.family_axes.parse(spec, trained, task.name)) for spec in specs]
+    comps = build(cfg, splits=("train", "val") if fit_abstain != "off" else ())
+    comps.check_identity(RunInfo.read(run_dir), run_dir, keys=("sae_identity",))
+    agent = comps.load_policy(run_dir, greedy=True)
+    if fit_abstain != "off":
+        fit_abstention(comps, agent.net)
+    seed = cfg.seed if seed is None else seed
+    task = comps.task
+    policies = {"crl": agent}
+    if agent.net.can_abstain:
+        policies = {"crl_abstain": agent, "crl_no_abstain": PolicyAgent(agent.net, greedy=True, abstain=False)}
+    outcomes: list[dict[str, Any]] = []
+    info: list[dict[str, Any]] = []
+    for i, (spec, vs) in enumerate(parsed, 1):
+        held = held_out_axes(vs, trained)
+        examples = task.variant_examples(vs, "test", n)
+        label = f"transfer {i}/{len(parsed)} {spec}"
+        print(f"[crl] {label}: {len(examples)} test prompts, {vs.describe()}", file=sys.stderr, flush=True)
+        runs = {"none": _rollouts(comps, examples, None, seed, f"{label} no steering")}
+        for name, policy in policies.items():
+            if name == "crl_abstain":
+                continue
+            runs[name] = _rollouts(comps, examples, policy, seed, f"{label} {name}")
+        if "crl_abstain" in policies:
+            runs["crl_abstain"] = _with_rule(comps, examples, agent, runs["none"], runs["crl_no_abstain"], seed, label)
+        info.append({"variant": spec, "held_out": "+".join(held), "describe": vs.describe(), "n": len(examples)})
+        for j, ex in enumerate(examples):
+            row: dict[str, Any] = {"variant": spec, "prompt_id": ex.id, "none_correct": runs["none"][j].correct}
+            for name in policies:
+                ep = runs[name][j]
+                row[f"{name}_correct"] = ep.correct
+                row[f"{name}_steered"] = _steered(ep)
+                if name == "crl_abstain":
+                    row[f"{name}_abstained"] = _abstained(ep)
+            outcomes.append(row)
+    settings = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "task": task.name,
+        "trained": trained.describe(),
+        "n": n,
+        "seed": seed,
+        "abstain": comps.policy.abstain,
+        "abstain_fitted_now": fit_abstain != "off",
+    }
+    return outcomes, info, settings
+
+
+def _rollouts(
+    comps: Components, examples: list[Example], policy: Any, seed: int, progress: str | None
+) -> list[Episode]:
+    """`crl.run.evaluate.evaluate`, keeping each decision's observation (the rule's distances need them)."""
+    env = comps.env(examples, comps.masker(for_eval=True), seed)
+    try:
+        return rollouts(env, examples, policy if policy is not None else NoSteer(env), progress, keep_tensors=True)
+    finally:
+        env.close()
+
+
+def _with_rule(
+    comps: Components,
+    examples: list[Example],
+    agent: PolicyAgent,
+    none: list[Episode],
+    free: list[Episode],
+    seed: int,
+    label: str,
+) -> list[Episode]:
+    """The abstaining policy's episodes: taken from `none` or `free` where they fix it (module docstring), the rest
+    rolled out. A taken episode's steps are marked abstained (from `none`) or not (from `free`)."""
+    net = agent.net
+    ood = lambda ep: net.out_of_distribution(ep.obs) if ep.obs is not None else None  # noqa: E731
+    out: list[Episode | None] = []
+    for n_ep, f_ep in zip(none, free, strict=True):
+        n_ood, f_ood = ood(n_ep), ood(f_ep)
+        if n_ood is not None and bool(n_ood.all()):
+            out.append(_marked(n_ep, True))
+        elif f_ood is not None and not bool(f_ood.any()):
+            out.append(_marked(f_ep, False))
+        else:
+            out.append(None)
+    rest = [j for j, ep in enumerate(out) if ep is None]
+    if rest:
+        ran = _rollouts(comps, [examples[j] for j in rest], agent, seed, f"{label} crl_abstain")
+        for j, ep in zip(rest, ran, strict=True):
+            out[j] = ep
+    print(
+        f"[crl] {label} crl_abstain: {len(out) - len(rest)}/{len(out)} prompts fixed by the other runs, "
+        f"{len(rest)} rolled out",
+        file=sys.stderr,
+        flush=True,
+    )
+    return out  # type: ignore[return-value]
+
+
+def _marked(ep: Episode, abstained: bool) -> Episode:
+    return dataclasses.replace(ep, steps=[{**s, "abstained": abstained} for s in ep.steps])
+
+
+def _task_with_variants(cfg: Any) -> Any:
+    from crl.envs.tasks.registry import make_task
+
+    task = make_task(cfg.task)
+    if task.family_axes is None:
+        raise CRLError(
+            f"task '{task.name}' has no variants, so crl transfer has nothing to hold out; "
+            "it needs a run of a task with variants (compare)"
+        )
+    return task
