@@ -2,8 +2,11 @@
 
 crl train                               # the embedded offline default, end to end
 crl train -m seed=0,1 steering.layer=3,6  # a multirun sweep
+crl grpo                                # GRPO (TRL) on the model's weights, same task and budget as crl train
 crl eval run_dir=runs/... split=test
 crl transfer run_dir=runs/... [variants=[wording:pick,range:3digit]] [n=400]
+crl probe task=compare [layers=[6,15,24]]  # before training: can steering help at each layer?
+crl rl-compare crl_run=runs/... grpo_run=runs/...  # which SAE features GRPO moved, and did CRL pick them?
 crl sae build sae.layer=6 ; crl sae info ; crl sae export sae.layer=6
 crl bench rollout
 crl analyze run_dir=runs/... ; crl compare 'dirs=[runs/a,runs/b]'
@@ -23,8 +26,11 @@ from crl.errors import CRLError
 # "words" -> "module:function"; each function is a Hydra app (@hydra.main) in crl/commands/.
 COMMANDS: dict[tuple[str, ...], str] = {
     ("train",): "crl.commands.train:main",
+    ("grpo",): "crl.commands.grpo:main",
     ("eval",): "crl.commands.evaluate:main",
     ("transfer",): "crl.commands.transfer:main",
+    ("probe",): "crl.commands.probe:main",
+    ("rl-compare",): "crl.commands.rl_compare:main",
     ("sae", "build"): "crl.commands.sae:build",
     ("sae", "info"): "crl.commands.sae:info",
     ("sae", "export"): "crl.commands.sae:export",

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from crl.cards.label import HEURISTIC_MARK
 from crl.config import TrainConfig, load
 from crl.errors import CRLError, exit_on_error
-from crl.logs import lifecycle, schema
+from crl.logs import lifecycle
 from crl.paths import CONF_DIR
 
 
@@ -95,28 +95,9 @@ def _main(raw: DictConfig) -> None:
             print(f"[crl] warning: the analysis report failed: {e}", file=sys.stderr)
 
 
-def preflight(args: list[str]) -> list[str]:
-    """Check the run directory before Hydra creates it or writes its files into one; returns the Hydra
-    overrides to add (`resume=<dir>` writes into that directory instead of a new one)."""
-    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    resume = given.get("resume")
-    if resume not in (None, "", "null"):
-        missing = [name for name in (schema.RUN_JSON, schema.CONFIG_YAML) if not (Path(resume) / name).exists()]
-        if missing:
-            what = "does not exist" if not Path(resume).exists() else f"has no {' or '.join(missing)}"
-            raise CRLError(f"resume={resume} is not a CRL run directory (it {what}); pass a directory of `crl train`")
-        return [f"hydra.run.dir={resume}"]
-    run_dir = given.get("hydra.run.dir")
-    if run_dir and lifecycle.foreign_entries(Path(run_dir)):
-        raise CRLError(
-            f"hydra.run.dir={run_dir} is not empty; a new run needs a new directory (resume={run_dir} continues a run)"
-        )
-    return []
-
-
 @exit_on_error
 def main() -> None:
-    sys.argv += preflight(sys.argv[1:])
+    sys.argv += lifecycle.preflight(sys.argv[1:], "crl train")
     _main()
 
 

@@ -12,9 +12,11 @@ from typing import Literal
 
 from crl.config.core import SEED_MAX, ConfigError, group, omegaconf_schema, param, seed_param
 from crl.config.groups import (
+    SHIPPED_SAE_LAYERS,
     TRAIN_TASK,
     BenchConfig,
     BuildConfig,
+    GRPOGroupConfig,
     MaskingConfig,
     ModelConfig,
     PolicyConfig,
@@ -63,6 +65,29 @@ class TrainConfig:
         if self.run.val_split == self.run.eval_split:
             why = "the split that selects the checkpoint cannot also be the one that reports it"
             raise ConfigError("run.val_split", self.run.val_split, why, f"a split other than {self.run.eval_split}")
+
+
+@dataclass
+class GRPOTrainConfig:
+    """`crl grpo`: GRPO (TRL) on the model's weights, on `crl train`'s task, splits, prompts and verifier. The model,
+    sae, task and steering groups are `crl train`'s, so a GRPO run and a CRL run with the same task and seed see the
+    same prompts; the SAE (at steering.layer) only serves CRL's evaluator, which scores the tuned model unsteered."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+    task: TaskConfig = group(TaskConfig, **TRAIN_TASK)
+    steering: SteeringConfig = group(SteeringConfig)
+    grpo: GRPOGroupConfig = group(GRPOGroupConfig)
+    logger: WandbConfig = group(WandbConfig)
+    seed: int = seed_param(0)
+    resume: str | None = None  # a `crl grpo` run directory to continue from its last checkpoint
+
+    def check(self) -> None:
+        if self.sae.source == "planted" and self.task.name != "planted":
+            raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
+        if self.model.weights is not None:
+            why = "`crl grpo` tunes the model itself; starting from tuned weights is not supported"
+            raise ConfigError("model.weights", self.model.weights, why, "null")
 
 
 @dataclass
@@ -212,6 +237,20 @@ class AnalyzeConfig:
     # measure), ~10 s more in a fresh `crl analyze` (importing and loading the model). Measured again only when the
     # eval changed (env=true: always). false: show a stored measurement only.
     feature_effects: bool = True
+    # Causal check of the eval policy's most used features (analysis/causal.json, crl.analysis.offline.causal): on
+    # the held-out prompts where the policy chose a feature, is it sufficient alone and necessary (replaced by no
+    # steering, or by a density-matched random feature)? On by default; measured again only when the eval changed
+    # (env=true: always); false: show a stored measurement only. Cost: one replayed episode per prompt and arm that
+    # is neither the logged policy episode nor no steering (one-decision tasks: the random replacement only), plus 16
+    # reproduction checks. Budget: at most causal_top x causal_prompts prompts, and no replay batch starts after
+    # causal_seconds. Measured on 2 CPU cores, default run (compare, 400 test prompts; top 5 features chosen on
+    # 92+36+32+12+6 prompts, plus one group of them on 128): 322 replayed episodes, 48.5 s of CPU time, so about
+    # 25-50 s on 2 idle cores (not measured idle: the host was shared, load 7.5, 112 s wall; there the 60 s cap
+    # leaves the group out). The features alone: 194 episodes, 29.5 s of CPU time.
+    causal: bool = True
+    causal_top: int = param(5, ge=0)  # features checked, most used first (groups among them come on top)
+    causal_prompts: int = param(128, ge=1)  # prompts per feature at most (a seeded sample)
+    causal_seconds: float | None = param(60.0, gt=0)  # no replay batch starts after this; null: no limit
     wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
 
 
@@ -242,9 +281,82 @@ class SoakConfig:
     disk: Literal["auto", "tmpfs", "simulate", "skip"] = "auto"  # auto: a small tmpfs if mountable, else ENOSPC
 
 
+@dataclass
+class ProbeConfig:
+    """`crl probe`: before training, can steering help? At each layer in `layers`: a linear probe reads the gold
+    answer (or, for number answers, whether the model will be right) from the residual at the decision position, beside
+    the model's own accuracy, the majority class, a shuffled-label control, and an oracle that tries every single
+    action of the policy's action set per held-out prompt (crl/analysis/replay/probe.py, oracle.py)."""
+
+    model: ModelConfig = group(ModelConfig)
+    sae: SAEConfig = group(SAEConfig)
+    task: TaskConfig = group(TaskConfig, **TRAIN_TASK)
+    steering: SteeringConfig = group(SteeringConfig)  # coef, coef_mode, levels: the actions the oracle tries
+    masking: MaskingConfig = group(MaskingConfig)  # the eval masking at step 0 is the action set (none: every feature)
+    # The SAE layers probed (each needs an SAE: shipped, built, or planted). A `steering.layer=L` override without
+    # `layers=` probes L alone; null: steering.layer.
+    layers: list[int] | None = param(factory=lambda: list(SHIPPED_SAE_LAYERS), ge=0, min_len=1)
+    # answer: the gold class (option letter, refuse/comply, planted target); correct: whether the unsteered model
+    # answers right (AUROC); auto: answer unless the gold answer is a number (arith, gsm8k).
+    target: Literal["auto", "answer", "correct"] = "auto"
+    # First train prompts the probe is fitted on (fewer if the split holds fewer). On compare at layer 15, 256 already
+    # read the answer at 0.99 test accuracy; each prompt costs one unsteered forward (2 shared CPU cores, load 5-8:
+    # ~0.3 s a compare prompt, ~0.8 s a bbq_offline one).
+    probe_train: int = param(512, ge=2)
+    n_oracle: int = param(64, ge=0)  # first test prompts the oracle tries every action on (0: no oracle)
+    oracle_rows: int = param(512, ge=1)  # one-token MC: (prompt, action) rows per forward
+    # One-token MC: the best static action is chosen among every level of the features in the most prompts' action
+    # sets, each scored on every oracle prompt (the oracle itself scores each prompt's own actions only).
+    oracle_static: int = param(64, ge=0)
+    # Free-form: rollouts at most (the first prompts that fit); each runs up to max_new_tokens (refusal: 48 tokens,
+    # ~0.3 s a token for a batch of 64 on 2 CPU cores, so 1024 rollouts take ~4 min).
+    oracle_max_episodes: int = param(1024, ge=1)
+    l2: list[float] = param(factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0], gt=0, min_len=1)  # picked by CV on train
+    folds: int = param(5, ge=2)  # cross-validation folds that pick l2
+    n_boot: int = param(2000, ge=1)  # bootstrap resamples (AUROC CI)
+    seed: int = seed_param(0)  # folds, the shuffled labels, the bootstrap
+    out_dir: str | None = None  # default runs/probe-<task>-<timestamp>
+
+    def check(self) -> None:
+        if self.sae.source == "planted" and self.task.name != "planted":
+            raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
+        layers = self.layers or [self.steering.layer]
+        if len(set(layers)) != len(layers):
+            raise ConfigError("layers", layers, "a layer is listed twice", "distinct layers")
+        if self.sae.source in ("disk", "pretrained") and len(layers) > 1:
+            why = f"sae={self.sae.source} is one SAE, which reads one layer"
+            raise ConfigError("layers", layers, why, "one layer (the SAE's), or null for steering.layer")
+        if self.model.source == "tiny" and max(layers) >= self.model.n_layers:
+            why = f"the tiny model has {self.model.n_layers} layers"
+            raise ConfigError("layers", layers, why, f"layers in 0..{self.model.n_layers - 1}")
+
+
+@dataclass
+class RLCompareConfig:
+    """`crl rl-compare crl_run=<CRL run> grpo_run=<GRPO run>`: which SAE features the GRPO fine-tune moved at the CRL
+    run's SAE layer, and whether CRL picked them (definitions: crl/analysis/diffing/). Both runs must be of one model,
+    SAE and task; the prompts are the CRL run's `split`, rendered as its env renders them."""
+
+    crl_run: str | None = None  # a finished `crl train` run directory (required)
+    grpo_run: str | None = None  # a finished `crl grpo` run directory (required): its model/ holds the tuned weights
+    out_dir: str | None = None  # default <grpo_run>/rl_compare/<crl run directory's name>
+    split: Split = "test"  # the prompts compared on (CRL's usage: its eval phase on this split, else its default one)
+    n: int = param(200, ge=1)  # the split's first n prompts (fewer where it holds fewer)
+    control_rows: int = param(8, ge=0)  # rows of the feature cards' held-out text added to the neutral prompts
+    ks: list[int] = param(factory=lambda: [5, 10, 20, 50], ge=1, min_len=1)  # overlap@k and causal set sizes
+    n_null: int = param(1000, ge=1)  # density-matched draws of the concordance nulls (no model: cheap)
+    # Random feature sets per causal check; each is one last-token pass over the n prompts per set size k (on 2 CPU
+    # cores with the default model that pass takes seconds; the nulls dominate the command's time).
+    n_causal_null: int = param(5, ge=0)
+    n_boot: int = param(2000, ge=1)  # bootstrap resamples of every CI
+    chunk_size: int = param(64, ge=1)  # prompts per forward (the KV caches of all of them stay in memory)
+    seed: int = seed_param(0)  # bootstrap, permutations and null draws
+
+
 # Hydra config name (conf/<name>.yaml) -> its root schema.
 APPS: dict[str, type] = {
     "train": TrainConfig,
+    "grpo": GRPOTrainConfig,
     "eval": EvalConfig,
     "transfer": TransferConfig,
     "sae_build": SAEBuildConfig,
@@ -254,6 +366,8 @@ APPS: dict[str, type] = {
     "analyze": AnalyzeConfig,
     "compare": CompareConfig,
     "soak": SoakConfig,
+    "probe": ProbeConfig,
+    "rl-compare": RLCompareConfig,
     "features_show": FeaturesShowConfig,
     "features_build": FeaturesBuildConfig,
     "features_index": FeaturesIndexConfig,
@@ -270,6 +384,8 @@ GROUPS: dict[str, type] = {
     "masking": MaskingConfig,
     "logger": WandbConfig,
 }
+# Config groups that only one command composes (conf/<group>/; its app is the key of APPS of the same name).
+COMMAND_GROUPS: dict[str, type] = {"grpo": GRPOGroupConfig}
 
 
 def register() -> None:
@@ -277,7 +393,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for name, cls in GROUPS.items():
+    for name, cls in {**GROUPS, **COMMAND_GROUPS}.items():
         cs.store(group=name, name=f"base_{name}", node=omegaconf_schema(cls))
     for name, cls in APPS.items():
         cs.store(name=f"base_{name}", node=omegaconf_schema(cls))

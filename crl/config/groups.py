@@ -59,6 +59,9 @@ class ModelConfig:
     n_layers: int = param(2, ge=1)  # source=tiny only
     d_model: int = param(64, ge=1)  # source=tiny only
     seed: int = seed_param(0)  # source=tiny only: the random weights
+    # Tuned weights on top of the model above (crl/backends/model.py): a `crl grpo` run directory (its model/), a
+    # LoRA adapter directory (merged into the weights on load; needs peft) or a full-weights directory. null: none.
+    weights: str | None = None
 
     def check(self) -> None:
         if self.source == "hf" and self.name == DEFAULT_MODEL_NAME:
@@ -266,6 +269,89 @@ class RunConfig:
     min_val_prompts: int = param(20, ge=1)  # fewer val prompts than this cannot select a checkpoint
     analyze: bool = True  # write the analysis report after training
     top_features: int = param(10, ge=0)
+
+
+# `crl train`'s default budget in episodes (ppo.total_updates x ppo.episodes_per_update = 12 x 128). One GRPO completion
+# is one episode, so `crl grpo` gets the same number of rollouts by default.
+CRL_EPISODES = PPOConfig.total_updates * PPOConfig.episodes_per_update
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here (found without importing it, so validation stays light)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclass
+class GRPOGroupConfig:
+    """`crl grpo` (crl/run/grpo.py): TRL's GRPOTrainer on the model's own weights, on `crl train`'s task and prompts.
+
+    A round samples `batch_size` completions (batch_size / num_generations prompts of the train split, each
+    num_generations times) and makes num_iterations optimizer steps on them; rollouts / batch_size rounds in all. One
+    completion is one CRL episode, so the defaults give `crl train`'s budget in its shape: 12 rounds of 128 (12 updates
+    of 128 episodes), a greedy val evaluation every 4 rounds. TRL's own defaults assume a GPU (bf16, gradient
+    checkpointing, lr 1e-6); these are for a CPU and LoRA."""
+
+    rollouts: int = param(CRL_EPISODES, ge=1)  # completions in all (CRL episodes); a multiple of batch_size
+    num_generations: int = param(8, ge=2)  # completions per prompt: the group that GRPO's advantages compare within
+    batch_size: int = param(PPOConfig.episodes_per_update, ge=2)  # completions per round; a multiple of num_generations
+    micro_batch_size: int | None = param(32, ge=1)  # completions per forward/backward (memory); null: batch_size
+    learning_rate: float = param(1e-4, gt=0)  # for LoRA; full fine-tuning (lora=false) wants about 1e-5
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = param(1.0, gt=0)
+    temperature: float = param(1.0, gt=0)  # sampling of training completions (evaluations decode greedily)
+    top_p: float = param(1.0, gt=0, le=1)
+    # Completion tokens while training: SmolLM2 writes a compare answer as "A) 47" (sampled: 7.3 tokens on average at
+    # 8). The time goes to the ~60-token prompt: on 2 shared CPU cores 64 completions took 35 s to generate and 59 s
+    # for forward and backward (one thread, load ~7), about 0.7 completions/s.
+    max_completion_length: int = param(8, ge=1)
+    beta: float = param(0.0, ge=0)  # KL penalty to the base model; 0 (TRL's default) loads no reference model
+    epsilon: float = param(0.2, gt=0)  # PPO-style clipping of the probability ratio
+    num_iterations: int = param(1, ge=1)  # optimizer steps per round (TRL's mu)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"  # TRL's token-loss aggregation
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # advantage = (r - group mean) / this std
+    lora: bool = True  # false: full fine-tuning
+    lora_r: int = param(16, ge=1)
+    lora_alpha: int = param(32, ge=1)
+    lora_dropout: float = param(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | None = param(None, min_len=1)  # null: every linear layer but the output head
+    gradient_checkpointing: bool = False  # saves memory at ~20% more time (TRL's default is on)
+    # Like `crl train`'s run block: every eval_every rounds (and at round 0, the base model) the greedy model is
+    # evaluated on val; select=best_val keeps the best (ties: the earlier round, so the base model wins unless tuning
+    # beat it on val), saved as <run>/model/ and tested on eval_split.
+    eval_every: int = param(RunConfig.eval_every, ge=0)  # rounds; 0: no val evaluations (select must be last)
+    select: Literal["best_val", "last"] = "best_val"
+    eval_split: Split = "test"
+    # A constrained task (compare) is scored on one option-letter token, GRPO's completions on free text: also evaluate
+    # free generation (max_completion_length tokens) before and after, with its well-formed rate.
+    free_eval: bool = True
+    checkpoint_every: int = param(1, ge=1)  # rounds
+
+    @property
+    def rounds(self) -> int:
+        return self.rollouts // self.batch_size
+
+    def check(self) -> None:
+        g, b = self.num_generations, self.batch_size
+        if b % g:
+            why = f"not a multiple of grpo.num_generations={g}: each round samples whole groups"
+            raise ConfigError("batch_size", b, why, f"a multiple of {g}, e.g. {max(g, b - b % g)} or {b - b % g + g}")
+        if self.micro_batch_size is not None and b % self.micro_batch_size:
+            why = f"does not divide grpo.batch_size={b}"
+            raise ConfigError("micro_batch_size", self.micro_batch_size, why, f"a divisor of {b}, or null")
+        if self.rollouts % b:
+            low, high = self.rollouts - self.rollouts % b, self.rollouts - self.rollouts % b + b
+            valid = f"a multiple of {b}, e.g. {low or high}" + (f" or {high}" if low else "")
+            valid += ", or another batch_size"
+            raise ConfigError("rollouts", self.rollouts, f"not a multiple of grpo.batch_size={b}", valid)
+        if self.select == "best_val" and self.eval_every == 0:
+            raise ConfigError("eval_every", 0, "select=best_val needs val evaluations", ">= 1, or grpo.select=last")
+        if self.select == "best_val" and self.eval_split == "val":
+            why = "the split that selects the model cannot also be the one that reports it"
+            raise ConfigError("eval_split", "val", why, "test or train")
+        if self.lora and not _installed("peft"):
+            raise ConfigError("lora", True, "LoRA needs peft, which is not installed", "false, or `pip install peft`")
 
 
 @dataclass

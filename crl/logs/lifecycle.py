@@ -92,10 +92,20 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def resume_command(command: str, run_dir: Path) -> str:
+    """The command that continues a run made by `command` (`crl train ...` or `crl grpo ...`).
+
+    >>> resume_command("crl grpo grpo.lora=false", Path("runs/a"))
+    'crl grpo resume=runs/a'
+    """
+    words = command.split()[:2]
+    return f"{' '.join(words) if len(words) == 2 and words[0] == 'crl' else 'crl train'} resume={run_dir}"
+
+
 def mark_failed(run_dir: Path, error: str, command: str) -> None:
     """Write FAILED.json; best effort (on a full disk even this small file may not fit)."""
     info = {"error": error, "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    info["resume"] = f"crl train resume={run_dir}"
+    info["resume"] = resume_command(command, run_dir)
     with suppress(OSError):
         atomic_write_json(run_dir / schema.FAILED, info)
 
@@ -144,9 +154,28 @@ def claim(run_dir: Path, *, new: bool, command: str) -> Iterator[None]:
             elif not foreign or _sizes(run_dir) != before:
                 mark_failed(run_dir, error, command)
             if full:
-                then = "run it again" if removed else f"`crl train resume={run_dir}` continues the run"
+                then = "run it again" if removed else f"`{resume_command(command, run_dir)}` continues the run"
                 raise CRLError(f"{error}; free some space, then {then}") from None
             raise
         (run_dir / schema.FAILED).unlink(missing_ok=True)
     finally:
         lock.close()
+
+
+def preflight(args: list[str], command: str = "crl train") -> list[str]:
+    """Check the run directory of `command` (`crl train`, `crl grpo`) before Hydra creates it or writes its files
+    into one; returns the Hydra overrides to add (`resume=<dir>` writes into that directory instead of a new one)."""
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    resume = given.get("resume")
+    if resume not in (None, "", "null"):
+        missing = [name for name in (schema.RUN_JSON, schema.CONFIG_YAML) if not (Path(resume) / name).exists()]
+        if missing:
+            what = "does not exist" if not Path(resume).exists() else f"has no {' or '.join(missing)}"
+            raise CRLError(f"resume={resume} is not a CRL run directory (it {what}); pass a directory of `{command}`")
+        return [f"hydra.run.dir={resume}"]
+    run_dir = given.get("hydra.run.dir")
+    if run_dir and foreign_entries(Path(run_dir)):
+        raise CRLError(
+            f"hydra.run.dir={run_dir} is not empty; a new run needs a new directory (resume={run_dir} continues a run)"
+        )
+    return []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from crl.commands.train import preflight
 from crl.errors import CRLError
 from crl.logs import schema
+from crl.logs.lifecycle import preflight
 from crl.logs.reader import read_jsonl
 from tests.run.helpers import QUICK
 

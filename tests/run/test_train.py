@@ -268,3 +268,17 @@ def test_phases_before_update_1_print_progress_on_stderr_and_logs_stay_identical
 
 def _untimed(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "run" and not TIMING.search(k)}
+
+
+def test_evaluations_never_change_training(tmp_path):
+    # Evaluating (test before training, val every update) must not touch what training does: the same train rows
+    # with every evaluation switched off.
+    train(compose_train(PHASED), tmp_path / "evals")
+    quiet = [o for o in PHASED if not o.startswith(("run.eval_before=", "run.eval_every="))]
+    train(compose_train([*quiet, "run.eval_before=false", "run.eval_every=0", "run.select=last"]), tmp_path / "none")
+    for name in (schema.INTERVENTIONS, schema.EPISODES):
+        rows = {
+            d: [_untimed(r) for r in read_jsonl(tmp_path / d / name) if r["phase"] == "train"]
+            for d in ("evals", "none")
+        }
+        assert rows["evals"] and rows["evals"] == rows["none"], name

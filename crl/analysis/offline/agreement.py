@@ -53,8 +53,40 @@ def used_features(steps: pd.DataFrame, cfg: AgreementConfig | None = None) -> pd
     return out[out["share"] >= cfg.min_share].head(cfg.top_k).reset_index(drop=True)
 
 
+class DensityMatcher:
+    """Random features of the same activation-density decile as given ones: the null of `seed_agreement` and of
+    `crl rl-compare`'s concordance (crl/analysis/diffing/concordance.py). A feature's decile always holds itself."""
+
+    def __init__(self, density: np.ndarray, n_bins: int = 10) -> None:
+        density = np.asarray(density, dtype=float)
+        edges = np.quantile(density, np.linspace(0, 1, n_bins + 1))
+        self.bin_of = np.clip(np.searchsorted(edges, density, side="right") - 1, 0, n_bins - 1)
+        self.pools = {b: np.flatnonzero(self.bin_of == b) for b in range(n_bins)}
+
+    def draw(self, rng: np.random.Generator, feature: int) -> int:
+        """One random feature of `feature`'s decile."""
+        return int(rng.choice(self.pools[self.bin_of[feature]]))
+
+    def sample(self, rng: np.random.Generator, features: list[int]) -> list[int]:
+        """One random feature of each feature's decile, all distinct where the deciles hold enough features.
+
+        >>> m = DensityMatcher(np.arange(20.0), n_bins=2)
+        >>> got = m.sample(np.random.default_rng(0), [0, 1, 15])
+        >>> len(set(got)), all(g < 10 for g in got[:2]), got[2] >= 10
+        (3, True, True)
+        """
+        out: list[int] = []
+        for f in features:
+            pool = self.pools[self.bin_of[f]]
+            free = np.setdiff1d(pool, out, assume_unique=False)
+            out.append(int(rng.choice(free if len(free) else pool)))
+        return out
+
+
 def jaccard(a: set, b: set) -> float:
-    """>>> jaccard({1, 2}, {2, 3})
+    """The overlap of two sets (1.0 for two empty sets).
+
+    >>> jaccard({1, 2}, {2, 3})
     0.3333333333333333
     """
     return len(a & b) / len(a | b) if a | b else 1.0
@@ -178,11 +210,9 @@ def seed_agreement(
     null = []
     if density is not None and decoder is not None and len(per_run) > 1:
         rng = np.random.default_rng(cfg.seed)
-        deciles = np.quantile(density, np.linspace(0, 1, 11))
-        bin_of = np.clip(np.searchsorted(deciles, density, side="right") - 1, 0, 9)
-        pools = {b: np.flatnonzero(bin_of == b) for b in range(10)}
+        matcher = DensityMatcher(density)
         for _ in range(cfg.n_null):
-            fake = {run: [(int(rng.choice(pools[bin_of[f]])), s) for f, s in feats] for run, feats in per_run.items()}
+            fake = {run: [(matcher.draw(rng, f), s) for f, s in feats] for run, feats in per_run.items()}
             g = group_features([n for feats in fake.values() for n in feats], decoder, None, cfg)
             null.append(_group_jaccard(fake, g))
     null_mean = float(np.mean(null)) if null else float("nan")

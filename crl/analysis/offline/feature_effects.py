@@ -72,15 +72,21 @@ def used_levels(
 
 def read_effects_record(run_dir: str | Path) -> dict[str, Any] | None:
     """The whole feature_effects.json of a run (module docstring), or None when it was not measured."""
-    path = Path(run_dir) / EFFECTS_FILE
+    return read_measurement(Path(run_dir) / EFFECTS_FILE, "features", dict)
+
+
+def read_measurement(path: Path, key: str, kind: type) -> dict[str, Any] | None:
+    """A measurement `crl analyze` stored as JSON (feature_effects.json, causal.json), None when it is missing; a
+    damaged one, or one without its `key` of type `kind`, is a one-line error that says how to measure it again."""
     if not path.exists():
         return None
+    again = "delete it and re-run `crl analyze` to measure it again"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        raise CRLError(f"{path} is not valid JSON; delete it and re-run `crl analyze` to measure it again") from None
-    if not isinstance(record, dict) or not isinstance(record.get("features"), dict):
-        raise CRLError(f"{path} has no 'features' object; delete it and re-run `crl analyze` to measure it again")
+        raise CRLError(f"{path} is not valid JSON; {again}") from None
+    if not isinstance(record, dict) or not isinstance(record.get(key), kind):
+        raise CRLError(f"{path} has no '{key}' {'list' if kind is list else 'object'}; {again}")
     return record
 
 

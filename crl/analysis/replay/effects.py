@@ -1,7 +1,8 @@
 """Effects of single features, measured with the model.
 
 - `forced_feature_effects`: for each feature f, the prompts where the policy chose f (from the eval
-  intervention rows) are re-run forcing f at exactly those token steps and no steering elsewhere, and
+  intervention rows) are re-run forcing f at exactly those token steps, at the level the policy chose there, and
+  no steering elsewhere, and
   compared with no steering on the same prompts: effect = accuracy(forced) - accuracy(none), with the
   paired bootstrap CI / p-value and the exact McNemar p of `stats`. Joinable on `feature` with
   `features.feature_usage` (written to analysis/effects.csv).
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
-from crl.analysis.replay.runner import rollout, scores
+from crl.analysis.replay.runner import action_id, noop_action, rollout, scores
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.schema import NO_STEER
@@ -78,7 +79,7 @@ def forced_feature_effects(
             f"{len(missing)} prompt ids of the eval rows (e.g. '{missing[0]}') are not in the loaded "
             "splits; rebuild the components with the run's config"
         )
-    noop = comps.sae.d_sae
+    noop = noop_action(comps)
     rows = []
     for f in features:
         chosen = steered[steered["feature"] == f]
@@ -87,8 +88,8 @@ def forced_feature_effects(
             continue
         scripts = {}
         for pid, g in chosen.groupby("prompt_id"):
-            at = set(int(s) for s in g["step"])
-            scripts[pid] = [f if t in at else noop for t in range(max(at) + 1)]
+            at = {int(s): action_id(comps, f, c) for s, c in zip(g["step"], g["coef"], strict=True)}  # its level
+            scripts[pid] = [at.get(t, noop) for t in range(max(at) + 1)]
         examples = [by_id[p] for p in pids]
         forced = rollout(comps, examples, None, num_envs=cfg.num_envs, scripts=scripts)
         none = rollout(comps, examples, None, num_envs=cfg.num_envs)

@@ -17,6 +17,7 @@ import pandas as pd
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.rows import episode_rows
+from crl.logs.schema import NO_STEER
 
 if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
     from crl.envs.rollout import ActionPolicy, Episode
@@ -35,6 +36,27 @@ def load_components(run_dir: str | Path) -> Components:
     comps = build(saved_config(run_dir))
     comps.check_identity(saved, run_dir)
     return comps
+
+
+class SharedComponents:
+    """A run's components, loaded on the first call and kept, so the report's sections that run the model share
+    one load; a failed load raises the same error again without retrying."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = run_dir
+        self._comps: Components | None = None
+        self._error: Exception | None = None
+
+    def __call__(self) -> Components:
+        if self._error is not None:
+            raise self._error
+        if self._comps is None:
+            try:
+                self._comps = load_components(self.run_dir)
+            except (CRLError, OSError) as e:
+                self._error = e
+                raise
+        return self._comps
 
 
 def batch_env(
@@ -66,6 +88,28 @@ def rollout(
         return run_episodes(env, examples, Scripted(scripts, act) if scripts is not None else act)
     finally:
         env.close()
+
+
+def noop_action(comps: Components) -> int:
+    """The environment's "no steering" action id: the last one, after every (level, feature)."""
+    return comps.sae.d_sae * len(comps.steering.coef_levels)
+
+
+def action_id(comps: Components, feature: int, coef: float) -> int:
+    """The environment's action id of a logged intervention row: level index * d_sae + feature, the level read off
+    the logged coefficient (steering.coef x level); `noop_action` for a no-steer row."""
+    if int(feature) == NO_STEER:
+        return noop_action(comps)
+    levels, run_coef = [float(x) for x in comps.steering.coef_levels], float(comps.steering.coef)
+    level = float(coef) / run_coef if run_coef else float("nan")
+    gaps = [abs(level - lv) for lv in levels]
+    i = int(np.argmin(gaps))
+    if not gaps[i] <= 1e-6 * max(1.0, abs(level)):
+        raise CRLError(
+            f"a logged coefficient {coef} is not one of the run's levels {levels} x coef {run_coef}; "
+            "the run's config does not match its logs"
+        )
+    return i * comps.sae.d_sae + int(feature)
 
 
 def tagged(examples: list[Example], tag: str) -> list[Example]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -357,10 +358,12 @@ def ensure_feature_effects(
     eval_split: str | None = None,
     max_features: int = MAX_FEATURES,
     comps: Components | None = None,
+    load: Callable[[], Components] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The run's steering effects: the stored record when it is current (same eval phase and pairs; always
     re-measured with `force`), else measured and written. Returns (record, None), or (None, a one-line note) when
-    the run's model and SAE cannot be rebuilt here (e.g. a hand-written config, a GPU run on a CPU host)."""
+    the run's model and SAE cannot be rebuilt here (e.g. a hand-written config, a GPU run on a CPU host). `load`
+    builds the components when `comps` is not given (default: `runner.load_components` of the run)."""
     plan = _plan(run_dir, eval_split, max_features)
     try:
         stored = read_effects_record(run_dir)
@@ -372,7 +375,7 @@ def ensure_feature_effects(
         from crl.analysis.replay.runner import load_components
 
         try:
-            comps = load_components(run_dir)
+            comps = load() if load is not None else load_components(run_dir)
         except (CRLError, OSError) as e:
             return None, f"not measured: the run's model and SAE could not be rebuilt ({e})"
     record = _measure(plan, run_dir, comps, N_TASK_PROMPTS, "val")

@@ -2,7 +2,10 @@
 
 Tables that need the model (forced-feature effects, branch points, side effects) are read from CSVs when
 present, by default `<run_dir>/analysis/{effects,branch_points,side_effects}.csv`; `env=true` first
-computes them (crl.analysis.replay.precompute). Settings: `crl.config.AnalyzeConfig` (conf/analyze.yaml).
+computes them (crl.analysis.replay.precompute). Two cheaper measurements with the model run by default, each
+stored and measured again only when the eval changed: the steering effects per feature (`feature_effects`) and
+the causal check (`causal`); the sections share one model load. Settings: `crl.config.AnalyzeConfig`
+(conf/analyze.yaml).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from pathlib import Path
 
 from crl.analysis.offline.feature_effects import read_feature_effects
 from crl.analysis.offline.stats import StatsConfig, method_table
+from crl.analysis.replay.runner import SharedComponents
 from crl.analysis.report.accuracy import baselines_section, summary_section
 from crl.analysis.report.cards import FeatureRefs
+from crl.analysis.report.causal import causal_section
 from crl.analysis.report.common import Result, ordered, publish
 from crl.analysis.report.document import Report
 from crl.analysis.report.learning import learning_section
@@ -28,21 +33,23 @@ from crl.logs.reader import load_run
 from crl.logs.schema import Phase
 
 
-def _precompute(cfg: AnalyzeConfig) -> None:
+def _precompute(cfg: AnalyzeConfig, load: SharedComponents) -> None:
     from crl.analysis.replay.baselines import BaselineConfig
     from crl.analysis.replay.precompute import ReplayConfig, run_replay_analyses
 
     load_run(cfg.run_dir)  # validate before loading the model
     baselines = BaselineConfig(split=cfg.split or "test", seeds=list(cfg.env_seeds))
-    run_replay_analyses(cfg.run_dir, ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed))
+    replay = ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed)
+    run_replay_analyses(cfg.run_dir, replay, comps=load())
 
 
 def analyze_run(cfg: AnalyzeConfig) -> Result:
     """Every offline analysis of one run directory; writes PNGs and report.html into the out dir."""
     if not cfg.run_dir:
         raise CRLError("no run directory given; pass run_dir=runs/<name>")
+    load = SharedComponents(cfg.run_dir)  # one model load for every section that runs the model
     if cfg.env:
-        _precompute(cfg)
+        _precompute(cfg, load)
     run = load_run(cfg.run_dir, include_train=cfg.usage_phase == "train")
     out = Path(cfg.out_dir) if cfg.out_dir else run.path / "analysis"
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +71,7 @@ def analyze_run(cfg: AnalyzeConfig) -> Result:
     coef_section(rep, run, baselines, out)
     side_effects_section(rep, run, cfg.top_k, cfg.side_effects_table, refs)
     transfer_section(rep, run)  # only when `crl transfer` wrote analysis/transfer.csv
-    steering_section(rep, run, cfg.split, cfg.feature_effects, force=cfg.env, refs=refs)  # runs the model
+    steering_section(rep, run, cfg.split, cfg.feature_effects, force=cfg.env, refs=refs, load=load)  # runs the model
+    causal_section(rep, run, cfg, refs, load)  # runs the model (after the steering effects: it groups by them)
     refs.write_pages(out, f"Features of {run.name}", read_feature_effects(run.path), run.name)
     return publish(rep, out, cfg.wandb, f"analyze-{run.name}", warnings)

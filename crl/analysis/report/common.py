@@ -3,6 +3,7 @@ precomputed replay tables, and publishing (report.html, optionally wandb)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,12 @@ STATS_NOTE = (
     "diff: paired bootstrap over prompts (per-prompt means over seeds), null-centred p-value. McNemar: "
     "exact test per seed pair; the largest p over seeds is shown."
 )
-REPLAY_HINT = "crl.analysis.replay.precompute.run_replay_analyses"
+
+
+def replay_hint(run_dir: str | Path) -> str:
+    """The command that computes a run's replay tables (baselines, branch points, forced-feature and side effects,
+    coefficient sweep: `crl.analysis.replay.precompute`) and writes the report again with them."""
+    return f"`crl analyze run_dir={shlex.quote(str(run_dir))} env=true`"
 
 
 @dataclass

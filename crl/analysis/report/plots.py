@@ -252,3 +252,25 @@ def learning_curve(
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_title("how much the policy steers", fontsize=9)
     return _save(fig, path)
+
+
+def moved_features_bars(
+    table: pd.DataFrame, path: str | Path, picked: set[int], labels: dict[int, str] | None = None, top_k: int = 20
+) -> Path:
+    """`crl rl-compare`: the top features by |activation shift| (tuned - base) with their 95% CIs; the ones CRL picked
+    in orange, the others grey."""
+    top = table.sort_values("rank_shift").head(top_k).iloc[::-1]
+    fig, (ax,) = _figure(7.2, 0.25 * len(top) + 1.2)
+    if top.empty:
+        _empty(ax, "no features")
+        return _save(fig, path)
+    shift = top["shift"].to_numpy(float)
+    err = np.abs(np.vstack([shift - top["shift_lo"].to_numpy(float), top["shift_hi"].to_numpy(float) - shift]))
+    colors = ["#dd8452" if int(f) in picked else "#8c8c8c" for f in top["feature"]]
+    y = np.arange(len(top))
+    ax.barh(y, shift, xerr=err, color=colors, ecolor="#444444", capsize=2)
+    ax.set_yticks(y, [feature_tick(f, (labels or {}).get(int(f))) for f in top["feature"]], fontsize=7)
+    ax.axvline(0, color="#444444", lw=0.8)
+    ax.set_xlabel("activation shift at the decision (tuned - base), 95% CI")
+    ax.set_title("features GRPO moved most (orange: CRL picked them)", fontsize=9)
+    return _save(fig, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 from crl.analysis.replay.branch_points import aggregate as branch_aggregate
 from crl.analysis.report import plots
 from crl.analysis.report.cards import FeatureRefs
-from crl.analysis.report.common import REPLAY_HINT, read_precomputed
+from crl.analysis.report.common import read_precomputed, replay_hint
 from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 
@@ -27,7 +27,8 @@ def branch_section(
     s = rep.section("Branch points")
     branches = read_precomputed(run.path, "branch_points", branch_table)
     if branches is None:
-        s.append(para(f"Not computed: branch points re-run the environment (run {REPLAY_HINT} on this run).", "note"))
+        hint = replay_hint(run.path)
+        s.append(para(f"Not computed: branch points re-run the environment; {hint} computes them.", "note"))
         return
     trials = read_precomputed(run.path, "branch_trials")
     if trials is not None and len(trials):
@@ -50,7 +51,8 @@ def side_effects_section(
     s = rep.section("Side effects")
     side = read_precomputed(run.path, "side_effects", side_effects_table)
     if side is None:
-        s.append(para(f"Not computed: KL on neutral prompts needs the model (run {REPLAY_HINT} on this run).", "note"))
+        hint = replay_hint(run.path)
+        s.append(para(f"Not computed: KL on neutral prompts needs the model; {hint} computes it.", "note"))
     else:
         if "feature" in side.columns:
             side = refs.annotate(side, link_rows=top_k)

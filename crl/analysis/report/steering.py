@@ -3,6 +3,7 @@ and levels (crl.analysis.replay.steer_effects measures it; crl.analysis.offline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from crl.analysis.offline.feature_effects import SHOWN_TOKENS, effects_table, read_effects_record
@@ -12,6 +13,7 @@ from crl.logs.reader import RunDir
 
 if TYPE_CHECKING:
     from crl.analysis.report.cards import FeatureRefs
+    from crl.run.components import Components
 
 TITLE = "Steering effects per feature"
 TIPS = {
@@ -34,17 +36,18 @@ def steering_section(
     measure: bool,
     force: bool = False,
     refs: FeatureRefs | None = None,
+    load: Callable[[], Components] | None = None,
 ) -> None:
     """The section. `measure`: measure the effects with the model unless a current record is stored (`force`:
     always); otherwise only a stored record is shown. A run whose model cannot be rebuilt gets a one-line note.
     `refs`: label the features and link them to their cards (`crl.analysis.report.cards`); else ids, linked to
-    Neuronpedia for a hub SAE."""
+    Neuronpedia for a hub SAE. `load`: the run's components, shared with the other sections that run the model."""
     s = rep.section(TITLE)
     note = None
     if measure:
         from crl.analysis.replay.steer_effects import ensure_feature_effects
 
-        record, note = ensure_feature_effects(run.path, force=force, eval_split=eval_split)
+        record, note = ensure_feature_effects(run.path, force=force, eval_split=eval_split, load=load)
     else:
         record = read_effects_record(run.path)
         if record is None:

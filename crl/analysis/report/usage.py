@@ -17,7 +17,7 @@ from crl.analysis.offline.features import (
 )
 from crl.analysis.report import plots
 from crl.analysis.report.cards import FeatureRefs
-from crl.analysis.report.common import REPLAY_HINT, read_precomputed
+from crl.analysis.report.common import read_precomputed, replay_hint
 from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 from crl.logs.schema import NO_STEER
@@ -66,7 +66,7 @@ def usage_section(
             + (
                 ""
                 if effects is not None
-                else f" Forced-feature effects vs no steering: not computed (run {REPLAY_HINT})."
+                else f" Forced-feature effects vs no steering: not computed; {replay_hint(run.path)} computes them."
             ),
             "note",
         )

@@ -1,0 +1,167 @@
+"""`crl probe`'s outputs from its record (crl.analysis.replay.probe.headroom): the terminal table, a bar plot, and
+probe.json + probe.html in one directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crl.analysis.report.document import Report, para
+from crl.analysis.report.plots import _figure, _save
+
+JSON_FILE, HTML_FILE, PNG_FILE = "probe.json", "probe.html", "probe.png"
+BARS = ("probe", "shuffled", "unsteered", "majority", "oracle", "static")  # one bar per number, per layer
+COLORS = {
+    "probe": "#4c72b0",
+    "shuffled": "#b0b0b0",
+    "unsteered": "#c44e52",
+    "majority": "#8c8c8c",
+    "oracle": "#55a868",
+    "static": "#dd8452",
+}
+
+
+def _ci(value: float | None, ci: Any = None) -> str:
+    """`0.953 [0.930, 0.969]`, or `-`.
+
+    >>> _ci(0.5, (0.25, 0.75))
+    '0.500 [0.250, 0.750]'
+    >>> _ci(None)
+    '-'
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if ci is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _action(a: dict[str, Any] | None) -> str:
+    """A (feature, coefficient) action as the table shows it.
+
+    >>> _action({"feature": 1777, "coef": -1.0})
+    '(1777 @ -1)'
+    """
+    if not a:
+        return "-"
+    return f"({a['feature']} @ {a['coef']:+g})"
+
+
+def numbers(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per layer: each bar's value and CI (None where not measured)."""
+    rows = []
+    for e in record["layers"]:
+        o = e.get("oracle") or {}
+        s = o.get("best_static") or {}
+        rows.append(
+            {
+                "layer": e["layer"],
+                "probe": (e["probe"]["value"], e["probe"]["ci"]) if "probe" in e else (None, None),
+                "shuffled": (e["shuffled"]["value"], e["shuffled"]["ci"]) if "shuffled" in e else (None, None),
+                "unsteered": (record["unsteered"]["accuracy"], record["unsteered"]["ci"]),
+                "majority": (record["majority"]["accuracy"], record["majority"]["ci"]),
+                "oracle": (o.get("accuracy"), o.get("ci")),
+                "oracle_unsteered": o.get("unsteered"),
+                "oracle_n": o.get("n"),
+                "static": (s.get("accuracy"), s.get("ci")),
+                "static_action": s or None,
+                "verdict": e["verdict"],
+                "why": e.get("why", ""),
+            }
+        )
+    return rows
+
+
+def table(record: dict[str, Any]) -> pd.DataFrame:
+    """The terminal / HTML table: one row per layer."""
+    metric = "AUROC" if record["target"] == "correct" else "acc"
+    out = []
+    for r in numbers(record):
+        out.append(
+            {
+                "layer": r["layer"],
+                f"probe {metric}": _ci(*r["probe"]),
+                f"shuffled {metric}": _ci(*r["shuffled"]),
+                "model (no steer)": _ci(*r["unsteered"]),
+                "majority": _ci(r["majority"][0]),
+                f"oracle (n={r['oracle_n']})" if r["oracle_n"] else "oracle": _ci(*r["oracle"]),
+                "no steer, same prompts": _ci(r["oracle_unsteered"]),
+                "best static": _ci(r["static"][0]) + (f" {_action(r['static_action'])}" if r["static_action"] else ""),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """What `crl probe` prints: a header, the table, one verdict line per layer."""
+    target = (
+        "the gold answer (" + ", ".join(record["classes"]) + ")"
+        if record["target"] == "answer"
+        else "whether the unsteered model is right (AUROC)"
+    )
+    st = record["steering"]
+    head = [
+        f"crl probe: task {record['task']}, {record['model']}; the probe reads {target} from the residual at the "
+        f"decision position ({record['n_train']} train / {record['n_test']} test prompts)",
+        f"oracle actions: each unmasked feature (masking={st['masking']}, eval) x levels {st['coef_levels']} at coef "
+        f"{st['coef']:g} ({st['coef_mode']})" + (", plus no steering" if st["allow_noop"] else ""),
+    ]
+    if record.get("none_applies"):
+        head.append(record["none_applies"])
+    body = table(record).to_string(index=False)
+    verdicts = [f"layer {r['layer']}: {r['verdict']}" + (f" ({r['why']})" if r["why"] else "") for r in numbers(record)]
+    return "\n".join([*head, "", body, "", *verdicts])
+
+
+def bars(record: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars per layer (probe, shuffled, no steering, majority, oracle, best static) with their 95% CIs."""
+    rows = numbers(record)
+    fig, (ax,) = _figure(max(6.4, 2.2 * len(rows) + 2), 3.8)
+    width = 0.8 / len(BARS)
+    for j, name in enumerate(BARS):
+        xs, ys, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            value, ci = r[name]
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            xs.append(i + (j - (len(BARS) - 1) / 2) * width)
+            ys.append(value)
+            lo.append(max(0.0, value - ci[0]) if ci else 0.0)
+            hi.append(max(0.0, ci[1] - value) if ci else 0.0)
+        label = {"unsteered": "no steering", "static": "best static action"}.get(name, name)
+        if name in ("probe", "shuffled") and record["target"] == "correct":
+            label += " (AUROC)"
+        ax.bar(xs, ys, width, yerr=[lo, hi] if xs else None, color=COLORS[name], label=label, capsize=2)
+    ax.set_xticks(range(len(rows)), [f"layer {r['layer']}" for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy (95% CI)")
+    ax.set_title(f"Headroom: {record['task']}")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return _save(fig, path)
+
+
+def write_probe(out_dir: str | Path, record: dict[str, Any]) -> dict[str, Path]:
+    """probe.json, probe.png and probe.html (self-contained) in `out_dir`."""
+    from crl.logs.atomic import atomic_write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / JSON_FILE, record)
+    png = bars(record, out / PNG_FILE)
+    report = Report(f"crl probe: {record['task']}")
+    parts = report.section("Headroom")
+    parts.append(para(format_table(record).split("\n\n")[0]))
+    report.add_image(parts, "headroom", png)
+    report.add_table(parts, "headroom", table(record))
+    for r in numbers(record):
+        parts.append(para(f"layer {r['layer']}: {r['verdict']}" + (f" ({r['why']})" if r["why"] else "")))
+    fixers = report.section("Features that fix the most prompts (oracle)")
+    for e in record["layers"]:
+        o = e.get("oracle")
+        if o and o.get("top_fixers"):
+            fixers.append(para(f"layer {e['layer']} ({o['method']}; {o['seconds']} s):"))
+            report.add_table(fixers, f"fixers_{e['layer']}", pd.DataFrame(o["top_fixers"]))
+    return {"json": out / JSON_FILE, "png": png, "html": report.write(out / HTML_FILE)}

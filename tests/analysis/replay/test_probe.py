@@ -1,0 +1,285 @@
+"""`crl probe` (crl.analysis.replay.probe, crl.analysis.replay.oracle, crl.analysis.report.probe) on tiny models:
+
+- on the planted task, whose class is linearly planted in the residual at the decision position (the cue word is the
+  last prompt token), the probe reads the answer, the shuffled-label control stays at chance, and the oracle finds
+  the planted features and is at least the unsteered accuracy; the command prints the table and writes its files;
+- the one-token oracle's batched scoring (the layers above the SAE's, every action of a prompt in one forward with a
+  4-D mask) gives exactly the environment's answer for every (prompt, action), relative and raw, resid_post and
+  resid_pre, and agrees with the whole model;
+- a number task gets the `correct` target, and with one outcome only the record says why nothing applies;
+- bad input is one line before any model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import doctest
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from crl.analysis.replay import oracle as oracle_mod
+from crl.analysis.replay import probe as probe_mod
+from crl.analysis.replay.oracle import Action, suffix_grid
+from crl.analysis.replay.probe import ROOM, headroom
+from crl.analysis.replay.runner import rollout, tagged
+from crl.analysis.report import probe as report_mod
+from crl.backends.hooks import HookPoint
+from crl.backends.model import tiny_model
+from crl.backends.sae import sae_from_decoder
+from crl.config import MaskingConfig, PolicyConfig, PPOConfig, SteeringConfig, TaskConfig
+from crl.config.compose import compose_config
+from crl.envs.tasks.registry import make_task
+from crl.run.components import Components
+
+PLANTED = [
+    "model=tiny",
+    "sae=planted",
+    "sae.d_sae=32",
+    "task=planted",
+    "masking=none",
+    "steering.layer=1",
+    "steering.coef=2.0",
+    "steering.coef_levels=[1.0]",
+    "layers=[1]",
+    "oracle_max_episodes=2048",  # 64 prompts x 32 actions
+]
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    """`crl probe argv...` in this process: (exit code, stdout, stderr)."""
+    from crl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(["probe", *argv])
+        except SystemExit as e:
+            code = int(e.code)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("module", [probe_mod, oracle_mod, report_mod])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory, one_thread):
+    """`crl probe` on the planted task, once for the module: (record, stdout, out dir)."""
+    out = tmp_path_factory.mktemp("probe") / "planted"
+    code, stdout, err = _cli(*PLANTED, f"out_dir={out}")
+    assert code == 0, err
+    return json.loads((out / "probe.json").read_text()), stdout, out
+
+
+def test_the_probe_reads_a_planted_answer_and_shuffled_labels_stay_at_chance(planted_run):
+    record, _, _ = planted_run
+    (layer,) = record["layers"]
+    assert record["target"] == "answer" and record["classes"] == ["A", "B", "C", "D"]
+    assert (record["n_train"], record["n_test"]) == (64, 64)
+    assert layer["probe"]["accuracy"] >= 0.95  # the cue word is the last prompt token
+    assert layer["shuffled"]["accuracy"] <= 0.45  # 4 balanced classes: chance is 0.25
+    assert layer["probe"]["ci"][0] > max(record["majority"]["accuracy"], layer["shuffled"]["value"])
+    lo, hi = layer["probe"]["accuracy_ci"]
+    assert lo <= layer["probe"]["accuracy"] <= hi
+
+
+def test_the_oracle_finds_the_planted_features_and_bounds_the_unsteered_model(planted_run):
+    record, _, _ = planted_run
+    (layer,) = record["layers"]
+    o = layer["oracle"]
+    assert o["method"].startswith("rollout")  # the planted task is free-form: first decision, then no steering
+    assert o["n"] == 64 and o["actions_per_prompt"] == 32  # masking=none: every feature, one level
+    assert o["accuracy"] >= o["unsteered"] == record["unsteered"]["accuracy"]
+    assert o["accuracy"] == 1.0
+    fixers = {f["feature"]: f["fixes"] for f in o["top_fixers"]}
+    assert set(fixers) == set(layer["planted"])  # only the planted features fix a prompt
+    assert all(n == 16 for n in fixers.values())  # each its own class's 16 test prompts
+    assert o["best_static"]["feature"] in layer["planted"] and o["best_static"]["accuracy"] == 0.25
+    assert layer["verdict"] == ROOM
+
+
+def test_the_command_prints_the_table_and_writes_json_png_html(planted_run):
+    record, stdout, out = planted_run
+    assert "probe acc" in stdout and "oracle (n=64)" in stdout and "layer 1: room" in stdout
+    assert (out / "probe.png").stat().st_size > 1000
+    html = (out / "probe.html").read_text()
+    assert "Headroom" in html and "<img" in html and "room; learning is what matters" in html
+    assert record["seconds"] > 0
+
+
+# -- the one-token oracle against the environment --------------------------------------------------------------------
+def _mc_world(kind: str = "post", coef_mode: str = "relative", masking: str = "none") -> Components:
+    lm = tiny_model("llama", n_layers=3, d_model=64, seed=0)
+    task = make_task(TaskConfig(name="compare", n_train=8, n_val=8, n_test=8, mode="constrained"))
+    decoder = torch.randn(12, 64, generator=torch.Generator().manual_seed(0))
+    sae = sae_from_decoder(decoder, HookPoint(1, kind), "test:mc")
+    coef = 4.0 if coef_mode == "relative" else 8.0
+    steering = SteeringConfig(layer=1, coef=coef, coef_mode=coef_mode, coef_levels=[1.0, -1.0])
+    splits = {s: task.load(s) for s in ("train", "val", "test")}
+    return Components(
+        lm, sae, task, splits, steering, MaskingConfig(mode=masking), PolicyConfig(), PPOConfig(num_envs=8)
+    )
+
+
+@pytest.mark.parametrize("kind,coef_mode", [("post", "relative"), ("pre", "raw")])
+def test_the_batched_suffix_scores_every_action_as_the_environment_does(kind, coef_mode, one_thread):
+    comps = _mc_world(kind, coef_mode)
+    test = comps.splits["test"]
+    grid = suffix_grid(comps, test, max_rows=20)  # several forwards per prompt chunk
+    assert grid.fast and grid.gap is not None and grid.gap < 1e-4  # the layers above agree with the whole model
+    d_sae = comps.sae.d_sae
+    assert [(a.feature, a.level) for a in grid.actions] == [(f, li) for li in range(2) for f in range(d_sae)]
+    batch, scripts = [], {}
+    for a in grid.actions:
+        for e in tagged(test, f"{a.feature}:{a.level}"):
+            batch.append(e)
+            scripts[e.id] = [a.level * d_sae + a.feature]  # the environment's action id
+    env = np.zeros_like(grid.correct)
+    ids = [e.id for e in test]
+    for ep in rollout(comps, batch, None, scripts=scripts):
+        pid, tag = ep.example.id.split("#")
+        f, li = map(int, tag.split(":"))
+        env[ids.index(pid), li * d_sae + f] = ep.correct
+    assert (grid.correct == env).all()
+    assert 0 < env.mean() < 1  # some actions flip answers, some do not: the comparison is not vacuous
+    none = [ep.correct for ep in rollout(comps, test, None)]
+    assert grid.unsteered.tolist() == none
+
+
+def test_the_whole_model_fallback_gives_the_same_grid(monkeypatch, one_thread):
+    comps = _mc_world()
+    fast = suffix_grid(comps, comps.splits["test"], max_rows=64)
+    monkeypatch.setattr(oracle_mod, "TOLERANCE", -1.0)  # nothing agrees: every chunk goes through the whole model
+    slow = suffix_grid(comps, comps.splits["test"], max_rows=64)
+    assert fast.fast and not slow.fast
+    assert (fast.correct == slow.correct).all()
+
+
+def test_the_oracle_uses_each_prompts_own_action_set_and_static_uses_the_union(one_thread):
+    comps = _mc_world(masking="active")
+    comps = dataclasses.replace(comps, masking=MaskingConfig(mode="active", top_k=2, threshold=1e9))
+    test = comps.splits["test"]
+    none = [ep.correct for ep in rollout(comps, test, None)]
+    grid = suffix_grid(comps, test)
+    assert grid.own.sum(axis=1).tolist() == [4] * len(test)  # top-2 features x 2 levels each
+    rec = oracle_mod.suffix_oracle(comps, test, none)
+    reach = (grid.correct & grid.own).any(axis=1) | np.array(none)
+    assert rec["accuracy"] == reach.mean() >= np.mean(none)
+    assert rec["best_static"]["accuracy"] == grid.correct.mean(axis=0).max()
+    assert rec["agree_with_env"] == 1.0
+    one = suffix_grid(comps, test, n_static=1)  # the static candidate: the feature in the most prompts' sets
+    freq = {a.feature: int(grid.own[:, j].sum()) for j, a in enumerate(grid.actions) if a.level == 0}
+    static = min(freq, key=lambda f: (-freq[f], f))
+    assert one.scored[:, one.actions.index(Action(static, 1))].all()
+    has = one.own[:, one.actions.index(Action(static, 0))]
+    assert one.scored.sum(axis=1).tolist() == [4 + 2 * (not h) for h in has]  # its 2 levels wherever not own
+    same = [grid.actions.index(a) for a in one.actions]
+    assert (one.correct[one.scored] == grid.correct[:, same][one.scored]).all()
+
+
+# -- free-form: the correct target -----------------------------------------------------------------------------------
+def test_a_number_task_probes_correctness_and_says_why_nothing_applies(tmp_path, one_thread):
+    decoder = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    sae_from_decoder(decoder, HookPoint(1, "post"), "test").sae.save_model(str(tmp_path / "sae"))
+    cfg = compose_config(
+        "probe",
+        [
+            "model=tiny",
+            "sae=disk",
+            f"sae.path={tmp_path / 'sae'}",
+            "task=arith",
+            "task.n_train=16",
+            "task.n_test=8",
+            "task.max_new_tokens=3",
+            "masking=none",
+            "steering.layer=1",
+            "layers=null",
+            "n_oracle=2",
+            "oracle_max_episodes=20",  # 16 actions a prompt: only the first prompt fits
+        ],
+    )
+    record = headroom(cfg, probe_mod.probe_layers(cfg), progress=False)
+    assert record["target"] == "correct"
+    assert record["none_applies"].startswith("none applies: the model answers no train prompt correctly")
+    (layer,) = record["layers"]
+    assert "probe" not in layer and layer["verdict"] == record["none_applies"]
+    o = layer["oracle"]  # the oracle still runs: first decision steered, then the rollout is scored
+    assert o["method"].startswith("rollout") and o["n"] == 1 and o["actions_per_prompt"] == 16
+    assert o["accuracy"] >= o["unsteered"]
+
+
+def test_the_correct_target_is_an_auroc(one_thread):
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 40)
+    x = torch.as_tensor(rng.normal(size=(80, 6)) + y[:, None] * np.array([3.0, 0, 0, 0, 0, 0]))
+    rec = probe_mod.probe_layer(x[:40], y[:40], x[40:], y[40:], 2, "correct", [0.1, 1.0], 4, 0, 200)
+    assert rec["probe"]["value"] == rec["probe"]["auroc"] > 0.9
+    assert rec["probe"]["ci"][0] > 0.5
+    # A shuffled probe's ranking is a random direction: its AUROC scatters around 0.5 (widely, with one strong
+    # feature), so the verdict's chance level is the larger of 0.5 and it.
+    assert rec["shuffled"]["auroc"] < rec["probe"]["auroc"]
+
+
+# -- bad input -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["model=tiny", "layers=[1,5]"], "layers=[1,5] is invalid: the tiny model has 2 layers"),
+        (["layers=[6,6]"], "layers=[6,6] is invalid: a layer is listed twice"),
+        (["layers=[7]"], "layers: layer 7 has no SAE for smollm2-135m-instruct (shipped: 6, 15, 24)"),
+        (["task=arith", "target=answer"], "target=answer needs a task whose gold answer is a class"),
+        (["sae=disk", "sae.path=/x", "layers=[6,15]"], "sae=disk is one SAE, which reads one layer"),
+        (["task=refusal_offline", "steering.allow_noop=false"], "needs steering.allow_noop=true"),
+        (["target=maybe"], "target=maybe is invalid"),
+        (["n_oracle=-1"], "n_oracle=-1 is invalid"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_model_loads(argv, message, tmp_path, monkeypatch):
+    import crl.run.components as components
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(components, "load_model", no_model)
+    monkeypatch.setenv("CRL_CACHE", str(tmp_path / "cache"))
+    code, out, err = _cli(*argv, f"out_dir={tmp_path / 'out'}")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("crl: error: ") and message in err, err
+    assert out == "" and not (tmp_path / "out").exists()
+
+
+def test_a_steering_layer_override_alone_probes_that_layer():
+    cfg = compose_config("probe", ["steering.layer=24"])
+    assert probe_mod.probe_layers(cfg) == [6, 15, 24]  # the composed default
+    assert probe_mod.probe_layers(cfg, layer_override=True) == [24]  # what `crl probe steering.layer=24` runs
+    assert probe_mod.probe_layers(compose_config("probe", ["layers=null", "steering.layer=6"])) == [6]
+
+
+def test_the_report_shows_what_was_not_measured(tmp_path):
+    """No oracle (n_oracle=0), one layer where nothing applies: dashes in the table, the plot still drawn."""
+    record = {
+        "task": "arith",
+        "target": "correct",
+        "model": "m",
+        "classes": ["0"],
+        "n_train": 4,
+        "n_test": 4,
+        "unsteered": {"accuracy": 0.0, "ci": probe_mod.wilson(0, 4), "n": 4},
+        "majority": {"class": "0", "accuracy": 1.0, "ci": probe_mod.wilson(4, 4)},
+        "steering": {"coef": 1.0, "coef_mode": "relative", "coef_levels": [1.0], "allow_noop": True, "masking": "none"},
+        "none_applies": "none applies: the model answers no train prompt correctly, so there is nothing to read",
+        "layers": [{"layer": 3, "verdict": "none applies: ...", "why": ""}],
+        "seconds": 1.0,
+    }
+    text = report_mod.format_table(record)
+    assert "none applies" in text and "whether the unsteered model is right (AUROC)" in text
+    assert report_mod.table(record).iloc[0]["oracle"] == "-"
+    paths = report_mod.write_probe(tmp_path, record)
+    assert json.loads(paths["json"].read_text())["task"] == "arith" and paths["png"].exists()
