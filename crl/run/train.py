@@ -87,6 +87,9 @@ def train(
     exp, ppo, seed = cfg.run, cfg.ppo, cfg.seed
     seed_everything(seed)
     comps = build(cfg, for_training=True)
+    # Again: loading may draw random numbers (the first run on a machine converts the default model, which initialises
+    # a model), and the policy's initialisation must not depend on whether the model cache was warm.
+    seed_everything(seed)
     run_name = run_dir.name
     if ckpt is not None:
         comps.check_identity(RunInfo.read(run_dir), run_dir)

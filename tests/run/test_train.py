@@ -282,3 +282,22 @@ def test_evaluations_never_change_training(tmp_path):
             for d in ("evals", "none")
         }
         assert rows["evals"] and rows["evals"] == rows["none"], name
+
+
+def test_training_does_not_depend_on_random_numbers_drawn_while_loading(tmp_path, monkeypatch):
+    # The first run on a machine converts the default model (a random init inside transformers); later runs load the
+    # cache and draw nothing. Both must train the same policy.
+    import crl.run.train as run_train
+
+    train(compose_train(PHASED), tmp_path / "warm")
+
+    def cold_build(*args, **kwargs):
+        comps = build(*args, **kwargs)
+        torch.rand(1000)  # what a conversion's model init draws
+        return comps
+
+    monkeypatch.setattr(run_train, "build", cold_build)
+    train(compose_train(PHASED), tmp_path / "cold")
+    for name in (schema.INTERVENTIONS, schema.EPISODES):
+        rows = {d: [_untimed(r) for r in read_jsonl(tmp_path / d / name)] for d in ("warm", "cold")}
+        assert rows["warm"] and rows["warm"] == rows["cold"], name
