@@ -12,7 +12,7 @@ from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.lifecycle import preflight
 from crl.logs.reader import read_jsonl
-from tests.run.helpers import QUICK
+from tests.run.helpers import QUICK, crl
 
 ONE = [*QUICK, "ppo.total_updates=1"]
 
@@ -24,13 +24,7 @@ def _rows(run: Path) -> dict[str, list[dict]]:
 
 
 def _crl(*argv: str) -> int:
-    from crl.cli import main
-
-    try:
-        main(["train", *argv])
-    except SystemExit as e:
-        return int(e.code)
-    return 0
+    return crl("train", *argv)
 
 
 def test_preflight_checks_the_directories_before_hydra_makes_one(tmp_path):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.run.helpers import crl
+
 # A tiny run: 3 rounds of 16 completions (4 prompts x 4), val every round, on 16 test prompts.
 TINY = [
     "model=tiny",
@@ -36,17 +38,6 @@ def coin(monkeypatch):
     from crl.envs.tasks.planted import PlantedTask
 
     monkeypatch.setattr(PlantedTask, "reward", coin_reward)
-
-
-def crl(*argv: str) -> int:
-    """`crl <argv>` in this process; its exit code."""
-    from crl.cli import main
-
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        return int(e.code)
-    return 0
 
 
 def grpo_run(run_dir: Path, *extra: str) -> int:

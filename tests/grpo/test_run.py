@@ -15,7 +15,8 @@ from crl.config import ModelConfig
 from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.run import grpo as run_grpo
-from tests.grpo.conftest import coin_reward, crl, grpo_run
+from tests.grpo.conftest import coin_reward, grpo_run
+from tests.run.helpers import crl
 
 TINY = ModelConfig(source="tiny", name="llama")
 # Wall-clock values: besides the run's name, the only values two identical runs do not share.

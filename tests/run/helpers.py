@@ -1,4 +1,5 @@
-"""Shared by the run tests: Hydra configs composed the way `crl train` composes them (not yet validated)."""
+"""Shared by the run tests (and the command tests that need a quick run): Hydra configs composed the way `crl train`
+composes them (not yet validated), and `crl` called in this process."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def compose_train(overrides: list[str]) -> DictConfig:
     register()  # conf/ pulls the schemas from Hydra's ConfigStore
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return compose("train", overrides=overrides)
+
+
+def crl(*argv: str) -> int:
+    """`crl <argv>` in this process; its exit code."""
+    from crl.cli import main
+
+    try:
+        main(list(argv))
+    except SystemExit as e:
+        return int(e.code)
+    return 0

@@ -16,30 +16,11 @@ import torch
 from crl.analysis.diffing.diff import SUMMARY_FILE
 from crl.backends.model import FULL_WEIGHTS, TUNED_DIR, WEIGHTS_INFO
 from crl.logs import schema
+from tests.run.helpers import QUICK as RUN_QUICK
+from tests.run.helpers import crl
 
-QUICK = [
-    "experiment=planted",
-    "logger=disabled",
-    "run.analyze=false",
-    "run.eval_before=false",
-    "sae.d_sae=32",
-    "ppo.episodes_per_update=32",
-    "ppo.num_envs=32",
-    "ppo.total_updates=2",
-    "task.n_test=16",
-]
+QUICK = [*RUN_QUICK, "ppo.total_updates=2"]
 FAST = ["n=16", "ks=[1,3,5]", "n_null=100", "n_causal_null=2", "n_boot=200"]
-
-
-def crl(*argv: str) -> int:
-    """`crl <argv>` in this process; its exit code."""
-    from crl.cli import main
-
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        return int(e.code)
-    return 0
 
 
 def fake_grpo_run(crl_dir: Path, out: Path, shift: float) -> tuple[Path, int]:
