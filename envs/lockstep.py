@@ -10,6 +10,11 @@ then each newly generated token) is observed, `delta` is added to it at the hook
 runs, and the next token is decoded (greedy, or sampled with a seeded generator). Rows that finish
 (EOS, a stop string, `max_new_tokens`) are compacted out of the batch and out of the KV cache; the
 prefix is never re-run unless `use_cache=False` (the naive reference used by `crl bench rollout`).
+
+Host syncs: the decoder's bookkeeping (which rows are active, their steps and positions) is kept on the host beside its
+device copy, so the only device-to-host transfer per token is the new tokens themselves (one `tolist`, needed for the
+stop checks). Precision: the steering delta is added to the residual in float32 and the sum cast to the model's dtype
+once (a bf16/fp16 model loses no precision in the addition); with a float32 model this is the plain addition.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from crl.backends.hooks import residual_hook
@@ -34,12 +40,16 @@ class _Cancelled(Exception):
 
 @dataclass
 class Decision:
-    """What the decoder asks for: steering at the current position of each active row."""
+    """What the decoder asks for: steering at the current position of each active row. The index tensors are on the
+    model's device; `host_*` hold the same values on the host (no transfer needed to log them)."""
 
-    resid: torch.Tensor  # (n_active, d_model), unsteered
+    resid: torch.Tensor  # (n_active, d_model), unsteered, in the model's dtype
     rows: torch.Tensor  # (n_active,) row indices in the original batch
     positions: torch.Tensor  # (n_active,) absolute token positions (0 = first real prompt token)
     steps: torch.Tensor  # (n_active,) decision index within each episode
+    host_rows: np.ndarray  # (n_active,) int64, = rows
+    host_positions: np.ndarray  # (n_active,) int64, = positions
+    host_steps: np.ndarray  # (n_active,) int64, = steps
 
 
 @dataclass
@@ -144,7 +154,10 @@ class LockstepDecoder:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=model.config)
+        # Host mirrors of rows, last positions and steps (one transfer per batch, here): logging needs no sync.
+        h_rows, h_pos, h_steps = list(range(len(prompts))), pos[:, -1].tolist(), [0] * len(prompts)
         self._state = {"rows": rows, "pos": pos[:, -1], "steps": steps, "history": [], "use_cache": spec.use_cache}
+        self._state.update(h_rows=h_rows, h_pos=h_pos, h_steps=h_steps)
         allowed = self._allowed_mask(spec, len(prompts), device)
         # Only the last position's logits are read: skip the (tokens x vocab) head matmul for the rest.
         extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -162,20 +175,22 @@ class LockstepDecoder:
                 if allowed is not None:
                     logits = logits.masked_fill(~allowed, float("-inf"))
                 nxt = self._pick(logits, spec)
-                keep = torch.ones(len(rows), dtype=torch.bool, device=device)
-                for i, r in enumerate(rows.tolist()):
-                    t = int(nxt[i])
+                keep: list[int] = []  # positions in the active batch of the rows that go on
+                for i, (r, t) in enumerate(zip(h_rows, nxt.tolist(), strict=True)):  # the one sync per token
                     self.last_tokens[r] = t
                     reason = self._stop(r, t, spec)
                     if reason:
-                        keep[i] = False
                         self.finished.append(r)
                         self.stop_reason[r] = reason
+                    else:
+                        keep.append(i)
                 steps = steps + 1
-                if not keep.any():
+                h_steps = [s + 1 for s in h_steps]
+                if not keep:
                     return
-                if not keep.all():
-                    idx = keep.nonzero().squeeze(-1)
+                if len(keep) < len(h_rows):
+                    h_rows, h_pos, h_steps = ([h[i] for i in keep] for h in (h_rows, h_pos, h_steps))
+                    idx = torch.tensor(keep, device=device)
                     rows, steps, nxt = rows[idx], steps[idx], nxt[idx]
                     mask, pos, ids = mask[idx], pos[idx], ids[idx]
                     if allowed is not None:
@@ -187,7 +202,10 @@ class LockstepDecoder:
                 new_pos = pos[:, -1:] + 1
                 pos = torch.cat([pos, new_pos], dim=1)
                 ids = torch.cat([ids, nxt[:, None]], dim=1)
-                self._state.update(rows=rows, pos=new_pos[:, 0], steps=steps)
+                h_pos = [p + 1 for p in h_pos]
+                self._state.update(
+                    rows=rows, pos=new_pos[:, 0], steps=steps, h_rows=h_rows, h_pos=h_pos, h_steps=h_steps
+                )
                 if spec.use_cache:
                     out = model(
                         input_ids=nxt[:, None],
@@ -206,22 +224,25 @@ class LockstepDecoder:
         if threading.get_ident() != self._worker_id:
             return None
         st = self._state
+        host = (np.array(st[k], dtype=np.int64) for k in ("h_rows", "h_pos", "h_steps"))
         decision = Decision(
-            resid[:, -1, :].detach().clone(), st["rows"].clone(), st["pos"].clone(), st["steps"].clone()
+            resid[:, -1, :].detach().clone(), st["rows"].clone(), st["pos"].clone(), st["steps"].clone(), *host
         )
         self._to_main.put(("decision", decision))
         deltas = self._from_main.get()
         if deltas is _CANCEL:
             raise _Cancelled
         if deltas is None:
-            deltas = resid.new_zeros(resid.shape[0], resid.shape[-1])
+            deltas = resid.new_zeros(resid.shape[0], resid.shape[-1], dtype=torch.float32)
         out = resid.clone()
+        # In float32, cast to the model's dtype once (module docstring); a no-op cast for a float32 model.
         if st["use_cache"]:
-            out[:, -1, :] += deltas.to(resid.dtype)
+            out[:, -1, :] = (resid[:, -1, :].float() + deltas.float()).to(resid.dtype)
         else:
             # The naive path re-runs the whole prefix, so every earlier decision is re-applied.
-            st["history"].append(deltas.to(resid.dtype))
-            out[:, -len(st["history"]) :, :] += torch.stack(st["history"], dim=1)
+            st["history"].append(deltas.float())
+            n = len(st["history"])
+            out[:, -n:, :] = (resid[:, -n:, :].float() + torch.stack(st["history"], dim=1)).to(resid.dtype)
         return out
 
     def _pick(self, logits: torch.Tensor, spec: DecodeSpec) -> torch.Tensor:

@@ -4,6 +4,12 @@
 
 A policy is any object with ``act(obs, info) -> (actions, extras)``; `extras` may hold per-row arrays
 ``logprob``, ``value`` and ``top_alternatives`` that are copied into the step records.
+
+A policy whose `on_device` attribute is true gets the env's device-resident observations (`SteeringVecEnv`'s on_device
+mode): `obs` (N, d_model) and `info["action_mask"]` are tensors on the model's device, and it returns an actions tensor
+(N,) and extras as tensors (N, ...). Nothing is moved to the host per token: the extras (and, with `keep_tensors`, the
+observations, masks and actions) are gathered when the batch ends, one transfer per batch. A 2-D integer extra is a
+list of ids per row padded with -1 (dropped in the record). Any other policy gets numpy arrays (the default).
 """
 
 from __future__ import annotations
@@ -51,27 +57,36 @@ def run_episodes(
 ) -> list[Episode]:
     """Every example once, in batches of `env.num_envs`; returns episodes in the order given. `on_done(k)` is
     told after each step how many more episodes just finished (progress lines; it changes nothing else)."""
+    on_device = bool(getattr(policy, "on_device", False))
     out: list[Episode] = []
     for start in range(0, len(examples), env.num_envs):
         batch = examples[start : start + env.num_envs]
-        obs, info = env.reset(options={"examples": batch})
+        obs, info = env.reset(options={"examples": batch, "on_device": on_device})
         tensors: list[dict[str, list]] = [{"obs": [], "masks": [], "actions": []} for _ in batch]
+        steps: list[_Step] = []  # on_device: what each step left on the device
         finals: list[dict[str, Any] | None] = [None] * len(batch)
         while not all(f is not None for f in finals):
             actions, extras = policy.act(obs, info)
             active = info["active"].copy()
             mask = info["action_mask"]
-            if keep_tensors:
+            if on_device:
+                steps.append(
+                    _Step(active[: len(batch)], extras, obs, mask, actions)
+                    if keep_tensors
+                    else _Step(active[: len(batch)], extras)
+                )
+            elif keep_tensors:
                 for r in np.flatnonzero(active[: len(batch)]):
                     tensors[r]["obs"].append(torch.from_numpy(obs[r].copy()))
                     tensors[r]["masks"].append(torch.from_numpy(mask[r].copy()))
                     tensors[r]["actions"].append(int(actions[r]))
             obs, _, _, _, info = env.step(actions)
-            for r, rec in enumerate(info["records"][: len(batch)]):
-                if rec is not None:
-                    for key, vals in extras.items():
-                        v = vals[r]
-                        rec[key] = v.tolist() if hasattr(v, "tolist") else v
+            if not on_device:
+                for r, rec in enumerate(info["records"][: len(batch)]):
+                    if rec is not None:
+                        for key, vals in extras.items():
+                            v = vals[r]
+                            rec[key] = v.tolist() if hasattr(v, "tolist") else v
             finished = 0
             for r, fin in enumerate(info["final"][: len(batch)]):
                 if fin is not None:
@@ -79,6 +94,7 @@ def run_episodes(
                     finals[r] = fin
             if on_done is not None and finished:
                 on_done(finished)
+        kept = _gather(steps, finals, keep_tensors) if on_device else None
         for r, (ex, fin) in enumerate(zip(batch, finals, strict=True)):
             ep = Episode(
                 ex,
@@ -89,12 +105,71 @@ def run_episodes(
                 fin["stop_reason"],
                 fin["records"],
             )
-            if keep_tensors:
+            if kept is not None and keep_tensors:
+                ep.obs, ep.masks, ep.actions = kept[r]
+            elif keep_tensors:
                 ep.obs = torch.stack(tensors[r]["obs"])
                 ep.masks = torch.stack(tensors[r]["masks"])
                 ep.actions = torch.tensor(tensors[r]["actions"])
             out.append(ep)
     return out
+
+
+@dataclass
+class _Step:
+    """One on_device step: which batch rows acted (host), the policy's extras and, with keep_tensors, its inputs and
+    actions (all on the device)."""
+
+    active: np.ndarray
+    extras: dict[str, Any]
+    obs: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    actions: torch.Tensor | None = None
+
+
+def _gather(
+    steps: list[_Step], finals: list[dict[str, Any]], keep_tensors: bool
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """The end of an on_device batch: copy the extras into the records (one transfer per extra) and, with
+    keep_tensors, each row's (obs, masks, actions) over its steps, gathered on the device in one indexing each."""
+    if not steps:
+        return None
+    active = np.stack([s.active for s in steps])  # (n_steps, batch)
+    values: dict[str, Any] = {}
+    for key in steps[0].extras:
+        per_step = [s.extras[key] for s in steps]
+        if all(isinstance(v, torch.Tensor) for v in per_step):
+            values[key] = torch.stack(per_step).cpu().numpy()
+        else:
+            values[key] = per_step
+    for r, fin in enumerate(finals):
+        acted = np.flatnonzero(active[:, r])
+        records = fin["records"]
+        if len(records) != len(acted):
+            raise RuntimeError(f"row {r} has {len(records)} records for {len(acted)} steps")
+        for rec, t in zip(records, acted.tolist(), strict=True):
+            for key, vals in values.items():
+                v = vals[t][r]
+                if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind == "i":
+                    v = v[v >= 0]  # a list of ids, -1 padded
+                rec[key] = v.tolist() if hasattr(v, "tolist") else v
+    if not keep_tensors:
+        return None
+    order = [(t, r) for r in range(active.shape[1]) for t in np.flatnonzero(active[:, r]).tolist()]
+    counts = active.sum(0).tolist()
+    step_idx = np.array([t for t, _ in order], dtype=np.int64)
+    row_idx = np.array([r for _, r in order], dtype=np.int64)
+
+    def take(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        stacked = torch.stack(parts)  # (n_steps, n_envs, ...)
+        t_idx = torch.as_tensor(step_idx, device=stacked.device)
+        r_idx = torch.as_tensor(row_idx, device=stacked.device)
+        return torch.split(stacked[t_idx, r_idx], counts)
+
+    obs = take([s.obs for s in steps])
+    masks = take([s.mask for s in steps])
+    actions = take([torch.as_tensor(s.actions).reshape(-1) for s in steps])
+    return list(zip(obs, masks, actions, strict=True))
 
 
 def accuracy(episodes: list[Episode]) -> dict[str, float]:
@@ -123,7 +198,11 @@ class NoSteer:
             raise ValueError("NoSteer needs an env or the no-op action index (noop=d_sae)")
         self.noop = noop
 
+    on_device = True  # numpy in, numpy out; a tensor in (run_episodes' on_device mode), a tensor out
+
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        if isinstance(obs, torch.Tensor):
+            return torch.full((len(obs),), self.noop, dtype=torch.long, device=obs.device), {}
         return np.full(len(obs), self.noop), {}
 
 

@@ -18,11 +18,28 @@ actions) until `reset()`, which starts a fresh lockstep batch.
 `records[i]` for each row that acted: token id and text, feature, coefficient, the feature's SAE activation
 before steering, the residual norm, position. Rows that end carry `final[i]`: completion, reward, correct,
 well-formed, stop reason.
+
+Two ways to drive it, chosen per batch by `reset(options={"on_device": ...})`:
+- host (the default, the gymnasium convention): observations and masks are numpy arrays, actions any integer array,
+  and every step's records come back in `info["records"]`.
+- on_device (what `run_episodes` uses with a policy that declares `on_device`, e.g. the PPO agent): observations
+  (N, d_model) float32 and `action_mask` are tensors on the model's device, actions a tensor (N,), and nothing goes
+  to the host per token but what the decoder needs (crl/envs/lockstep.py). There is no `info["records"]`: each
+  step's record values stay on the device and are moved in one transfer when the batch's last row ends, filling every
+  `final[i]["records"]` list of the batch (rows that ended earlier included) before that last step returns. Bad
+  actions and an empty action mask are reported then, with the same one-line errors.
+Both compute the same values with the same operations, so they write the same logs (tests/run/test_log_identity.py).
+
+Precision: the residual arrives in the model's dtype (float32, bfloat16 or float16: model.dtype). It is cast up to
+float32 once per decision; the observation, the SAE encode (in the SAE's own dtype, float32 for every SAE CRL loads),
+the residual norm, the action mask and the steering delta c * l * W_dec[a] are all computed in float32, and the
+decoder adds the delta in float32 and casts the sum back to the model's dtype (crl/envs/lockstep.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -38,8 +55,21 @@ from crl.envs.lockstep import Decision, DecodeSpec, LockstepDecoder
 from crl.envs.tasks.base import Example, Task
 from crl.errors import CRLError
 
-# (acts (n, d_sae), rows (n,), steps (n,)) -> bool mask (n, n_actions)
+# (acts (n, d_sae), rows (n,), steps (n,)) -> bool mask (n, n_actions), all on the model's device
 ActionMasker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _StepLog:
+    """One step's record values for the rows that acted: host bookkeeping, device values (moved when logged)."""
+
+    rows: np.ndarray
+    steps: np.ndarray
+    positions: np.ndarray
+    chosen: torch.Tensor  # (n,) long: the action ids
+    feature_act: torch.Tensor  # (n,) float32: the chosen feature's SAE activation (0 for the no-op)
+    resid_norm: torch.Tensor  # (n,) float32
+    tokens: list[int]
 
 
 def prompt_texts(task: Task, tokenizer: Any, examples: list[Example]) -> tuple[list[str], bool]:
@@ -82,6 +112,8 @@ class SteeringVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._dirs = sae.directions(unit=cfg.coef_mode == "relative").to(lm.device, torch.float32)
+        self._levels = torch.tensor(self.levels, dtype=torch.float32, device=lm.device)
+        self._token_text: dict[int, str] = {}  # token id -> its decoded text (the same every time)
         tok = lm.tokenizer
         self._eos = {
             i
@@ -94,10 +126,13 @@ class SteeringVecEnv(VectorEnv):
         self._check_context()
         self._rng = np.random.default_rng(seed)
         self._order: list[int] = []
-        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._gen = torch.Generator(device=lm.device).manual_seed(seed)  # sampled decoding, on the model's device
         self._decoder = LockstepDecoder(lm, sae.hook_name, self._gen)
         self._decision: Decision | None = None
         self._batch: list[Example] = []
+        self._on_device = False
+        self._log: list[_StepLog] = []
+        self._first_empty: torch.Tensor | None = None
 
     # -- validation -------------------------------------------------------------------------------
     def _add_special_tokens(self) -> bool:
@@ -138,6 +173,8 @@ class SteeringVecEnv(VectorEnv):
         self._done = np.array([i >= n for i in range(self.num_envs)])
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
         self._records: list[list[dict[str, Any]]] = [[] for _ in range(self.num_envs)]
+        self._on_device = bool((options or {}).get("on_device", False))
+        self._log, self._first_empty = [], None
         tok = self.lm.tokenizer
         spec = DecodeSpec(
             max_new_tokens=self.max_new_tokens,
@@ -159,45 +196,31 @@ class SteeringVecEnv(VectorEnv):
         if self._decision is None:
             raise CRLError("step() after every episode finished; call reset()")
         d = self._decision
-        rows = d.rows.cpu().numpy()
-        acts = np.asarray(actions, dtype=np.int64).reshape(-1)
-        if acts.shape[0] != self.num_envs:
-            raise CRLError(f"expected {self.num_envs} actions, got {acts.shape[0]}")
-        chosen = acts[rows]
-        bad = (chosen < 0) | (chosen >= self.n_actions)
-        if bad.any():
-            raise CRLError(
-                f"feature index {int(chosen[bad][0])} is out of range: valid actions are 0..{self.n_actions - 1}"
-                + (f" ({self.noop} = no steering)" if self.noop is not None else "")
-            )
-        deltas, coefs = self._deltas(d, chosen)
-        feat_acts = self._feature_acts(chosen)
-        norms = d.resid.norm(dim=-1).cpu().numpy()
+        if self._on_device:  # checked when the batch ends (_end_batch): no sync here
+            chosen = self._action_tensor(actions)[d.rows]
+        else:
+            chosen = torch.as_tensor(self._host_actions(actions)[d.host_rows], device=self.lm.device)
+        deltas, entry = self._deltas(d, chosen)
         self._decision = self._decoder.send(deltas)
+        entry.tokens = [self._decoder.last_tokens[r] for r in d.host_rows.tolist()]
+        self._steps[d.host_rows] += 1
+        info: dict[str, Any] = {}
+        if self._on_device:
+            self._log.append(entry)
+        else:
+            info["records"] = [None] * self.num_envs
+            for r, rec in self._log_records([entry]):
+                info["records"][r] = rec
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         finals: list[dict[str, Any] | None] = [None] * self.num_envs
-        records: list[dict[str, Any] | None] = [None] * self.num_envs
-        tok = self.lm.tokenizer
-        for i, r in enumerate(rows.tolist()):
-            token_id = self._decoder.last_tokens[r]
-            rec = {
-                "step": int(d.steps[i]),
-                "position": int(d.positions[i]),
-                "token_id": token_id,
-                "token": tok.decode([token_id]),
-                "feature": -1 if chosen[i] == self.noop else int(chosen[i]) % self.d_sae,
-                "coef": coefs[i],
-                "feature_act": feat_acts[i],
-                "resid_norm": float(norms[i]),
-            }
-            records[r] = rec
-            self._records[r].append(rec)
-            self._steps[r] += 1
         for r in self._decoder.finished:
             finals[r] = self._finish(r)
             rewards[r] = finals[r]["reward"]
+        if self._on_device and self._decision is None:
+            self._end_batch()
         terminated = self._done.copy()
-        obs, info = self._observe_or_close({"records": records, "final": finals})
+        info["final"] = finals
+        obs, info = self._observe_or_close(info)
         return obs, rewards, terminated, np.zeros(self.num_envs, dtype=bool), info
 
     def close(self, **kwargs: Any) -> None:
@@ -216,23 +239,94 @@ class SteeringVecEnv(VectorEnv):
             self._order = self._rng.permutation(len(self.examples)).tolist()
         return self._order.pop()
 
-    def _deltas(self, d: Decision, chosen: np.ndarray) -> tuple[torch.Tensor, list[float]]:
-        steer = chosen != self.noop if self.noop is not None else np.ones(len(chosen), dtype=bool)
-        feats = np.where(steer, chosen % self.d_sae, 0)
-        coefs = [
-            self.levels[a // self.d_sae] if s else 0.0 for a, s in zip(chosen.tolist(), steer.tolist(), strict=True)
-        ]
-        scale = torch.tensor(coefs, device=d.resid.device, dtype=torch.float32)
-        if self.cfg.coef_mode == "relative":
-            scale = scale * d.resid.float().norm(dim=-1)
-        deltas = self._dirs[torch.as_tensor(feats, device=d.resid.device)] * scale[:, None]
-        return deltas, coefs
+    def _host_actions(self, actions: Any) -> np.ndarray:
+        acts = np.asarray(actions, dtype=np.int64).reshape(-1)
+        if acts.shape[0] != self.num_envs:
+            raise CRLError(f"expected {self.num_envs} actions, got {acts.shape[0]}")
+        self._check_actions(acts[self._decision.host_rows])
+        return acts
 
-    def _feature_acts(self, chosen: np.ndarray) -> list[float]:
-        out = []
-        for i, a in enumerate(chosen.tolist()):
-            out.append(0.0 if a == self.noop else float(self._acts[i, a % self.d_sae]))
+    def _action_tensor(self, actions: Any) -> torch.Tensor:
+        acts = torch.as_tensor(actions, device=self.lm.device).reshape(-1).long()
+        if acts.shape[0] != self.num_envs:
+            raise CRLError(f"expected {self.num_envs} actions, got {acts.shape[0]}")
+        return acts
+
+    def _check_actions(self, chosen: np.ndarray) -> None:
+        bad = (chosen < 0) | (chosen >= self.n_actions)
+        if bad.any():
+            raise CRLError(
+                f"feature index {int(chosen[bad][0])} is out of range: valid actions are 0..{self.n_actions - 1}"
+                + (f" ({self.noop} = no steering)" if self.noop is not None else "")
+            )
+
+    def _deltas(self, d: Decision, chosen: torch.Tensor) -> tuple[torch.Tensor, _StepLog]:
+        """The steering vectors (n_active, d_model) in float32 for these actions, and the step's record values; all on
+        the device. An out-of-range action (reported when the batch ends, on_device) only indexes in range here."""
+        if self.noop is not None:
+            steer = chosen != self.noop
+        else:
+            steer = torch.ones_like(chosen, dtype=torch.bool)
+        feats = torch.where(steer, chosen % self.d_sae, 0)
+        scale = torch.where(steer, self._levels[(chosen // self.d_sae).clamp(0, len(self.levels) - 1)], 0.0)
+        norms = d.resid.float().norm(dim=-1)
+        if self.cfg.coef_mode == "relative":
+            scale = scale * norms
+        deltas = self._dirs[feats] * scale[:, None]
+        acts = self._acts.gather(1, feats[:, None]).squeeze(1)
+        feature_act = torch.where(steer, acts, torch.zeros_like(acts))
+        entry = _StepLog(d.host_rows, d.host_steps, d.host_positions, chosen, feature_act, norms, [])
+        return deltas, entry
+
+    def _log_records(self, log: list[_StepLog]) -> list[tuple[int, dict[str, Any]]]:
+        """Build the records of these steps (one transfer per value for all of them) and append each to its row's
+        list; returns (row, record) in step order."""
+        chosen = torch.cat([e.chosen for e in log]).tolist()
+        feature_act = torch.cat([e.feature_act for e in log]).tolist()
+        norms = torch.cat([e.resid_norm for e in log]).tolist()
+        if self._on_device:  # the range check that step() skipped
+            self._check_actions(np.asarray(chosen, dtype=np.int64))
+        out, i = [], 0
+        for e in log:
+            for j, r in enumerate(e.rows.tolist()):
+                a = chosen[i]
+                steer = a != self.noop
+                rec = {
+                    "step": int(e.steps[j]),
+                    "position": int(e.positions[j]),
+                    "token_id": e.tokens[j],
+                    "token": self._text(e.tokens[j]),
+                    "feature": a % self.d_sae if steer else -1,
+                    "coef": self.levels[a // self.d_sae] if steer else 0.0,
+                    "feature_act": feature_act[i],
+                    "resid_norm": norms[i],
+                }
+                self._records[r].append(rec)
+                out.append((r, rec))
+                i += 1
         return out
+
+    def _text(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._token_text[token_id] = self.lm.tokenizer.decode([token_id])
+        return text
+
+    def _end_batch(self) -> None:
+        """on_device: the batch's last row ended; report what step() could not check, then log every record."""
+        if self._first_empty is not None:
+            row = int(self._first_empty)
+            if row < self.num_envs:
+                raise self._empty_mask_error(row)
+        log, self._log = self._log, []
+        if log:
+            self._log_records(log)
+
+    def _empty_mask_error(self, row: int) -> CRLError:
+        return CRLError(
+            f"the action mask leaves no valid action for row {row}; relax masking (lower masking.threshold, "
+            "raise masking.top_k) or set steering.allow_noop=true"
+        )
 
     def _finish(self, r: int) -> dict[str, Any]:
         ex = self._batch[r]
@@ -264,44 +358,52 @@ class SteeringVecEnv(VectorEnv):
             raise
 
     def _observe(self, info: dict[str, Any]):
-        obs = np.zeros((self.num_envs, self.lm.d_model), dtype=np.float32)
-        mask = np.ones((self.num_envs, self.n_actions), dtype=bool)
-        active = np.zeros(self.num_envs, dtype=bool)
+        n, device = self.num_envs, self.lm.device
+        obs = torch.zeros(n, self.lm.d_model, dtype=torch.float32, device=device)
+        mask = torch.ones(n, self.n_actions, dtype=torch.bool, device=device)
+        active = np.zeros(n, dtype=bool)
         d = self._decision
         self._acts = None
         if d is not None:
-            rows = d.rows.cpu().numpy()
-            active[rows] = True
-            obs[rows] = d.resid.float().cpu().numpy()
-            self._acts = self.sae.encode(d.resid.float()).float()
+            active[d.host_rows] = True
+            x = d.resid.float()  # the model's dtype -> float32, once (module docstring)
+            obs[d.rows] = x
+            self._acts = self.sae.encode(x).float()
+            m = None
             if self.masker is not None:
-                m = self.masker(self._acts, d.rows, d.steps).cpu().numpy()
-                empty = ~m.any(axis=1)
-                if empty.any():
-                    raise CRLError(
-                        f"the action mask leaves no valid action for row {int(rows[empty][0])}; relax "
-                        "masking (lower masking.threshold, raise masking.top_k) or set steering.allow_noop=true"
-                    )
+                m = self.masker(self._acts, d.rows, d.steps)
+                self._check_mask(m, d)
                 if len(self.levels) > 1:  # every level of a feature is valid where the feature is
-                    m = np.concatenate([m[:, : self.d_sae]] * len(self.levels) + [m[:, self.d_sae :]], axis=1)
-                mask[rows] = m
+                    m = torch.cat([m[:, : self.d_sae]] * len(self.levels) + [m[:, self.d_sae :]], dim=1)
             if self.cfg.steer_steps is not None:  # past the steerable steps only the no-op is valid
-                late = rows[d.steps.cpu().numpy() >= self.cfg.steer_steps]
-                mask[late, : self.n_steer] = False
+                if m is None:
+                    m = torch.ones(len(d.host_rows), self.n_actions, dtype=torch.bool, device=device)
+                late = d.steps >= self.cfg.steer_steps
+                m = torch.cat([m[:, : self.n_steer] & ~late[:, None], m[:, self.n_steer :]], dim=1)
+            if m is not None:
+                mask[d.rows] = m
             if self.cfg.obs_topk:
                 k = min(self.cfg.obs_topk, self.d_sae)
                 vals, feats = self._acts.topk(k, dim=-1)
-                tf = np.full((self.num_envs, k), -1, dtype=np.int64)
-                tv = np.zeros((self.num_envs, k), dtype=np.float32)
-                tf[rows], tv[rows] = feats.cpu().numpy(), vals.cpu().numpy()
-                info["topk_features"], info["topk_acts"] = tf, tv
+                tf = torch.full((n, k), -1, dtype=torch.long, device=device)
+                tv = torch.zeros(n, k, dtype=torch.float32, device=device)
+                tf[d.rows], tv[d.rows] = feats, vals
+                info["topk_features"], info["topk_acts"] = (t if self._on_device else t.cpu().numpy() for t in (tf, tv))
         info.update(
-            action_mask=mask,
+            action_mask=mask if self._on_device else mask.cpu().numpy(),
             active=active,
             step=self._steps.copy(),
             prompt_id=[e.id for e in self._batch] + [""] * (self.num_envs - len(self._batch)),
         )
-        return obs, info
+        return (obs if self._on_device else obs.cpu().numpy()), info
+
+    def _check_mask(self, m: torch.Tensor, d: Decision) -> None:
+        empty = ~m.any(dim=1)
+        if self._on_device:  # the first such row, reported when the batch ends (_end_batch)
+            first = torch.where(empty, d.rows, self.num_envs).min()
+            self._first_empty = first if self._first_empty is None else torch.minimum(self._first_empty, first)
+        elif bool(empty.any()):
+            raise self._empty_mask_error(int(d.host_rows[empty.cpu().numpy()][0]))
 
     @property
     def feature_acts(self) -> torch.Tensor | None:

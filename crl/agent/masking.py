@@ -15,6 +15,10 @@ mean over the episode's decisions so far.
                 alternatives, and the pressure is gone by the end of training.
 
 "No steering" is always allowed when `steering.allow_noop`. The policy still picks one feature per token.
+
+The running means live on the device of the activations (the model's), so a decision's mask is computed there with no
+transfer to the host; the selection shares (updated once per PPO update) stay on the host, with a device copy of the
+over-cap features made once per update.
 """
 
 from __future__ import annotations
@@ -35,37 +39,51 @@ class FeatureMasker:
         self.update = 0
         self._sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
+        self._rows: int | None = None
+        self._over: torch.Tensor | None = None  # the over-cap features' ids on the activations' device (cached)
 
     def begin(self, n_rows: int) -> None:
-        self._sum = torch.zeros(n_rows, self.d_sae)
-        self._count = torch.zeros(n_rows)
+        """Start fresh running means for `n_rows` rows (allocated on the device of the first activations)."""
+        self._rows, self._sum, self._count = n_rows, None, None
 
     def cap(self) -> float:
         c = self.cfg
         return c.max_share + (1.0 - c.max_share) * min(1.0, self.update / max(1, c.relax_updates))
 
     def __call__(self, acts: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        n = acts.shape[0]
-        feats = torch.ones(n, self.d_sae, dtype=torch.bool)
+        # O(n * d_sae) elementwise work, no Python loop over features: at 131k it is a small share of a decision.
+        n, device = acts.shape[0], acts.device
+        out = torch.ones(n, self.d_sae + int(self.allow_noop), dtype=torch.bool, device=device)
         if self.cfg.mode != "none":
-            acts = acts.detach().float().cpu()
-            rows = rows.cpu()
-            if self._sum is None or int(rows.max()) >= self._sum.shape[0]:
-                self.begin(int(rows.max()) + 1)
-            self._sum[rows] += acts
+            feats = out[:, : self.d_sae]  # a view: written in place, the no-op column stays True
+            acts = acts.detach().float()
+            rows = rows.to(device)
+            # Without begin() the rows' range is read from them (a sync, once); on the CPU it is checked every call.
+            if self._rows is None or device.type == "cpu":
+                self._rows = max(self._rows or 0, int(rows.max()) + 1)
+            if self._sum is None or self._sum.device != device or self._rows > self._sum.shape[0]:
+                self._sum = torch.zeros(self._rows, self.d_sae, device=device)
+                self._count = torch.zeros(self._rows, device=device)
+            self._sum.index_add_(0, rows, acts)  # rows are distinct: the same sums as _sum[rows] += acts
             self._count[rows] += 1
-            mean = self._sum[rows] / self._count[rows, None]
-            feats = mean > self.cfg.threshold
+            torch.gt(self._sum[rows] / self._count[rows, None], self.cfg.threshold, out=feats)
             if self.cfg.top_k > 0:
                 top = acts.topk(min(self.cfg.top_k, self.d_sae), dim=-1).indices
                 feats.scatter_(1, top, True)
             if self.cfg.mode == "adaptive":
-                over = self.share > self.cap()
-                capped = feats & ~over
-                feats = torch.where(capped.any(dim=1, keepdim=True), capped, feats)
-        if self.allow_noop:
-            feats = torch.cat([feats, torch.ones(n, 1, dtype=torch.bool)], dim=1)
-        return feats
+                # Shares sum to at most 1 and the cap is at least max_share, so few features are ever over it: mask
+                # those columns in the rows that keep another candidate (the rest fall back to their full set).
+                over = self._over_cap(device)
+                if len(over):
+                    hit = feats[:, over]
+                    feats[:, over] = False
+                    feats[:, over] = hit & ~feats.any(1, keepdim=True)
+        return out
+
+    def _over_cap(self, device: torch.device) -> torch.Tensor:
+        if self._over is None or self._over.device != device:
+            self._over = (self.share > self.cap()).nonzero().squeeze(1).to(device)
+        return self._over
 
     def observe_update(self, features: torch.Tensor) -> None:
         """After a PPO update: fold the update's chosen features (no-op excluded) into the shares."""
@@ -73,9 +91,11 @@ class FeatureMasker:
         frac = counts.float() / max(1, int(features.numel()))
         self.share = self.cfg.share_decay * self.share + (1 - self.cfg.share_decay) * frac
         self.update += 1
+        self._over = None
 
     def state_dict(self) -> dict:
         return {"share": self.share.clone(), "update": self.update}
 
     def load_state_dict(self, state: dict) -> None:
         self.share, self.update = state["share"].clone(), int(state["update"])
+        self._over = None

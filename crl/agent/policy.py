@@ -8,6 +8,13 @@ dictionary fits where a dense Linear(d_model, d_sae) head would not. "No steerin
 With several coefficient levels (steering.coef_levels, e.g. amplify and suppress), a small head adds one logit per
 level to every feature's. Invalid actions get a large negative logit (not -inf, which makes NaNs in the entropy).
 
+Wide dictionaries (d_sae >= policy.compact_min_d_sae; Gemma Scope's 16k, 65k, 131k): a decision scores only its valid
+actions (`Candidates`: each row's unmasked action ids), and the softmax runs over those. A masked action's probability
+is exactly 0 either way, so the distribution is the same up to float rounding, while the cost follows the masking's
+candidate set (tens to hundreds of features) instead of d_sae * levels: the (n, d_model) x (d_model, d_sae) product,
+the (n, d_sae * levels + 1) logits, softmax, entropy and sampling, and in PPO the gradients through all of them.
+`crl bench policy` measures both paths. Narrower dictionaries score every action, bit for bit as before.
+
 Abstention (`policy.abstain`): do no harm off the training distribution. A policy trained on one template of a task
 steers prompts unlike any it saw (compare, seed 0: the inverse question steered on 36% of prompts, 0.47 -> 0.14; one
 paraphrase on every prompt), so the policy may refuse to act where its input is unlike the training sample. With z
@@ -36,7 +43,10 @@ about 1 - q of in-distribution decisions abstain. Not fitted (tau = inf): never 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +65,84 @@ def _mlp(d_in: int, hidden: int, d_out: int, out_std: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), last)
 
 
+class ActionScores(NamedTuple):
+    """The masked logits of a batch of decisions. `ids` None: column j is action j (every action scored); else the
+    action id of each column (-1: padding, masked), when only the valid actions were scored (`Candidates`)."""
+
+    logits: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def actions(self, columns: torch.Tensor) -> torch.Tensor:
+        """The action ids of these columns of `logits`: one per row (n,) or several (n, j)."""
+        if self.ids is None:
+            return columns
+        if columns.dim() == 1:
+            return self.ids.gather(-1, columns[:, None]).squeeze(-1)
+        return self.ids.gather(-1, columns)
+
+
+@dataclass
+class Candidates:
+    """The valid actions of each decision, compactly: ids (n, k) holds a row's valid steering actions in ascending
+    order, padded with -1, and, when the no-op exists, its id in the last column (valid where the mask says). A dense
+    (n, d_sae * levels + 1) bool mask of a 131k dictionary is 256 KiB a row; this is a few hundred ids."""
+
+    ids: torch.Tensor  # (n, k) long
+    valid: torch.Tensor  # (n, k) bool
+    noop: bool  # whether the last column is the no-op
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, n_steer: int, noop: bool) -> Candidates:
+        """From a dense bool mask (n, n_steer + noop)."""
+        n, width = mask.shape
+        if mask.device.type == "cpu":  # numpy's flatnonzero is several times faster than torch's nonzero here
+            flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        else:
+            flat = mask.reshape(-1).nonzero().squeeze(1)
+        rows, cols = flat // width, flat % width
+        steer = cols < n_steer
+        rows, cols = rows[steer], cols[steer]
+        counts = torch.bincount(rows, minlength=n)
+        k = int(counts.max()) if n else 0
+        start = counts.cumsum(0) - counts
+        ids = torch.full((n, k), -1, dtype=torch.long, device=mask.device)
+        ids[rows, torch.arange(len(rows), device=mask.device) - start[rows]] = cols
+        valid = ids >= 0
+        if noop:
+            ids = torch.cat([ids, torch.full((n, 1), n_steer, dtype=torch.long, device=mask.device)], dim=1)
+            valid = torch.cat([valid, mask[:, n_steer:].bool()], dim=1)
+        return cls(ids, valid, noop)
+
+    @classmethod
+    def cat(cls, parts: list[Candidates]) -> Candidates:
+        """Stack the rows of several (at least one), padding each one's steering columns to the widest."""
+        noop = parts[0].noop
+        k = max(p.ids.shape[1] for p in parts)
+        ids, valid = [], []
+        for p in parts:
+            split, pad = p.ids.shape[1] - int(noop), k - p.ids.shape[1]
+            ids.append(torch.cat([p.ids[:, :split], p.ids.new_full((len(p), pad), -1), p.ids[:, split:]], dim=1))
+            valid.append(torch.cat([p.valid[:, :split], p.valid.new_zeros((len(p), pad)), p.valid[:, split:]], dim=1))
+        return cls(torch.cat(ids), torch.cat(valid), noop)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> Candidates:
+        return Candidates(self.ids[rows], self.valid[rows], self.noop)
+
+    def to(self, device: torch.device | str) -> Candidates:
+        return Candidates(self.ids.to(device), self.valid.to(device), self.noop)
+
+    def columns(self, actions: torch.Tensor) -> torch.Tensor:
+        """The column of each row's action (n,); every action must be one of its row's valid ones (checked on the
+        CPU; on a GPU the check would cost a host sync per minibatch)."""
+        hit = (self.ids == actions[:, None]) & self.valid
+        if hit.device.type == "cpu" and not bool(hit.any(-1).all()):
+            raise ValueError("an action is not among its decision's valid actions")
+        return hit.to(torch.uint8).argmax(-1)
+
+
 class ActorCritic(nn.Module):
     def __init__(self, d_model: int, decoder: torch.Tensor, allow_noop: bool, cfg: PolicyConfig, n_levels: int = 1):
         super().__init__()
@@ -64,6 +152,8 @@ class ActorCritic(nn.Module):
         self.allow_noop = allow_noop
         self.n_levels = n_levels  # coefficient levels (steering.coef_levels): action = level * d_sae + feature
         self.n_actions = self.d_sae * n_levels + int(allow_noop)
+        # Wide dictionaries score only each decision's valid actions (module docstring).
+        self.compact = self.d_sae >= cfg.compact_min_d_sae
         self.critic = _mlp(d_model, cfg.hidden, 1, 1.0)
         if cfg.head == "sae":
             self.actor = _mlp(d_model, cfg.hidden, d_model, 0.01)
@@ -143,8 +233,9 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def out_of_distribution(self, obs: torch.Tensor) -> torch.Tensor:
         """(n,) bool: the decisions the rule forces to no steering (all False without a fitted rule)."""
-        if not self.can_abstain or not math.isfinite(float(self.abstain_threshold)):
+        if not self.can_abstain:
             return torch.zeros(len(obs), dtype=torch.bool, device=obs.device)
+        # Not fitted (tau = inf): no distance is above it. No test of tau on the host: no sync per decision.
         return (self.ood_distance(obs) > self.abstain_threshold).to(obs.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
@@ -157,11 +248,23 @@ class ActorCritic(nn.Module):
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self._norm(obs)).squeeze(-1)
 
-    def logits(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self._norm(obs)
-        out = self.actor(h)
+    def _feature_scores(self, h: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Each feature's logit (n, d_sae), or only these features' (n, len(features))."""
         if self.cfg.head == "sae":
-            out = self.log_scale.exp() * (out @ self.decoder.T) * self.inv_norm + self.feature_bias
+            q = self.actor(h)
+            if features is None:
+                return self.log_scale.exp() * (q @ self.decoder.T) * self.inv_norm + self.feature_bias
+            dec, inv, bias = self.decoder[features], self.inv_norm[features], self.feature_bias[features]
+            return self.log_scale.exp() * (q @ dec.T) * inv + bias
+        if features is None:
+            return self.actor(h)
+        last = self.actor[-1]
+        return F.linear(self.actor[:-1](h), last.weight[features], last.bias[features])
+
+    def logits(self, obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Every action's logit (n, n_actions); masked actions get MASK_FILL."""
+        h = self._norm(obs)
+        out = self._feature_scores(h)
         if self.level_head is not None:
             out = (out[:, None, :] + self.level_head(h)[:, :, None]).reshape(len(out), -1)
         if self.noop_head is not None:
@@ -170,16 +273,44 @@ class ActorCritic(nn.Module):
             out = out.masked_fill(~mask, MASK_FILL)
         return out
 
+    def candidates(self, mask: torch.Tensor) -> Candidates:
+        """The valid actions of a dense bool mask (n, n_actions), compactly."""
+        return Candidates.from_mask(mask, self.d_sae * self.n_levels, self.allow_noop)
+
+    def candidate_logits(self, obs: torch.Tensor, cand: Candidates) -> ActionScores:
+        """The logits of each row's candidate actions only (n, k), the same values `logits` gives them (up to float
+        rounding); padding gets MASK_FILL. The features are scored once for the union of the rows' candidates."""
+        steer = cand.ids[:, : cand.ids.shape[1] - int(cand.noop)].clamp_min(0)
+        h = self._norm(obs)
+        feature = steer % self.d_sae
+        features, where = torch.unique(feature, return_inverse=True)
+        if 2 * len(features) > self.d_sae:  # most of the dictionary: one product with all of it beats gathering rows
+            out = self._feature_scores(h).gather(1, feature)
+        else:
+            out = self._feature_scores(h, features).gather(1, where)
+        if self.level_head is not None:
+            out = out + self.level_head(h).gather(1, steer // self.d_sae)
+        if self.noop_head is not None:  # candidates of this policy's masks: their last column is the no-op
+            out = torch.cat([out, self.noop_head(h)], dim=-1)
+        return ActionScores(out.masked_fill(~cand.valid, MASK_FILL), cand.ids)
+
     def get_action_and_value(
         self,
         obs: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | Candidates | None = None,
         action: torch.Tensor | None = None,
         greedy: bool = False,
-    ):
-        """Serves rollouts (action=None: sample or argmax) and updates (action given: its log-prob)."""
-        logits = self.logits(obs, mask)
-        dist = Categorical(logits=logits)
-        if action is None:
-            action = logits.argmax(-1) if greedy else dist.sample()
-        return action, dist.log_prob(action), dist.entropy(), self.get_value(obs), logits
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ActionScores]:
+        """Serves rollouts (action=None: sample or argmax) and updates (action given: its log-prob). A dense mask of
+        a wide dictionary (`compact`) is turned into `Candidates`; given `Candidates`, only they are scored."""
+        if mask is not None and not isinstance(mask, Candidates) and self.compact:
+            mask = self.candidates(mask)
+        if isinstance(mask, Candidates):
+            scores = self.candidate_logits(obs, mask)
+            column = None if action is None else mask.columns(action)
+        else:
+            scores, column = ActionScores(self.logits(obs, mask)), action
+        dist = Categorical(logits=scores.logits, validate_args=False)  # validation syncs with the device twice
+        if column is None:
+            column = scores.logits.argmax(-1) if greedy else dist.sample()
+        return scores.actions(column), dist.log_prob(column), dist.entropy(), self.get_value(obs), scores

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crl.agent.policy import ActorCritic
+from crl.agent.policy import ActionScores, ActorCritic, Candidates
 from crl.agent.value_metrics import explained_variance
 from crl.config import PPOConfig
 from crl.envs.rollout import Episode
@@ -51,30 +51,54 @@ class PolicyAgent:
     stores it as a forced step (left out of PPO), and extras["abstained"] says where. `abstain=False` ignores the rule
     (the ablation of `crl transfer`)."""
 
+    on_device = True  # run_episodes hands it device tensors (crl/envs/rollout.py); numpy in gives numpy out
+
     def __init__(self, net: ActorCritic, greedy: bool = False, n_alternatives: int = 3, abstain: bool = True):
         self.net, self.greedy, self.k = net, greedy, n_alternatives
         self.abstain = abstain and net.can_abstain
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    def act(self, obs: np.ndarray | torch.Tensor, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Numpy observations (the env's host mode) give numpy actions and extras; tensors (its on_device mode) give
+        tensors on the policy's device, with no transfer to the host: the decision stays on the device."""
+        host = not isinstance(obs, torch.Tensor)
         device = self.net.device
         o = torch.as_tensor(obs, device=device)
         m = torch.as_tensor(info["action_mask"], device=device)
         ood = None
         if self.abstain:
-            ood = self.net.out_of_distribution(o).cpu().numpy()
-            if ood.any():
-                info["action_mask"][ood, : self.net.n_actions - 1] = False  # only the no-op (the last action)
+            ood = self.net.out_of_distribution(o)
+            no_op = self.net.n_actions - 1  # only the no-op (the last action) stays valid
+            if host:
+                ood = ood.cpu().numpy()
+                if ood.any():
+                    info["action_mask"][ood, :no_op] = False
+                    m = torch.as_tensor(info["action_mask"], device=device)
+            else:  # in place, so the rollout stores the narrowed mask; no sync
+                info["action_mask"][:, :no_op] &= ~ood.to(info["action_mask"].device)[:, None]
                 m = torch.as_tensor(info["action_mask"], device=device)
-        action, logprob, _, value, logits = self.net.get_action_and_value(o, m, greedy=self.greedy)
-        k = min(self.k + 1, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices.tolist()
-        action, logprob, value = action.cpu(), logprob.cpu(), value.cpu()
-        alts = [[int(f) for f in row if f != a][: self.k] for row, a in zip(top, action.tolist(), strict=True)]
-        extras = {"logprob": logprob.numpy(), "value": value.numpy(), "top_alternatives": alts}
+        action, logprob, _, value, scores = self.net.get_action_and_value(o, m, greedy=self.greedy)
+        alts = self._alternatives(scores, action)
+        if host:
+            extras = {"logprob": logprob.cpu().numpy(), "value": value.cpu().numpy()}
+            extras["top_alternatives"] = [[f for f in row if f >= 0] for row in alts.tolist()]
+            if ood is not None:
+                extras["abstained"] = ood
+            return action.cpu().numpy(), extras
+        extras = {"logprob": logprob, "value": value, "top_alternatives": alts}
         if ood is not None:
             extras["abstained"] = ood
-        return action.numpy(), extras
+        return action, extras
+
+    def _alternatives(self, scores: ActionScores, action: torch.Tensor) -> torch.Tensor:
+        """The best-scored actions other than the chosen one, at most `k` per row (n, <= k), best first, padded with
+        -1, on the device: the top k + 1 without the chosen action (else without the last) and a compact row's
+        padding."""
+        k = min(self.k + 1, scores.logits.shape[-1])
+        top = scores.actions(scores.logits.topk(k, dim=-1).indices)  # -1: a compact row's padding
+        drop = (top == action[:, None]) | (top < 0)
+        order = torch.argsort(drop.to(torch.uint8), dim=1, stable=True)  # kept first, in score order
+        return top.gather(1, order).masked_fill(drop.gather(1, order), -1)[:, : self.k]
 
 
 def episode_baselines(episodes: list[Episode], cfg: PPOConfig, unsteered: dict[str, float] | None = None) -> np.ndarray:
@@ -158,35 +182,43 @@ def ppo_update(
     advs, rets = compute_advantages(episodes, cfg, unsteered)
     device = net.device
     b_obs = torch.cat([ep.obs for ep in episodes])
-    b_masks = torch.cat([ep.masks for ep in episodes])
     b_actions = torch.cat([ep.actions for ep in episodes])
     b_logprobs = torch.tensor([s["logprob"] for ep in episodes for s in ep.steps], dtype=torch.float32)
     b_values = torch.tensor([s["value"] for ep in episodes for s in ep.steps], dtype=torch.float32)
     b_adv, b_ret = torch.cat(advs), torch.cat(rets)
-    decision = b_masks.sum(-1) > 1  # forced steps (only the no-op valid) are not decisions
+    # A wide dictionary's buffer keeps each decision's valid action ids, not its (n_actions,) bool mask (policy.py).
+    b_masks: torch.Tensor | Candidates
+    if net.compact:
+        b_masks = Candidates.cat([net.candidates(ep.masks) for ep in episodes])
+        decision = b_masks.valid.sum(-1) > 1
+    else:
+        b_masks = torch.cat([ep.masks for ep in episodes])
+        decision = b_masks.sum(-1) > 1  # forced steps (only the no-op valid) are not decisions
     values_np, returns_np = b_values.numpy(), b_ret.numpy()
-    b_obs, b_masks, b_actions = b_obs[decision], b_masks[decision], b_actions[decision]
-    b_logprobs, b_values, b_adv, b_ret = b_logprobs[decision], b_values[decision], b_adv[decision], b_ret[decision]
+    # Everything on the policy's device first (the rollout may have left obs, masks and actions there already).
+    keep = decision.to(device).nonzero().squeeze(1)  # one sync for the update, not one per indexed tensor
+    b_obs, b_masks, b_actions = b_obs.to(device), b_masks.to(device), b_actions.to(device)
+    b_logprobs, b_values, b_adv, b_ret = (t.to(device) for t in (b_logprobs, b_values, b_adv, b_ret))
+    b_obs, b_masks, b_actions = b_obs[keep], b_masks[keep], b_actions[keep]
+    b_logprobs, b_values, b_adv, b_ret = b_logprobs[keep], b_values[keep], b_adv[keep], b_ret[keep]
     n = len(b_obs)
-    stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl_ref", "old_kl", "kl", "clip")}
+    # The minibatch statistics stay on the device until the update ends (one transfer, not six per minibatch).
+    stats: dict[str, list[torch.Tensor]] = {k: [] for k in ("pg", "v", "ent", "kl_ref", "old_kl", "kl", "clip")}
     if n:
-        b_obs, b_masks, b_actions = b_obs.to(device), b_masks.to(device), b_actions.to(device)
-        b_logprobs, b_values, b_adv, b_ret = (t.to(device) for t in (b_logprobs, b_values, b_adv, b_ret))
         mb_size = max(1, n // cfg.num_minibatches)
         noop = net.n_actions - 1 if net.allow_noop else None
         for _epoch in range(cfg.update_epochs):
             perm = torch.randperm(n, generator=generator).to(device)
             for start in range(0, n, mb_size):
                 mb = perm[start : start + mb_size]
-                _, newlogprob, entropy, newvalue, logits = net.get_action_and_value(
-                    b_obs[mb], b_masks[mb], b_actions[mb]
-                )
+                mb_masks = b_masks[mb]
+                _, newlogprob, entropy, newvalue, scores = net.get_action_and_value(b_obs[mb], mb_masks, b_actions[mb])
                 logratio = newlogprob - b_logprobs[mb]
                 ratio = logratio.exp()
                 with torch.no_grad():
-                    stats["old_kl"].append((-logratio).mean().item())
-                    stats["kl"].append(((ratio - 1) - logratio).mean().item())
-                    stats["clip"].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
+                    stats["old_kl"].append((-logratio).mean())
+                    stats["kl"].append(((ratio - 1) - logratio).mean())
+                    stats["clip"].append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean())
                 mb_adv = normalize(b_adv[mb], cfg.norm_adv)
                 pg_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                 if cfg.clip_vloss:
@@ -197,30 +229,35 @@ def ppo_update(
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
                 if cfg.regularizer == "kl" and noop is not None:
-                    kl_ref = kl_to_no_steer(logits, b_masks[mb], noop, cfg.ref_eps).mean()
+                    if isinstance(mb_masks, Candidates):  # the no-op is the last column of a compact row
+                        valid, noop_col = mb_masks.valid, scores.logits.shape[-1] - 1
+                    else:
+                        valid, noop_col = mb_masks, noop
+                    kl_ref = kl_to_no_steer(scores.logits, valid, noop_col, cfg.ref_eps).mean()
                     loss = loss + cfg.reg_coef * kl_ref
-                    stats["kl_ref"].append(kl_ref.item())
+                    stats["kl_ref"].append(kl_ref.detach())
                 optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                stats["pg"].append(pg_loss.item())
-                stats["v"].append(v_loss.item())
-                stats["ent"].append(entropy_loss.item())
-            if cfg.target_kl is not None and stats["kl"][-1] > cfg.target_kl:
+                stats["pg"].append(pg_loss.detach())
+                stats["v"].append(v_loss.detach())
+                stats["ent"].append(entropy_loss.detach())
+            if cfg.target_kl is not None and float(stats["kl"][-1]) > cfg.target_kl:  # a sync per epoch, only here
                 break
-    last = {k: (v[-1] if v else 0.0) for k, v in stats.items()}
+    got = {k: torch.stack(v).tolist() if v else [] for k, v in stats.items()}
+    last = {k: (v[-1] if v else 0.0) for k, v in got.items()}
     out = {
         "losses/policy_loss": last["pg"],
         "losses/value_loss": last["v"],
         "losses/entropy": last["ent"],
         "losses/old_approx_kl": last["old_kl"],
         "losses/approx_kl": last["kl"],
-        "losses/clipfrac": float(np.mean(stats["clip"])) if stats["clip"] else 0.0,
+        "losses/clipfrac": float(np.mean(got["clip"])) if got["clip"] else 0.0,
         "losses/explained_variance": explained_variance(values_np, returns_np),
         "charts/decisions": float(n),
         "charts/nonzero_advantage": float((b_adv != 0).float().mean()) if n else 0.0,
     }
-    if stats["kl_ref"]:
+    if got["kl_ref"]:
         out["losses/kl_to_no_steer"] = last["kl_ref"]
     return out

@@ -119,7 +119,7 @@ def _load_base(cfg: ModelConfig) -> FrozenLM:
     dtype = getattr(torch, cfg.dtype)
     if cfg.source == "tiny":
         lm = tiny_model(cfg.name, n_layers=cfg.n_layers, d_model=cfg.d_model, seed=cfg.seed)
-        lm.model.to(cfg.device)
+        lm.model.to(device=cfg.device, dtype=dtype)  # initialised in float32, then cast: the same weights, rounded
         return lm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

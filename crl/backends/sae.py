@@ -11,6 +11,7 @@ Registry ids are checked against sae-lens's own directory before anything is dow
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class LoadedSAE:
     hook: HookPoint
     neuronpedia_id: str | None = None
     source: str = ""
+    # Trained on a TransformerLens model with centered writing weights (gpt2-small-res-jb): its residual is the HF
+    # residual minus its mean over d_model, so the input is centered before encoding (`centers_input`).
+    center_input: bool = False
 
     @property
     def hook_name(self) -> str:
@@ -58,7 +62,8 @@ class LoadedSAE:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sae.encode(x.to(self.sae.W_dec.dtype))
+        x = x.to(self.sae.W_dec.dtype)
+        return self.sae.encode(x - x.mean(dim=-1, keepdim=True) if self.center_input else x)
 
     def neuronpedia_url(self, feature: int) -> str | None:
         if not self.neuronpedia_id:
@@ -104,6 +109,14 @@ def check_registry(release: str, sae_id: str) -> tuple[str | None, str | None]:
     return None, np_id
 
 
+def centers_input(sae) -> bool:
+    """Whether the SAE was trained with TransformerLens's `center_writing_weights` (sae-lens records the model's
+    loading kwargs in its metadata). Steering needs no change: every block reads the residual through a LayerNorm,
+    which removes the mean either way."""
+    kwargs = getattr(getattr(sae.cfg, "metadata", None), "model_from_pretrained_kwargs", None) or {}
+    return bool(kwargs.get("center_writing_weights", False))
+
+
 def _hook_of(sae) -> HookPoint:
     meta = getattr(sae.cfg, "metadata", None)
     hook_name = getattr(meta, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
@@ -120,7 +133,9 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
     if cfg.source == "pretrained":
         _, np_id = check_registry(cfg.release, cfg.sae_id)
         try:
-            sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device or "cpu")
+            with warnings.catch_warnings():  # its advice to load the model centered: `encode` centers instead
+                warnings.filterwarnings("ignore", r"\s*This SAE has non-empty model_from_", UserWarning)
+                sae = SAE.from_pretrained(cfg.release, cfg.sae_id, device=cfg.device or "cpu")
         except Exception as e:  # noqa: BLE001 - network/hub failures
             raise CRLError(
                 f"could not download SAE {cfg.release}/{cfg.sae_id} ({type(e).__name__}); it needs a network. "
@@ -128,14 +143,16 @@ def load_sae(cfg: SAEConfig) -> LoadedSAE:
             ) from None
         meta = getattr(sae.cfg, "metadata", None)
         np_id = getattr(meta, "neuronpedia_id", None) or np_id
-        return LoadedSAE(sae.eval(), _hook_of(sae), np_id, f"pretrained:{cfg.release}/{cfg.sae_id}")
+        source = f"pretrained:{cfg.release}/{cfg.sae_id}"
+        return LoadedSAE(sae.eval(), _hook_of(sae), np_id, source, centers_input(sae))
     if cfg.source == "disk":
         path = Path(cfg.path or "").expanduser()
         if not (path / "cfg.json").exists():
             raise CRLError(f"sae.path='{cfg.path}' is not an SAE directory (no cfg.json); save one with SAE.save_model")
         sae = SAE.load_from_disk(str(path), device=cfg.device or "cpu")
         meta = getattr(sae.cfg, "metadata", None)
-        return LoadedSAE(sae.eval(), _hook_of(sae), getattr(meta, "neuronpedia_id", None), f"disk:{path.resolve()}")
+        np_id = getattr(meta, "neuronpedia_id", None)
+        return LoadedSAE(sae.eval(), _hook_of(sae), np_id, f"disk:{path.resolve()}", centers_input(sae))
     if cfg.source == "default":
         path, kind = find_sae(DEFAULT_MODEL_NAME, cfg.layer)
         if kind is None:

@@ -3,6 +3,8 @@
 crl train                                    # offline default: SmolLM2-135M + CRL's SAE, arith task
 crl train experiment=planted                 # planted diagnostic task on a tiny model (seconds)
 crl train -m seed=0,1 steering.layer=3,6     # a sweep: one run directory per job
+crl train -m hydra/launcher=joblib seed=0,1  # its jobs in parallel (crl/commands/sweep.py; also submitit_local,
+                                             # submitit_slurm)
 crl train resume=runs/<run>                  # continue from the last checkpoint
 
 The run directory's lifecycle (crl.logs.lifecycle): a failed invocation leaves nothing, or a directory marked
@@ -22,6 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from crl.cards.label import HEURISTIC_MARK
+from crl.commands import sweep
 from crl.config import TrainConfig, load
 from crl.errors import CRLError, exit_on_error
 from crl.logs import lifecycle
@@ -65,8 +68,20 @@ def print_top_features(rows: list[dict[str, Any]], width: int = 120) -> None:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
-@exit_on_error
 def _main(raw: DictConfig) -> None:
+    job = sweep.current_job()
+    if job is None:
+        exit_on_error(_train)(raw, None)
+        return
+    with sweep.tagged_output(job):
+        try:
+            _train(raw, job)
+        except CRLError as e:  # no SystemExit in a job: it would stop the other jobs (joblib: the whole pool)
+            print(f"crl: error: {e}", file=sys.stderr)
+            raise  # Hydra marks the job failed; the sweep raises the first such error when every job is done
+
+
+def _train(raw: DictConfig, job: sweep.Job | None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from crl.run.components import POLICY_FILE
@@ -76,8 +91,11 @@ def _main(raw: DictConfig) -> None:
     cfg = load(TrainConfig, raw)
     overrides = list(hc.overrides.task)
     run_dir = Path(cfg.resume or hc.runtime.output_dir)
-    command = shlex.join(["crl", "train", *sys.argv[1:]])
-    with lifecycle.claim(run_dir, new=not cfg.resume, command=command):
+    # A job's own command line: a launcher's worker process has its own sys.argv.
+    command = shlex.join(["crl", "train", *(overrides if job else sys.argv[1:])])
+    if job is not None and cfg.logger.group is None:  # one wandb group per sweep
+        cfg = dataclasses.replace(cfg, logger=dataclasses.replace(cfg.logger, group=job.group))
+    with lifecycle.claim(run_dir, new=not cfg.resume, command=command, keep=job is not None):
         if cfg.resume:  # the run's own config (a bare resume=), or the composed one if compatible
             cfg = resume_config(cfg, run_dir, overrides)
             if lifecycle.never_checkpointed(run_dir):
@@ -98,7 +116,12 @@ def _main(raw: DictConfig) -> None:
 @exit_on_error
 def main() -> None:
     sys.argv += lifecycle.preflight(sys.argv[1:], "crl train")
-    _main()
+    plan = sweep.parse(sys.argv[1:])
+    if plan is None:
+        _main()
+        return
+    with sweep.launching(plan):  # threads per job; a failed job's CRLError reaches exit_on_error
+        _main()
 
 
 if __name__ == "__main__":

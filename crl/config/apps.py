@@ -7,6 +7,7 @@ ConfigStore; a group file pulls its schema in with `defaults: [base_<group>, _se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ from crl.config.groups import (
     GRPOGroupConfig,
     MaskingConfig,
     ModelConfig,
+    PolicyBenchConfig,
     PolicyConfig,
     PPOConfig,
     RunConfig,
@@ -215,6 +217,24 @@ class BenchRolloutConfig:
 
 
 @dataclass
+class BenchPolicyConfig:
+    """`crl bench policy`: the policy head and the masking at large dictionary widths (decisions/s, PPO step, peak
+    memory), on a random SAE of each width; no model is loaded. The policy, masking, ppo and steering groups (levels,
+    no-op) are those of `crl train`."""
+
+    bench: PolicyBenchConfig = group(PolicyBenchConfig)
+    policy: PolicyConfig = group(PolicyConfig)
+    masking: MaskingConfig = group(MaskingConfig)
+    ppo: PPOConfig = group(PPOConfig)
+    steering: SteeringConfig = group(SteeringConfig)
+    device: str = "cpu"  # where the SAE, the policy and the masking run (cuda: peak memory is torch's allocator's)
+    out: str | None = None  # the JSON file; default runs/bench/policy-<timestamp>.json
+
+    def check(self) -> None:
+        check_some_action(self.masking, self.steering.allow_noop)
+
+
+@dataclass
 class AnalyzeConfig:
     """`crl analyze`: plots and an HTML report for one run directory."""
 
@@ -251,6 +271,17 @@ class AnalyzeConfig:
     causal_top: int = param(5, ge=0)  # features checked, most used first (groups among them come on top)
     causal_prompts: int = param(128, ge=1)  # prompts per feature at most (a seeded sample)
     causal_seconds: float | None = param(60.0, gt=0)  # no replay batch starts after this; null: no limit
+    # Side effects off the task (analysis/offtask.json, crl.analysis.offline.offtask): the share of changed held-out
+    # outcomes that got worse (from the logs), and with the model: next-token KL on neutral text, refusals of safe
+    # prompts, perplexity of free completions; the greedy policy vs no steering. On by default; measured again only
+    # when the eval, the policy file or these settings changed (env=true: always); false: show a stored measurement
+    # only. Budget: six batches of at most offtask_tokens decoding steps over 8 neutral sentences, the 8 first eval
+    # prompts and offtask_prompts safe prompts (crl.analysis.replay.offtask). Measured on 2 CPU cores shared with a
+    # training run (load 3.3-4.4), default run: 16/16 took 34 s wall, 26 s of CPU time (plus ~9 s for a model load of
+    # its own); 32 prompts x 24 tokens took 63 s wall, 43 s of CPU time.
+    offtask: bool = True
+    offtask_prompts: int = param(16, ge=1)  # safe prompts at most (refusal_offline's test split holds 33)
+    offtask_tokens: int = param(16, ge=1)  # tokens generated (or fed back) per prompt; a refusal shows in ~10
     wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
 
 
@@ -313,6 +344,13 @@ class ProbeConfig:
     oracle_max_episodes: int = param(1024, ge=1)
     l2: list[float] = param(factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0], gt=0, min_len=1)  # picked by CV on train
     folds: int = param(5, ge=2)  # cross-validation folds that pick l2
+    # A second reader shaped like the policy's own (2 tanh layers of `mlp_hidden`, crl/agent/policy.py), fitted with
+    # AdamW for `mlp_steps` full-batch steps. On the compare family (both directions) the linear probe reads the gold
+    # letter at 0.57-0.61 and this MLP at 1.00: the answer is an XOR of the question's direction and the comparison,
+    # which a linear readout cannot express and the policy can. 0 steps: linear only.
+    mlp_hidden: int = param(256, ge=1)
+    mlp_steps: int = param(500, ge=0)
+    mlp_weight_decay: float = param(1e-2, ge=0)
     n_boot: int = param(2000, ge=1)  # bootstrap resamples (AUROC CI)
     seed: int = seed_param(0)  # folds, the shuffled labels, the bootstrap
     out_dir: str | None = None  # default runs/probe-<task>-<timestamp>
@@ -353,6 +391,60 @@ class RLCompareConfig:
     seed: int = seed_param(0)  # bootstrap, permutations and null draws
 
 
+@dataclass
+class CurvesConfig:
+    """`crl curves crl_runs=[...] grpo_runs=[...]`: CRL's and GRPO's val accuracy against rollouts and wall time, pooled
+    over seeds, and CRL's share of GRPO's gain at each budget both reached (crl/analysis/offline/curves.py). Each entry
+    is a run directory, a glob pattern, or a folder holding run directories (a sweep's); all of one model, SAE, task."""
+
+    crl_runs: list[str] = param(factory=list)  # finished `crl train` runs (required)
+    grpo_runs: list[str] = param(factory=list)  # finished `crl grpo` runs (required)
+    out_dir: str | None = None  # default runs/curves-<timestamp>
+    n_boot: int = param(2000, ge=1)  # bootstrap resamples of the gains' and the share's CIs
+    seed: int = seed_param(0)  # bootstrap seed
+
+
+@dataclass
+class StudyConfig:
+    """`crl study`: the whole study in one command (crl/commands/study.py). Every (task, layer, seed) is one cell, an
+    ordinary `crl train task=T steering.layer=L seed=S` run directory at <out>/cells/<T>-L<L>-s<S>, then (baselines)
+    `crl analyze env=true` on it; then one report, <out>/report.html (crl/analysis/report/study.py). The bare overrides
+    on the command line that are none of these keys (experiment=planted, ppo.total_updates=4, ...) go to every cell's
+    `crl train`, and `hydra.launcher.*` ones to the launcher."""
+
+    tasks: list[str] = param(factory=lambda: ["compare"], min_len=1)  # options of conf/task/ (train's default task)
+    layers: list[int] = param(factory=lambda: list(SHIPPED_SAE_LAYERS), ge=0, min_len=1)
+    seeds: list[int] = param(factory=lambda: [0, 1, 2], ge=0, le=SEED_MAX, min_len=1)  # run seeds of the cells
+    out: str | None = None  # the study's directory; default runs/study-<timestamp>
+    # Run only the cells that are missing, failed or unfinished (a killed cell with a checkpoint continues from it);
+    # the keys not given on the command line come from <out>/study.json.
+    resume: bool = False
+    baselines: bool = True  # `crl analyze env=true` on each cell: none, random, static, corr, prompting, letter_prior
+    # Where the cells run: null, one after another in this process; otherwise a Hydra launcher, each cell a job running
+    # `crl train` and `crl analyze` as child processes (joblib and submitit_local on this machine, submitit_slurm on a
+    # cluster; `hydra.launcher.n_jobs=2` and the like pass through).
+    launcher: Literal["basic", "joblib", "submitit_local", "submitit_slurm"] | None = None
+    train: list[str] = param(factory=list)  # overrides for every cell's `crl train` (bare overrides are added here)
+    # Overrides for every cell's `crl analyze env=true` (analyze.n_boot=500 on the command line adds n_boot=500).
+    analyze: list[str] = param(factory=list)
+    # Report. budget: the rollouts at which the methods are compared (val accuracy, best so far); null: per task, the
+    # fewest rollouts any of its CRL cells spent, so CRL is read at its full budget and every baseline gets as many.
+    budget: int | None = param(None, ge=1)
+    probe: list[str] = param(factory=list)  # `crl probe` records (probe.json, or a folder); []: any under <out>
+    split: Split | None = None  # held-out split; default test, then val
+    n_boot: int = param(2000, ge=1)  # bootstrap resamples of the held-out CIs
+    boot_seed: int = seed_param(0)  # bootstrap seed (seed= goes to the cells, and is refused: seeds= sets it)
+    cell: str | None = None  # set by the launcher's jobs (one cell each); leave it out
+
+    def check(self) -> None:
+        for key, values in (("tasks", self.tasks), ("layers", self.layers), ("seeds", self.seeds)):
+            if len(set(values)) != len(values):
+                raise ConfigError(key, values, "a value is listed twice", f"distinct {key}")
+        bad = [t for t in self.tasks if not re.fullmatch(r"[\w-]+", t)]  # it names the cells' directories
+        if bad:
+            raise ConfigError("tasks", self.tasks, f"'{bad[0]}' is not a task option name", "names of conf/task/")
+
+
 # Hydra config name (conf/<name>.yaml) -> its root schema.
 APPS: dict[str, type] = {
     "train": TrainConfig,
@@ -363,11 +455,14 @@ APPS: dict[str, type] = {
     "sae_info": SAEInfoConfig,
     "sae_export": SAEExportConfig,
     "bench_rollout": BenchRolloutConfig,
+    "bench_policy": BenchPolicyConfig,
     "analyze": AnalyzeConfig,
     "compare": CompareConfig,
     "soak": SoakConfig,
     "probe": ProbeConfig,
     "rl-compare": RLCompareConfig,
+    "curves": CurvesConfig,
+    "study": StudyConfig,
     "features_show": FeaturesShowConfig,
     "features_build": FeaturesBuildConfig,
     "features_index": FeaturesIndexConfig,

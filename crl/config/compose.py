@@ -31,7 +31,9 @@ def check_command(config_name: str, argv: list[str], conf_dir: str = CONF_DIR) -
         return
     for overrides in _sweep_variants(args.overrides) if args.multirun else [args.overrides]:
         cfg = compose_config(config_name, overrides, conf_dir)
-        if not args.cfg:  # `--cfg job` only prints the config: it may name a device of another host
+        # `--cfg job` only prints the config, and a Slurm job runs on another host (its node checks the device on
+        # loading, crl.run.components): either may name a device this host lacks.
+        if not args.cfg and "hydra/launcher=submitit_slurm" not in args.overrides:
             check_devices(cfg)
 
 

@@ -176,6 +176,11 @@ class PolicyConfig:
     abstain: Literal["off", "zscore", "knn"] = "off"
     abstain_quantile: float = param(0.99, gt=0, le=1)
     abstain_k: int = param(5, ge=1)
+    # From this dictionary width up (Gemma Scope's 16k, 65k, 131k), a decision scores only its valid actions and the
+    # softmax runs over those (crl/agent/policy.py): the same distribution up to float rounding, at a cost that
+    # follows the masking's candidates instead of d_sae (`crl bench policy` measures both). Narrower dictionaries
+    # (the shipped 4608) score every action, bit for bit as the shipped numbers were made.
+    compact_min_d_sae: int = param(16384, ge=1)
 
     def check(self) -> None:
         if self.abstain != "off" and self.obs_norm != "standardize":
@@ -288,7 +293,8 @@ class GRPOGroupConfig:
     """`crl grpo` (crl/run/grpo.py): TRL's GRPOTrainer on the model's own weights, on `crl train`'s task and prompts.
 
     A round samples `batch_size` completions (batch_size / num_generations prompts of the train split, each
-    num_generations times) and makes num_iterations optimizer steps on them; rollouts / batch_size rounds in all. One
+    num_generations times) and makes minibatches x num_iterations optimizer steps on them; rollouts / batch_size rounds
+    in all. One
     completion is one CRL episode, so the defaults give `crl train`'s budget in its shape: 12 rounds of 128 (12 updates
     of 128 episodes), a greedy val evaluation every 4 rounds. TRL's own defaults assume a GPU (bf16, gradient
     checkpointing, lr 1e-6); these are for a CPU and LoRA."""
@@ -296,7 +302,7 @@ class GRPOGroupConfig:
     rollouts: int = param(CRL_EPISODES, ge=1)  # completions in all (CRL episodes); a multiple of batch_size
     num_generations: int = param(8, ge=2)  # completions per prompt: the group that GRPO's advantages compare within
     batch_size: int = param(PPOConfig.episodes_per_update, ge=2)  # completions per round; a multiple of num_generations
-    micro_batch_size: int | None = param(32, ge=1)  # completions per forward/backward (memory); null: batch_size
+    micro_batch_size: int | None = param(32, ge=1)  # completions per forward/backward (memory); null: a minibatch
     learning_rate: float = param(1e-4, gt=0)  # for LoRA; full fine-tuning (lora=false) wants about 1e-5
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = param(1.0, gt=0)
@@ -306,9 +312,16 @@ class GRPOGroupConfig:
     # 8). The time goes to the ~60-token prompt: on 2 shared CPU cores 64 completions took 35 s to generate and 59 s
     # for forward and backward (one thread, load ~7), about 0.7 completions/s.
     max_completion_length: int = param(8, ge=1)
+    # Sample only the task's option letters, one token, as CRL's env decodes a constrained task (compare): the same
+    # action space as CRL's, with no format to learn. Free text (false) lets format dominate GRPO's signal on compare:
+    # well-formed "A) .." answers are what gets rewarded first, so the "A" prior grows until every group ties.
+    constrained: bool = False
     beta: float = param(0.0, ge=0)  # KL penalty to the base model; 0 (TRL's default) loads no reference model
     epsilon: float = param(0.2, gt=0)  # PPO-style clipping of the probability ratio
-    num_iterations: int = param(1, ge=1)  # optimizer steps per round (TRL's mu)
+    # Optimizer steps per round = minibatches x num_iterations, as PPO's num_minibatches x update_epochs (crl train:
+    # 4 x 4 = 16 a round, 192 in all). TRL's steps_per_generation splits a round's completions into minibatches.
+    minibatches: int = param(1, ge=1)
+    num_iterations: int = param(1, ge=1)  # passes over a round's completions (TRL's mu)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"  # TRL's token-loss aggregation
     scale_rewards: Literal["group", "batch", "none"] = "group"  # advantage = (r - group mean) / this std
     lora: bool = True  # false: full fine-tuning
@@ -337,9 +350,13 @@ class GRPOGroupConfig:
         if b % g:
             why = f"not a multiple of grpo.num_generations={g}: each round samples whole groups"
             raise ConfigError("batch_size", b, why, f"a multiple of {g}, e.g. {max(g, b - b % g)} or {b - b % g + g}")
-        if self.micro_batch_size is not None and b % self.micro_batch_size:
+        if b % self.minibatches:
             why = f"does not divide grpo.batch_size={b}"
-            raise ConfigError("micro_batch_size", self.micro_batch_size, why, f"a divisor of {b}, or null")
+            raise ConfigError("minibatches", self.minibatches, why, "a divisor of it")
+        m = b // self.minibatches  # completions per optimizer step
+        if self.micro_batch_size is not None and m % self.micro_batch_size:
+            why = f"does not divide the {m} completions of an optimizer step (grpo.batch_size / grpo.minibatches)"
+            raise ConfigError("micro_batch_size", self.micro_batch_size, why, f"a divisor of {m}, or null")
         if self.rollouts % b:
             low, high = self.rollouts - self.rollouts % b, self.rollouts - self.rollouts % b + b
             valid = f"a multiple of {b}, e.g. {low or high}" + (f" or {high}" if low else "")
@@ -416,4 +433,19 @@ class BenchConfig:
     coef: float = SteeringConfig.coef
     coef_mode: CoefMode = SteeringConfig.coef_mode
     split: Split = "test"  # the task split the prompts come from
+    seed: int = seed_param(0)
+
+
+@dataclass
+class PolicyBenchConfig:
+    """`crl bench policy` (crl/run/bench_policy.py): the policy head and the masking at large dictionary widths."""
+
+    widths: list[int] = param(factory=lambda: [16384, 65536, 131072], ge=1, min_len=1)  # Gemma Scope's 16k/65k/131k
+    d_model: int = param(2304, ge=1)  # Gemma-2-2B's residual width
+    batch_sizes: list[int] = param(factory=lambda: [16, 64], ge=1, min_len=1)  # decisions per policy call
+    steps: int = param(8, ge=1)  # decisions per episode: the masking's running means (its candidates) grow over them
+    l0: int = param(64, ge=1)  # active SAE features per token of the synthetic activations (Gemma Scope: ~20-150)
+    repeats: int = param(2, ge=1)  # timed episodes per batch size, after one warm-up (the median is reported)
+    full_repeats: int = param(2, ge=0)  # timed calls of the every-action path on the same input (0: skip it)
+    ppo_episodes: int = param(64, ge=1)  # episodes (of `steps` decisions) in the synthetic buffer of the PPO update
     seed: int = seed_param(0)

@@ -8,8 +8,9 @@ runs/. `claim` wraps the training call:
   processes never write one run directory at once (two sweeps started in the same second, a double resume);
 - a new run needs a fresh directory: nothing in it but Hydra's own files; otherwise it refuses and touches nothing;
 - on failure, a directory this invocation started that still holds no log rows and no checkpoint is removed
-  (nothing useful was written); otherwise FAILED.json records the one-line error, the command and the time, and
-  `crl.logs.reader` refuses the directory until a successful resume removes the marker;
+  (nothing useful was written), unless it is a sweep's job (`keep`: the sweep shows which job failed); otherwise
+  FAILED.json records the one-line error, the command and the time, and `crl.logs.reader` refuses the directory
+  until a successful resume removes the marker;
 - a full disk becomes one line that says to free space and resume (checkpoints are atomic, so one stays good).
 
 `run_tag` makes default run directory names unique per process (conf/train.yaml: `${crl_tag:}`), so two runs or
@@ -103,9 +104,11 @@ def resume_command(command: str, run_dir: Path) -> str:
 
 
 def mark_failed(run_dir: Path, error: str, command: str) -> None:
-    """Write FAILED.json; best effort (on a full disk even this small file may not fit)."""
+    """Write FAILED.json; best effort (on a full disk even this small file may not fit). Its `resume` command only
+    where resume= can continue (identity and config written); else `command` runs the job again."""
     info = {"error": error, "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    info["resume"] = resume_command(command, run_dir)
+    if (run_dir / schema.RUN_JSON).exists() and (run_dir / schema.CONFIG_YAML).exists():
+        info["resume"] = resume_command(command, run_dir)
     with suppress(OSError):
         atomic_write_json(run_dir / schema.FAILED, info)
 
@@ -130,8 +133,9 @@ def _sizes(run_dir: Path) -> dict[str, int]:
 
 
 @contextmanager
-def claim(run_dir: Path, *, new: bool, command: str) -> Iterator[None]:
-    """Hold `run_dir` for one invocation (see the module docstring). `new`: a new run, not a resume."""
+def claim(run_dir: Path, *, new: bool, command: str, keep: bool = False) -> Iterator[None]:
+    """Hold `run_dir` for one invocation (see the module docstring). `new`: a new run, not a resume; `keep`: on
+    failure mark the directory even when nothing useful was written (a job of a sweep)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(run_dir)
@@ -148,7 +152,7 @@ def claim(run_dir: Path, *, new: bool, command: str) -> Iterator[None]:
         except BaseException as e:
             full = isinstance(e, Exception) and is_disk_full(e, run_dir)
             error = f"no space left on the disk of {run_dir} ({one_line(e)})" if full else one_line(e)
-            removed = not foreign and not _useful(run_dir)
+            removed = not keep and not foreign and not _useful(run_dir)
             if removed:
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping; the error says what went wrong
             elif not foreign or _sizes(run_dir) != before:

@@ -245,3 +245,20 @@ def load_run(path: str | Path, include_train: bool = True) -> RunDir:
     for ph in set(episodes["phase"]):
         Phase.parse(ph)  # fail early on unknown phase names
     return RunDir(p, info, summary, (p / CONFIG_YAML).read_text(encoding="utf-8"), episodes, steps, metrics)
+
+
+def sweep_jobs(root: str | Path) -> list[tuple[Path, str | None]]:
+    """The job directories of a sweep (`crl train -m`: each folder under `root` with a run.json, a FAILED.json or
+    Hydra's .hydra), each with None when it finished, else one line on why not. [] when there are none."""
+    root = Path(root).expanduser()
+    found = {p.parent for name in (RUN_JSON, FAILED, ".hydra") for p in root.rglob(name)} - {root}
+    jobs: list[tuple[Path, str | None]] = []
+    for job in sorted(found):
+        if (job / FAILED).exists():
+            jobs.append((job, f"failed ({_failure(job / FAILED)})"))
+        elif not (job / SUMMARY).exists():
+            how = f"`crl train resume={job}`" if (job / RUN_JSON).exists() else "nothing to resume: run the job again"
+            jobs.append((job, f"incomplete (no {SUMMARY}: still running, or stopped; {how})"))
+        else:
+            jobs.append((job, None))
+    return jobs

@@ -16,7 +16,7 @@ from crl.agent.masking import FeatureMasker
 from crl.agent.policy import ActorCritic
 from crl.agent.ppo import PolicyAgent
 from crl.backends.model import FrozenLM, load_model
-from crl.backends.sae import LoadedSAE, check_compatible, load_sae
+from crl.backends.sae import LoadedSAE, check_compatible, check_registry, load_sae
 from crl.config import (
     BuildConfig,
     ConfigError,
@@ -232,6 +232,8 @@ def build(
         check_val_split(cfg, data)
     layer = cfg.steering.layer
     planted = None
+    if cfg.sae.source == "pretrained":  # a mistyped id (or a layer its release lacks) before the model downloads
+        check_registry(cfg.sae.release, cfg.sae.sae_id)
     lm = load_model(cfg.model)
     if not 0 <= layer < lm.n_layers:
         raise CRLError(

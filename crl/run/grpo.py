@@ -5,11 +5,13 @@ The same as `crl train`: the train split's prompts, each rendered by the task ex
 (`prompt_texts`: chat template included), the task's verifier on each completion, cut at the task's stop strings as
 the env cuts it, and evaluation by `crl.run.evaluate.evaluate` with no steering (greedy, the task as configured), before
 and after. What differs is what a rollout is: CRL steers one token of a frozen model; GRPO samples whole completions
-(free text, `grpo.max_completion_length` tokens) and trains the weights (LoRA by default). On a constrained task
-(compare: one option-letter token) the free generation is evaluated too (`grpo.free_eval`), with its well-formed rate.
+(free text, `grpo.max_completion_length` tokens; with `grpo.constrained` one option-letter token, CRL's action space)
+and trains the weights (LoRA by default). On a constrained task (compare: one option-letter token) the free generation
+is evaluated too (`grpo.free_eval`), with its well-formed rate.
 
 Budget: one completion is one episode; a round samples `grpo.batch_size` completions (`batch_size / num_generations`
-prompts, `num_generations` each) and makes `grpo.num_iterations` optimizer steps on them. The defaults are `crl train`'s
+prompts, `num_generations` each) and makes `grpo.minibatches` x `grpo.num_iterations` optimizer steps on them (as
+PPO's minibatches x epochs). The defaults are `crl train`'s
 budget in its shape: 12 rounds of 128 = 12 updates of 128 episodes, val every 4.
 
 Selection (as `crl train`'s crl/run/selection.py): the greedy model is evaluated on val at round 0 (the base model) and
@@ -94,18 +96,23 @@ FREE_BASE, FREE_TUNED = "free_base", "free_tuned"
 def plan(g: GRPOGroupConfig) -> dict[str, int]:
     """Rounds, optimizer steps and gradient accumulation of a config (checked by `GRPOGroupConfig.check`).
 
-    >>> plan(GRPOGroupConfig())
-    {'rounds': 12, 'steps': 12, 'prompts_per_round': 16, 'micro_batch': 32, 'accumulation': 4}
+    >>> plan(GRPOGroupConfig(minibatches=1))
+    {'rounds': 12, 'steps': 12, 'steps_per_round': 1, 'prompts_per_round': 16, 'micro_batch': 32, 'accumulation': 4}
     >>> plan(GRPOGroupConfig(rollouts=64, batch_size=32, num_generations=4, micro_batch_size=None, num_iterations=2))
-    {'rounds': 2, 'steps': 4, 'prompts_per_round': 8, 'micro_batch': 32, 'accumulation': 1}
+    {'rounds': 2, 'steps': 4, 'steps_per_round': 2, 'prompts_per_round': 8, 'micro_batch': 32, 'accumulation': 1}
+    >>> plan(GRPOGroupConfig(minibatches=4, num_iterations=2))["steps"]
+    96
     """
-    micro = g.micro_batch_size or g.batch_size
+    step_batch = g.batch_size // g.minibatches  # completions per optimizer step
+    micro = g.micro_batch_size or step_batch
+    per_round = g.minibatches * g.num_iterations
     return {
         "rounds": g.rollouts // g.batch_size,
-        "steps": g.rollouts // g.batch_size * g.num_iterations,
+        "steps": g.rollouts // g.batch_size * per_round,
+        "steps_per_round": per_round,
         "prompts_per_round": g.batch_size // g.num_generations,
         "micro_batch": micro,
-        "accumulation": g.batch_size // micro,
+        "accumulation": step_batch // micro,
     }
 
 
@@ -252,10 +259,11 @@ class Verifier:
         writer: RunWriter,
         run: str,
         eos_ids: set[int],
-        num_iterations: int = 1,
+        steps_per_round: int = 1,
         episodes: int = 0,
     ):
-        self.task, self.writer, self.run, self.eos_ids, self.mu = task, writer, run, eos_ids, num_iterations
+        self.task, self.writer, self.run, self.eos_ids = task, writer, run, eos_ids
+        self.steps_per_round = steps_per_round
         self.by_id = {e.id: e for e in examples}
         self.episodes = episodes  # training completions so far (= rollouts)
         self.last: dict[str, float] = {}  # the last round's accuracy and well-formed share
@@ -278,7 +286,7 @@ class Verifier:
             reward = float(self.task.reward([prompt], [text], **cols)[0])
             reason = "stop_string" if stopped else "eos" if toks and toks[-1] in self.eos_ids else "max_new_tokens"
             episodes.append(Episode(ex, text, reward, reward >= 1.0, bool(self.task.well_formed(text)), reason, []))
-        update = getattr(trainer_state, "global_step", 0) // self.mu  # the round, 0-based
+        update = getattr(trainer_state, "global_step", 0) // self.steps_per_round  # the round, 0-based
         self.writer.append_episodes(episodes, self.run, Phase.train(), update, self.episodes)
         self.episodes += len(episodes)
         stats = accuracy(episodes)
@@ -395,11 +403,11 @@ def _callback_class() -> type:
             seconds = time.time() - self.t_step
             run.train_seconds += seconds
             self.pending["speed/step_seconds"] = seconds
-            mu = run.cfg.grpo.num_iterations
-            if state.global_step % mu == 1 % mu:  # the step that generated its round's completions
+            per = run.plan["steps_per_round"]
+            if state.global_step % per == 1 % per:  # the step that generated its round's completions
                 self.pending["speed/completions_per_sec"] = run.cfg.grpo.batch_size / max(seconds, 1e-9)
-            if state.global_step % mu == 0:
-                done = state.global_step // mu
+            if state.global_step % per == 0:
+                done = state.global_step // per
                 every = run.cfg.grpo.eval_every
                 if every and (done % every == 0 or done == run.plan["rounds"]):
                     self.pending.update(run.val_eval(done))
@@ -446,8 +454,7 @@ class GRPORun:
         return out
 
     def log_step(self, step: int, logs: dict[str, Any], extra: dict[str, float]) -> None:
-        mu = self.cfg.grpo.num_iterations
-        round_ = -(-step // mu)
+        round_ = -(-step // self.plan["steps_per_round"])
         verifier = self.verifier
         row: dict[str, Any] = {
             "step": step,
@@ -592,9 +599,28 @@ def check_prompts(lm: FrozenLM, task: Task, examples: list[Example], max_complet
     return texts
 
 
-def trl_args(cfg: GRPOTrainConfig, run_dir: Path, device: torch.device) -> Any:
+def letter_only(lm: FrozenLM, task: Task, examples: list[Example]) -> dict[str, Any]:
+    """TRL generation kwargs that leave only the option-letter tokens CRL's env allows on `examples` (their union):
+    every other token id is suppressed. A task that decodes freely has no letters to keep: one-line error."""
+    keep: set[int] = set()
+    for ex in examples:
+        ids = task.allowed_token_ids(lm.tokenizer, ex)
+        if ids is None:
+            raise CRLError(
+                f"grpo.constrained=true needs a constrained task (one option-letter token); task '{task.name}' "
+                f"decodes freely (task.mode={task.cfg.mode}): set grpo.constrained=false"
+            )
+        keep.update(int(i) for i in ids)
+    vocab = int(lm.model.get_output_embeddings().weight.shape[0])
+    return {"suppress_tokens": [i for i in range(vocab) if i not in keep]}
+
+
+def trl_args(
+    cfg: GRPOTrainConfig, run_dir: Path, device: torch.device, generation: dict[str, Any] | None = None
+) -> Any:
     """TRL's GRPOConfig for a CPU (or one GPU) in fp32: TRL's GPU defaults (bf16, gradient checkpointing) off,
-    logging every step, TRL's own reporting and printing off (CRL writes metrics.jsonl and progress lines)."""
+    logging every step, TRL's own reporting and printing off (CRL writes metrics.jsonl and progress lines).
+    `generation`: extra generation kwargs (`letter_only` for grpo.constrained: one letter token a completion)."""
     from trl import GRPOConfig
 
     g, p = cfg.grpo, plan(cfg.grpo)
@@ -611,8 +637,10 @@ def trl_args(cfg: GRPOTrainConfig, run_dir: Path, device: torch.device) -> Any:
         max_grad_norm=g.max_grad_norm,
         per_device_train_batch_size=p["micro_batch"],
         gradient_accumulation_steps=p["accumulation"],
+        steps_per_generation=g.minibatches * p["accumulation"],  # in micro-batches: one round's completions
         num_generations=g.num_generations,
-        max_completion_length=g.max_completion_length,
+        max_completion_length=1 if g.constrained else g.max_completion_length,
+        generation_kwargs=generation,
         temperature=g.temperature,
         top_p=g.top_p,
         beta=g.beta,
@@ -624,7 +652,7 @@ def trl_args(cfg: GRPOTrainConfig, run_dir: Path, device: torch.device) -> Any:
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps",
-        save_steps=g.checkpoint_every * g.num_iterations,
+        save_steps=g.checkpoint_every * p["steps_per_round"],
         save_total_limit=None,  # CRL drops older checkpoints once a newer one is complete (GRPORun.on_checkpoint)
         report_to="none",
         disable_tqdm=True,
@@ -771,7 +799,7 @@ def _train_and_test(
         for p in lm.model.parameters():
             p.requires_grad_(True)
     episodes_so_far = int(resume_state.get("episodes", 0)) if resume_state else 0
-    run.verifier = Verifier(task, examples, writer, run.name, eos_ids(lm), g.num_iterations, episodes_so_far)
+    run.verifier = Verifier(task, examples, writer, run.name, eos_ids(lm), plan(g)["steps_per_round"], episodes_so_far)
     verifier = run.verifier
 
     def reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
@@ -783,7 +811,7 @@ def _train_and_test(
         trainer = GRPOTrainer(
             model=lm.model,
             reward_funcs=[reward],
-            args=trl_args(cfg, run.dir, lm.device),
+            args=trl_args(cfg, run.dir, lm.device, letter_only(lm, comps.task, examples) if g.constrained else None),
             train_dataset=dataset,
             processing_class=lm.tokenizer,
             peft_config=lora_config(g) if g.lora else None,

@@ -116,6 +116,37 @@ def test_full_fine_tuning(tmp_path, one_thread, coin):
     assert json.loads((run / "summary.json").read_text())["weights"]["kind"] == "full"
 
 
+def test_minibatches_make_several_optimizer_steps_a_round_like_ppo(tmp_path, one_thread, coin):
+    run = tmp_path / "mb"  # 2 rounds of 16 completions, 2 minibatches x 2 passes: 4 optimizer steps a round
+    extra = ("grpo.rollouts=32", "grpo.minibatches=2", "grpo.num_iterations=2", "grpo.eval_every=1")
+    assert grpo_run(run, *extra) == 0
+    rows = read_jsonl(run / schema.METRICS)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["round"] for r in rows] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert [r["rollouts"] for r in rows] == [16] * 4 + [32] * 4  # one generation a round, not one a step
+    assert [r for r in rows if "eval/val_accuracy" in r] == [rows[3], rows[7]]  # val after each whole round
+    train = [r for r in read_jsonl(run / schema.EPISODES) if r["phase"] == "train"]
+    assert [sum(r["update"] == u for r in train) for u in (0, 1)] == [16, 16]
+
+
+def test_constrained_completions_are_one_allowed_letter_token(tmp_path, one_thread, coin, monkeypatch):
+    """grpo.constrained samples only the tokens CRL's env allows (two ordinary ids here), one token each."""
+    from crl.envs.tasks.planted import PlantedTask
+
+    monkeypatch.setattr(PlantedTask, "allowed_token_ids", lambda self, tok, ex: [300, 301])
+    run = tmp_path / "letters"
+    assert grpo_run(run, "grpo.rollouts=32", "grpo.constrained=true", "grpo.free_eval=false") == 0
+    allowed = {load_model(TINY).tokenizer.decode([i]) for i in (300, 301)}
+    train = [r for r in read_jsonl(run / schema.EPISODES) if r["phase"] == "train"]
+    assert len(train) == 32 and {r["completion"] for r in train} <= allowed
+
+
+def test_constrained_on_a_free_task_is_one_line(tmp_path, one_thread, capsys):
+    assert grpo_run(tmp_path / "free", "grpo.rollouts=16", "grpo.constrained=true") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("crl: error: grpo.constrained=true needs a constrained task") and "task.mode=" in err
+
+
 def test_a_run_that_never_learns_says_so(tmp_path, one_thread, capsys):
     run = tmp_path / "flat"  # the planted task's own reward: a random model never earns it, so every group is flat
     assert grpo_run(run, "grpo.rollouts=16") == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,12 +40,47 @@ class RunPair:
     phase: str  # CRL's eval phase whose decisions are its usage
 
 
-def _method(run_dir: Path) -> str | None:
+def run_method(run_dir: Path) -> str | None:
+    """run.json's "method" ("grpo" for a `crl grpo` run; None for a `crl train` run or no readable run.json)."""
     try:
         data = json.loads((run_dir / schema.RUN_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data.get("method") if isinstance(data, dict) else None
+
+
+def check_grpo_run(g: Path, name: str) -> RunInfo:
+    """The run.json of a finished `crl grpo` run at `g`, or one CRLError line (`name` says which argument it was): not
+    a run directory, not a GRPO run, failed, not finished."""
+    if not (g / schema.RUN_JSON).exists():
+        raise CRLError(f"{name} is not a `crl grpo` run directory (no {schema.RUN_JSON})")
+    info = RunInfo.read(g)  # not a run directory: one line
+    if run_method(g) != GRPO_METHOD:
+        raise CRLError(f"{name} is not a `crl grpo` run (its run.json has no method: grpo)")
+    if (g / schema.FAILED).exists():
+        raise CRLError(f"{name} failed (it has {schema.FAILED}); fix it and `crl grpo resume={g}`")
+    if not (g / schema.SUMMARY).exists():
+        raise CRLError(f"{name} has not finished (no {schema.SUMMARY}); let it finish or `crl grpo resume={g}`")
+    return info
+
+
+def check_comparable(infos: Mapping[str, RunInfo]) -> None:
+    """Runs (name -> run.json) of one model, SAE, task, task seed and layer (`RunInfo.IDENTITY_KEYS`; a key a run
+    leaves out is not compared), or one CRLError line naming the first run that differs from the first and how."""
+    items = list(infos.items())
+    if not items:
+        return
+    a, first = items[0][0], items[0][1].identity()
+    for b, info in items[1:]:
+        other = info.identity()
+        keys = RunInfo.IDENTITY_KEYS
+        diff = [k for k in keys if first[k] is not None and other[k] is not None and first[k] != other[k]]
+        if diff:
+            raise CRLError(
+                f"{a} and {b} are not comparable: "
+                + "; ".join(f"{k}: {a} has {first[k]!r}, {b} {other[k]!r}" for k in diff)
+                + "; compare runs of one model, SAE (steering.layer) and task"
+            )
 
 
 def check_runs(crl_run: str | None, grpo_run: str | None, split: str | None = None) -> RunPair:
@@ -56,29 +92,14 @@ def check_runs(crl_run: str | None, grpo_run: str | None, split: str | None = No
     g = Path(grpo_run).expanduser()
     if not (g / schema.RUN_JSON).exists():
         raise CRLError(f"grpo_run={grpo_run} is not a `crl grpo` run directory (no {schema.RUN_JSON})")
-    if _method(Path(crl_run).expanduser()) == GRPO_METHOD:
+    if run_method(Path(crl_run).expanduser()) == GRPO_METHOD:
         raise CRLError(f"crl_run={crl_run} is a `crl grpo` run; pass a `crl train` run as crl_run and this as grpo_run")
     crl = load_run(crl_run, include_train=False)  # not a run, failed, unfinished: one line each
-    info = RunInfo.read(g)  # not a run directory: one line
-    if _method(g) != GRPO_METHOD:
-        raise CRLError(f"grpo_run={grpo_run} is not a `crl grpo` run (its run.json has no method: grpo)")
-    if (g / schema.FAILED).exists():
-        raise CRLError(f"grpo_run={grpo_run} failed (it has {schema.FAILED}); fix it and `crl grpo resume={grpo_run}`")
-    if not (g / schema.SUMMARY).exists():
-        raise CRLError(
-            f"grpo_run={grpo_run} has not finished (no {schema.SUMMARY}); let it finish or `crl grpo resume={grpo_run}`"
-        )
+    info = check_grpo_run(g, f"grpo_run={grpo_run}")  # not GRPO, failed, unfinished: one line each
     from crl.backends.model import find_weights  # imports torch: after the cheap checks
 
     weights = find_weights(g)  # no model/ (not finished) or no weights in it: one line
-    mine, theirs = crl.info.identity(), info.identity()
-    diff = [k for k in RunInfo.IDENTITY_KEYS if mine[k] is not None and theirs[k] is not None and mine[k] != theirs[k]]
-    if diff:
-        raise CRLError(
-            "crl_run and grpo_run are not comparable: "
-            + "; ".join(f"{k}: crl_run has {mine[k]!r}, grpo_run {theirs[k]!r}" for k in diff)
-            + "; compare runs of one model, SAE (steering.layer) and task"
-        )
+    check_comparable({"crl_run": crl.info, "grpo_run": info})
     phases = [p for p in crl.phases if p.startswith("eval:")]
     if not phases:
         raise CRLError(f"crl_run={crl_run} has no eval decisions; run `crl eval run_dir={crl_run}` first")

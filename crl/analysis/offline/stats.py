@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 from crl.errors import CRLError
 
@@ -57,6 +58,18 @@ class CI:
 def _as_array(values: np.ndarray | pd.Series | list[float]) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
     return x[~np.isnan(x)]
+
+
+def t_half_width(values: np.ndarray, alpha: float = 0.05) -> float:
+    """Half the width of the t interval of the mean over seeds (NaN with fewer than two).
+
+    >>> round(t_half_width(np.array([0.5, 0.7])), 3), t_half_width(np.array([0.5]))
+    (1.271, nan)
+    """
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    return float(student_t.ppf(1 - alpha / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:

@@ -10,11 +10,20 @@
 - corr (CorrSteer-style): per unsteered train episode, each feature's activation averaged over the episode's
   decisions; the feature with the highest Pearson correlation between that and the reward is picked; its
   coefficient is chosen on val like static. Skipped with a note when the train rewards do not vary.
+- prompting: an instruction or few-shot prefix on the user message, chosen from a small documented set by val
+  accuracy after scoring on train too (`crl.analysis.replay.prompting`); no steering.
+- letter_prior (constrained multiple choice only, else skipped with a note): a constant bias on the option letters'
+  logits at the answer token, fit on unsteered train prompts (`crl.analysis.replay.letter_prior`); no steering.
 - crl: the trained greedy policy (only when asked; the run already holds it as `eval:<split>`).
 
-Ties are broken by well-formed rate, then by the lower feature id / smaller coefficient. With greedy
-decoding the deterministic methods (none, static, corr, crl) give the same episodes for every seed, so they
-run once (seed = the first seed) unless `repeat_deterministic`; random runs once per seed.
+Budget: every selection row carries `rollouts`, the episodes (or, for the letter prior, one-token forwards) it cost;
+a method's budget is their sum (`BaselineResult.budgets`; none and random: 0). The unsteered pass whose activations
+rank static's and corr's candidates counts for each of them (row stage `activations@<split>`), as each would pay it
+alone. `crl.analysis.offline.budget` turns the rows into accuracy-vs-rollouts curves.
+
+Ties are broken by well-formed rate, then by the lower feature id / smaller coefficient. With greedy decoding the
+deterministic methods (none, static, corr, prompting, letter_prior, crl) give the same episodes for every seed, so
+they run once (seed = the first seed) unless `repeat_deterministic`; random runs once per seed.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from crl.analysis.replay.letter_prior import accuracy_of, fit_letter_prior, letter_logits, prior_episodes
+from crl.analysis.replay.prompting import SHOTS, PromptCandidate, apply_prefix, candidates, select_prompt
 from crl.analysis.replay.runner import append_rows, base_id, batch_env, episode_frames, rollout, scores
 from crl.errors import CRLError
 from crl.logs.reader import load_run
@@ -37,20 +48,23 @@ if TYPE_CHECKING:
     from crl.envs.tasks.base import Example
     from crl.run.components import Components
 
-METHODS = ("none", "random", "static", "corr", "crl")
+METHODS = ("none", "random", "static", "corr", "prompting", "letter_prior", "crl")
 
 
 @dataclass
 class BaselineConfig:
     split: str = "test"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = field(default_factory=lambda: ["none", "random", "static", "corr"])
+    methods: list[str] = field(
+        default_factory=lambda: ["none", "random", "static", "corr", "prompting", "letter_prior"]
+    )
     n_usage: int = 8
     n_act: int = 8
     select_split: str = "train"
     coef_split: str = "val"
     coef_grid: list[float] | None = None  # default: the run's coef x (0.5, 1, 2)
     max_select_prompts: int = 64  # cap on selection prompts (each candidate costs one pass)
+    prior_prompts: int = 256  # train prompts the letter prior is fit on (one forward each; K-1 values to fit)
     repeat_deterministic: bool = False
     num_envs: int | None = None
 
@@ -59,9 +73,12 @@ class BaselineConfig:
 class BaselineResult:
     episodes: dict[str, list[Episode]]  # phase -> episodes (all seeds, in seed order)
     seeds: dict[str, list[int]]  # phase -> the seed of each episode
-    selection: pd.DataFrame  # every candidate tried: method, stage, feature, coef, accuracy, well_formed
+    # every candidate tried, in the order spent: method, stage, accuracy, well_formed, rollouts; static/corr: feature,
+    # coef; prompting: candidate, prefix_chars; letter_prior: bias
+    selection: pd.DataFrame
     chosen: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    budgets: dict[str, int] = field(default_factory=dict)  # method -> rollouts spent selecting or fitting
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(episodes, steps) of every phase, in `load_run` columns, for `stats.method_table`."""
@@ -155,6 +172,7 @@ def select_static(
                     "coef": c,
                     "accuracy": acc,
                     "well_formed": wf,
+                    "rollouts": len(sel),
                 }
             )
     best = _best(rows, "feature")
@@ -191,6 +209,7 @@ def select_coef(
                 "coef": float(c),
                 "accuracy": acc,
                 "well_formed": wf,
+                "rollouts": len(val),
             }
         )
     return rows
@@ -224,8 +243,11 @@ def run_baselines(
 
     if {"static", "corr"} & set(cfg.methods):
         sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
-        acts, rewards, _ = record_activations(comps, sel, num_envs=cfg.num_envs)
+        acts, rewards, unsteered = record_activations(comps, sel, num_envs=cfg.num_envs)
+        acc, wf = scores(unsteered)
+        act_row = {"stage": f"activations@{cfg.select_split}", "accuracy": acc, "well_formed": wf, "rollouts": len(sel)}
         if "static" in cfg.methods:
+            selection.append({"method": "static", **act_row})
             by_act = [int(f) for f in np.argsort(-acts.mean(axis=0), kind="stable")[: cfg.n_act]]
             by_use = [int(f) for f in (usage_features or []) if f >= 0][: cfg.n_usage]
             cands = list(dict.fromkeys(by_use + by_act))
@@ -243,16 +265,32 @@ def run_baselines(
             else:
                 f = int(np.nanargmax(r))
                 rows = select_coef(comps, f, cfg, "corr")
-                selection.extend(rows)
+                selection.extend([{"method": "corr", **act_row}, *rows])
                 c = float(_best(rows, "coef")["coef"])
                 fixed["corr"] = (f, c)
                 chosen.update(corr_feature=f, corr_coef=c, corr_r=float(r[f]))
 
+    prefix: str | None = None
+    if "prompting" in cfg.methods:
+        cand, rows = _select_prompting(comps, cfg)
+        prefix = cand.prefix
+        selection.extend(rows)
+        chosen.update(prompting_candidate=cand.name, prompting_prefix=cand.prefix)
+    prior: np.ndarray | None = None
+    if "letter_prior" in cfg.methods:
+        prior, rows, note = _fit_prior(comps, cfg)
+        selection.extend(rows)
+        if note:
+            notes.append(note)
+        else:
+            chosen.update(letter_prior_bias=[float(x) for x in prior])
+
     deterministic_seeds = cfg.seeds if (cfg.repeat_deterministic or not comps.steering.greedy) else cfg.seeds[:1]
     episodes: dict[str, list[Episode]] = {}
     seeds: dict[str, list[int]] = {}
+    test_logits = None
     for method in cfg.methods:
-        if method in ("static", "corr") and method not in fixed:
+        if (method in ("static", "corr") and method not in fixed) or (method == "letter_prior" and prior is None):
             continue
         phase = str(Phase.baseline(method, cfg.split))
         run_seeds = cfg.seeds if method == "random" else deterministic_seeds
@@ -264,12 +302,79 @@ def run_baselines(
             elif method == "crl":
                 masker = comps.masker(for_eval=True)
                 eps = rollout(comps, test, policy, seed=s, masker=masker, num_envs=cfg.num_envs)
+            elif method == "prompting":
+                eps = rollout(comps, apply_prefix(test, prefix or ""), None, seed=s, num_envs=cfg.num_envs)
+            elif method == "letter_prior":
+                test_logits = test_logits or letter_logits(comps, test)  # deterministic: one forward per prompt
+                eps = prior_episodes(comps, test, test_logits[0], test_logits[2], prior)
             else:
                 f, c = fixed[method]
                 eps = rollout(comps, test, FixedFeature(f), seed=s, num_envs=cfg.num_envs, coef=_as_level0(comps, c))
             episodes.setdefault(phase, []).extend(eps)
             seeds.setdefault(phase, []).extend([s] * len(eps))
-    return BaselineResult(episodes, seeds, pd.DataFrame(selection), chosen, notes)
+    budgets = {m: 0 for m in cfg.methods if m in ("none", "random")}
+    for row in selection:
+        budgets[row["method"]] = budgets.get(row["method"], 0) + int(row["rollouts"])
+    chosen.update({f"{m}_rollouts": n for m, n in budgets.items()})
+    return BaselineResult(episodes, seeds, pd.DataFrame(selection), chosen, notes, budgets)
+
+
+def _fits(comps: Components, examples: list[Example]) -> bool:
+    """Whether every prompt plus the generation budget fits the model's context (as the environment checks)."""
+    from crl.envs.steering_env import prompt_texts
+
+    tok = comps.lm.tokenizer
+    texts, special = prompt_texts(comps.task, tok, examples)
+    longest = max(len(tok(t, add_special_tokens=special)["input_ids"]) for t in texts)
+    return longest + int(comps.steering.max_new_tokens or comps.task.cfg.max_new_tokens) <= comps.lm.max_context
+
+
+def _select_prompting(comps: Components, cfg: BaselineConfig) -> tuple[PromptCandidate, list[dict[str, Any]]]:
+    """The prompting baseline's prefix (crl.analysis.replay.prompting), scored without steering."""
+    cands = candidates(comps.task.answer_kind, comps.splits[cfg.select_split])
+    used = comps.splits[cfg.select_split][: cfg.max_select_prompts + max(SHOTS)]
+    used += comps.splits[cfg.coef_split][: cfg.max_select_prompts] + comps.splits[cfg.split]
+    longest = sorted(used, key=lambda e: -len(e.prompt))[:16]  # the context check reads the longest prompts only
+    cands = [c for c in cands if not c.prefix or _fits(comps, apply_prefix(longest, c.prefix))]
+
+    def score(c: PromptCandidate, split: str, examples: list[Example]) -> tuple[float, float, int]:
+        eps = rollout(comps, apply_prefix(examples, c.prefix), None, num_envs=cfg.num_envs)
+        return (*scores(eps), len(eps))
+
+    return select_prompt(cands, comps.splits, score, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
+
+
+def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
+    """(bias, selection rows, None), or (None, [], the one-line note) where the task has no letter logits."""
+    from crl.analysis.replay.oracle import answer_ids
+
+    if answer_ids(comps, comps.splits[cfg.split][:1]) is None:
+        return (
+            None,
+            [],
+            (
+                f"letter_prior skipped: task '{comps.task.name}' is not constrained one-token multiple choice, "
+                "so there are no option-letter logits to bias"
+            ),
+        )
+    rows = []
+    train = comps.splits[cfg.select_split][: cfg.prior_prompts]
+    logits, gold, _ = letter_logits(comps, train)
+    bias = fit_letter_prior(logits, gold)
+    val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
+    v_logits, v_gold, _ = letter_logits(comps, val)
+    for stage, lg, gd in ((f"fit@{cfg.select_split}", logits, gold), (f"score@{cfg.coef_split}", v_logits, v_gold)):
+        rows.append(
+            {
+                "method": "letter_prior",
+                "stage": stage,
+                "bias": " ".join(f"{x:+.3f}" for x in bias),
+                "accuracy": accuracy_of(lg, gd, bias),
+                "well_formed": 1.0,  # an option letter is always emitted
+                "rollouts": len(gd),
+            }
+        )
+    return bias, rows, None
 
 
 def usage_from_run(run_dir: str | Path, n: int = 8) -> list[int]:

@@ -39,7 +39,7 @@ from crl.analysis.offline.causal import (
 )
 from crl.analysis.offline.feature_effects import read_effects_record
 from crl.analysis.offline.stats import StatsConfig
-from crl.analysis.replay.runner import action_id, load_components, noop_action, rollout
+from crl.analysis.replay.runner import action_id, current_record, noop_action, rebuild, rollout
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from crl.logs.schema import NO_STEER
@@ -316,22 +316,16 @@ def ensure_causal(
     measured here (the run's model and SAE cannot be rebuilt, or the run cannot steer "no steering")."""
     run = load_run(run_dir, include_train=False)
     want = plan(run, eval_split, top, prompts, seed, n_boot, max_seconds)
-    try:
-        stored = read_causal(run_dir)
-    except CRLError:
-        stored = None  # a damaged file is measured again and replaced
-    if not force and is_current(stored, want):
+    stored = current_record(read_causal, run_dir, want, is_current, force)
+    if stored is not None:
         return stored, None
     if not want["features"]:  # the eval policy never steered (or top=0): nothing to run, no model to load
         record = {**want, "rows": [], "left_out": [], "n_replayed": 0}
         write_causal(run_dir, record)
         return record, None
-    try:
-        comps = load() if load is not None else load_components(run_dir)
-    except (CRLError, OSError) as e:
-        return None, f"not measured: the run's model and SAE could not be rebuilt ({e})"
-    if not comps.steering.allow_noop:
-        return None, "not measured: it compares with no steering, and this run has steering.allow_noop=false"
+    comps, note = rebuild(run_dir, load, need_noop=True)
+    if comps is None:
+        return None, note
     phase = want["phase"]
     none = run.episodes_of(want["none_phase"]) if want["none_phase"] else pd.DataFrame(columns=["prompt_id", "correct"])
     try:

@@ -6,7 +6,10 @@ Three numbers per layer, on the task's held-out test prompts, each with a 95% CI
   last prompt token, exactly as the environment feeds it: `crl.envs.steering_env.prompt_texts` and
   `crl.envs.lockstep.encode_prompts`), fitted on the first `probe_train` train prompts. Multinomial logistic
   regression, L2, on features standardized with the train mean and std; the L2 weight is picked by k-fold
-  cross-validation on train. The target (`ProbeConfig.target`):
+  cross-validation on train. Beside it, a reader shaped like the policy (`mlp_probe`: two tanh layers), since a
+  linear probe misses answers that are a nonlinear function of what the residual holds (the compare family's gold
+  letter is an XOR of direction and comparison: linear 0.57, MLP 1.00). The verdict uses the better of the two.
+  The target (`ProbeConfig.target`):
     - `answer`: the gold class (a multiple-choice option, refuse/comply, the planted target): accuracy, Wilson CI,
       beside the majority class (the most frequent train class) and the same probe fitted on shuffled train labels.
     - `correct` (auto for number answers: arith, gsm8k): whether the unsteered model answers the prompt right, read
@@ -187,6 +190,42 @@ def linear_probe(
     return predict_proba(w, te).numpy(), l2
 
 
+@dataclasses.dataclass(frozen=True)
+class MLPProbe:
+    """The policy-shaped reader: d_model -> hidden -> hidden -> classes, tanh, AdamW on standardized features."""
+
+    hidden: int = 256
+    steps: int = 500
+    weight_decay: float = 1e-2
+    lr: float = 1e-3
+
+
+def mlp_probe(
+    x_train: torch.Tensor, y_train: np.ndarray, x_test: torch.Tensor, n_classes: int, spec: MLPProbe, seed: int
+) -> np.ndarray:
+    """Class probabilities (n_test, n_classes) of a policy-shaped MLP fitted on train (full batch, fixed steps)."""
+    import torch
+
+    tr, te = _standardize(x_train.float(), x_test.float())
+    gen = torch.Generator().manual_seed(seed)
+    layers = [torch.nn.Linear(tr.shape[1], spec.hidden), torch.nn.Linear(spec.hidden, spec.hidden)]
+    head = torch.nn.Linear(spec.hidden, n_classes)
+    with torch.no_grad():  # seeded init, independent of the global RNG
+        for lin in (*layers, head):
+            bound = 1 / lin.in_features**0.5
+            lin.weight.copy_(torch.rand(lin.weight.shape, generator=gen) * 2 * bound - bound)
+            lin.bias.zero_()
+    net = torch.nn.Sequential(layers[0], torch.nn.Tanh(), layers[1], torch.nn.Tanh(), head)
+    opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    y = torch.as_tensor(y_train, dtype=torch.long)
+    for _ in range(spec.steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(tr), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.softmax(net(te), -1).double().numpy()
+
+
 def probe_layer(
     x_train: torch.Tensor,
     y_train: np.ndarray,
@@ -198,14 +237,22 @@ def probe_layer(
     folds: int,
     seed: int,
     n_boot: int,
+    mlp: MLPProbe | None = None,
 ) -> dict[str, Any]:
-    """The probe and its shuffled-label control on one layer's residuals. `answer`: accuracy (Wilson CI); `correct`:
-    AUROC (bootstrap CI) of p(right), plus accuracy."""
+    """The linear probe and its shuffled-label control on one layer's residuals, and with `mlp` the policy-shaped
+    MLP and its control (`mlp`, `mlp_shuffled`). `answer`: accuracy (Wilson CI); `correct`: AUROC (bootstrap CI) of
+    p(right), plus accuracy."""
     out: dict[str, Any] = {}
     shuffled = np.random.default_rng(seed).permutation(y_train)
-    for name, labels in (("probe", y_train), ("shuffled", shuffled)):
+    readers = [("probe", y_train, None), ("shuffled", shuffled, None)]
+    if mlp is not None and mlp.steps:
+        readers += [("mlp", y_train, mlp), ("mlp_shuffled", shuffled, mlp)]
+    for name, labels, spec in readers:
         start = time.perf_counter()
-        proba, l2 = linear_probe(x_train, labels, x_test, n_classes, grid, folds, seed)
+        if spec is None:
+            proba, l2 = linear_probe(x_train, labels, x_test, n_classes, grid, folds, seed)
+        else:
+            proba, l2 = mlp_probe(x_train, labels, x_test, n_classes, spec, seed), None
         pred = proba.argmax(-1)
         right = int((pred == y_test).sum())
         rec: dict[str, Any] = {
@@ -225,6 +272,20 @@ def probe_layer(
 
 
 # -- the verdict ---------------------------------------------------------------------------------------------------
+def best_reader(entry: dict[str, Any]) -> str:
+    """ "probe" (linear) or "mlp": the one whose CI low beats its shuffled control's value by more.
+
+    >>> e = {"probe": {"value": 0.6, "ci": (0.55, 0.65)}, "shuffled": {"value": 0.5},
+    ...      "mlp": {"value": 1.0, "ci": (0.99, 1.0)}, "mlp_shuffled": {"value": 0.5}}
+    >>> best_reader(e), best_reader({k: v for k, v in e.items() if not k.startswith("mlp")})
+    ('mlp', 'probe')
+    """
+    if "mlp" not in entry:
+        return "probe"
+    margin = {r: entry[r]["ci"][0] - entry[c]["value"] for r, c in (("probe", "shuffled"), ("mlp", "mlp_shuffled"))}
+    return "mlp" if margin["mlp"] > margin["probe"] else "probe"
+
+
 ROOM = "room; learning is what matters"
 MISSING = "levers missing: try another layer, coefficient or dictionary"
 UNLIKELY = "steering at this layer is unlikely to help"
@@ -466,6 +527,7 @@ def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict
                 probe_layer(
                     x_train[layer], y_train, x_test[layer], y_test, len(classes), target,
                     cfg.l2, cfg.folds, cfg.seed, cfg.n_boot,
+                    MLPProbe(cfg.mlp_hidden, cfg.mlp_steps, cfg.mlp_weight_decay),
                 )
             )  # fmt: skip
         if cfg.n_oracle:
@@ -488,11 +550,15 @@ def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict
         if none_applies is not None:
             entry["verdict"], entry["why"] = none_applies, ""
         else:
-            chance = max(chance_base, entry["shuffled"]["value"])
+            # The better reader (by CI low) decides readability: the policy is an MLP, so what only the MLP reads is
+            # still within its reach; each reader must beat its own shuffled control.
+            reader = best_reader(entry)
+            chance = max(chance_base, entry["shuffled" if reader == "probe" else "mlp_shuffled"]["value"])
+            entry["reader"] = reader
             o = entry.get("oracle")
             entry["verdict"], entry["why"] = verdict(
                 target,
-                (entry["probe"]["value"], entry["probe"]["ci"][0]),
+                (entry[reader]["value"], entry[reader]["ci"][0]),
                 chance,
                 record["unsteered"]["accuracy"],
                 None if o is None else (o["accuracy"], *o["ci"]),

@@ -8,6 +8,7 @@ rows come from `crl.logs.rows.episode_rows`. Nothing here is trained.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,37 @@ def load_components(run_dir: str | Path) -> Components:
     comps = build(saved_config(run_dir))
     comps.check_identity(saved, run_dir)
     return comps
+
+
+# -- the stored-measurement protocol of the report's replays (feature effects, causal checks, side effects) ---------
+def current_record(
+    read: Callable[[str | Path], dict[str, Any] | None],
+    run_dir: str | Path,
+    want: dict[str, Any],
+    is_current: Callable[[dict[str, Any] | None, dict[str, Any]], bool],
+    force: bool = False,
+) -> dict[str, Any] | None:
+    """The stored record when it matches what is wanted now (and `force` is off), else None. A damaged file counts as
+    none: it is measured again and replaced."""
+    try:
+        stored = read(run_dir)
+    except CRLError:
+        return None
+    return stored if not force and is_current(stored, want) else None
+
+
+def rebuild(
+    run_dir: str | Path, load: Callable[[], Components] | None = None, need_noop: bool = False
+) -> tuple[Components | None, str | None]:
+    """(components, None), or (None, the report's one-line note) when the run's model and SAE cannot be rebuilt here
+    (a hand-written config, a GPU run on a CPU host) or, with `need_noop`, the run cannot steer "no steering"."""
+    try:
+        comps = load() if load is not None else load_components(run_dir)
+    except (CRLError, OSError) as e:
+        return None, f"not measured: the run's model and SAE could not be rebuilt ({e})"
+    if need_noop and not comps.steering.allow_noop:
+        return None, "not measured: it compares with no steering, and this run has steering.allow_noop=false"
+    return comps, None
 
 
 class SharedComponents:

@@ -365,19 +365,15 @@ def ensure_feature_effects(
     the run's model and SAE cannot be rebuilt here (e.g. a hand-written config, a GPU run on a CPU host). `load`
     builds the components when `comps` is not given (default: `runner.load_components` of the run)."""
     plan = _plan(run_dir, eval_split, max_features)
-    try:
-        stored = read_effects_record(run_dir)
-    except CRLError:
-        stored = None  # a damaged file is measured again and replaced
-    if not force and _current(stored, plan):
+    from crl.analysis.replay.runner import current_record, rebuild
+
+    stored = current_record(read_effects_record, run_dir, plan, _current, force)
+    if stored is not None:
         return stored, None
     if comps is None and plan["used"]:
-        from crl.analysis.replay.runner import load_components
-
-        try:
-            comps = load() if load is not None else load_components(run_dir)
-        except (CRLError, OSError) as e:
-            return None, f"not measured: the run's model and SAE could not be rebuilt ({e})"
+        comps, note = rebuild(run_dir, load)
+        if comps is None:
+            return None, note
     record = _measure(plan, run_dir, comps, N_TASK_PROMPTS, "val")
     write_feature_effects(run_dir, record)
     return record, None

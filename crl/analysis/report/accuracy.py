@@ -10,6 +10,7 @@ import pandas as pd
 from crl.analysis.offline.features import planted_recovery
 from crl.analysis.offline.stats import StatsConfig, method_table
 from crl.analysis.report import plots
+from crl.analysis.report.budget import run_budgets
 from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.common import (
     FORMAT_COLUMNS,
@@ -24,6 +25,10 @@ from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 from crl.logs.schema import Phase
 
+ROLLOUTS_NOTE = (
+    "rollouts: what a method spent before the held-out split (crl: train episodes and val evaluations; a "
+    "baseline: its selection or fit, one per episode or one-token forward; blank: not recorded)."
+)
 IDENTITY_KEYS = (
     "run",
     "model",
@@ -82,15 +87,19 @@ def baselines_section(
 ) -> None:
     refs = refs or FeatureRefs()
     s = rep.section("Baselines with 95% CIs and p-values")
-    s.append(para(STATS_NOTE, "note"))
-    rep.add_table(s, "methods", mt, columns=METHOD_COLUMNS)
-    rep.add_image(s, "baselines", plots.baselines_ci(mt, out / "baselines.png", f"{run.task}, {phase}"))
+    s.append(para(STATS_NOTE + " " + ROLLOUTS_NOTE, "note"))
     selection = read_precomputed(run.path, "baseline_selection")
+    spent = run_budgets(run, selection)
+    mt = mt.assign(rollouts=[spent.get(m) for m in mt["method"]])
+    rep.add_table(s, "methods", mt, columns=[*METHOD_COLUMNS, "rollouts"])
+    rep.add_image(s, "baselines", plots.baselines_ci(mt, out / "baselines.png", f"{run.task}, {phase}"))
     if selection is not None:
         s.append(
             para(
                 "Static / correlation-selected feature: candidates scored on the selection split, then "
-                "the coefficient on the coefficient split (crl.analysis.replay.baselines).",
+                "the coefficient on the coefficient split. Prompting: each prompt candidate scored on both, "
+                "picked on the coefficient split. Letter prior: fit on the selection split, scored on the "
+                "coefficient split (crl.analysis.replay.baselines).",
                 "note",
             )
         )

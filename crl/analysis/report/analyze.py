@@ -2,10 +2,10 @@
 
 Tables that need the model (forced-feature effects, branch points, side effects) are read from CSVs when
 present, by default `<run_dir>/analysis/{effects,branch_points,side_effects}.csv`; `env=true` first
-computes them (crl.analysis.replay.precompute). Two cheaper measurements with the model run by default, each
-stored and measured again only when the eval changed: the steering effects per feature (`feature_effects`) and
-the causal check (`causal`); the sections share one model load. Settings: `crl.config.AnalyzeConfig`
-(conf/analyze.yaml).
+computes them (crl.analysis.replay.precompute). Three cheaper measurements with the model run by default, each
+stored and measured again only when the eval changed: the steering effects per feature (`feature_effects`), the
+causal check (`causal`) and the side effects off the task (`offtask`); the sections share one model load.
+Settings: `crl.config.AnalyzeConfig` (conf/analyze.yaml).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from crl.analysis.offline.feature_effects import read_feature_effects
 from crl.analysis.offline.stats import StatsConfig, method_table
 from crl.analysis.replay.runner import SharedComponents
 from crl.analysis.report.accuracy import baselines_section, summary_section
+from crl.analysis.report.budget import budget_section
 from crl.analysis.report.cards import FeatureRefs
 from crl.analysis.report.causal import causal_section
-from crl.analysis.report.common import Result, ordered, publish
+from crl.analysis.report.common import Result, ordered, publish, read_precomputed
 from crl.analysis.report.document import Report
 from crl.analysis.report.learning import learning_section
+from crl.analysis.report.offtask import offtask_section
 from crl.analysis.report.replayed import branch_section, side_effects_section
 from crl.analysis.report.steering import steering_section
 from crl.analysis.report.sweeps import coef_section
@@ -65,6 +67,7 @@ def analyze_run(cfg: AnalyzeConfig) -> Result:
     rep.sections[0][1].append(refs.note_html())
     learning_section(rep, run, out)
     baselines_section(rep, run, phase, mt, out, refs)
+    budget_section(rep, run, out, read_precomputed(run.path, "baseline_selection"))
     usage_section(rep, run, cfg.usage_phase or phase, out, cfg.top_k, cfg.effects_table, refs)
     branch_section(rep, run, out, cfg.branch_table, refs)
     critic_section(rep, run, phase, baselines, out, cfg.n_bins)
@@ -73,5 +76,6 @@ def analyze_run(cfg: AnalyzeConfig) -> Result:
     transfer_section(rep, run)  # only when `crl transfer` wrote analysis/transfer.csv
     steering_section(rep, run, cfg.split, cfg.feature_effects, force=cfg.env, refs=refs, load=load)  # runs the model
     causal_section(rep, run, cfg, refs, load)  # runs the model (after the steering effects: it groups by them)
+    offtask_section(rep, run, cfg, load)  # runs the model: side effects off the task
     refs.write_pages(out, f"Features of {run.name}", read_feature_effects(run.path), run.name)
     return publish(rep, out, cfg.wandb, f"analyze-{run.name}", warnings)

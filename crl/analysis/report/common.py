@@ -23,7 +23,7 @@ PRECOMPUTED = {
     "side_effects": "side_effects.csv",
     "baseline_selection": "baseline_selection.csv",
 }
-METHOD_ORDER = ["crl", "none", "random", "static", "corr"]
+METHOD_ORDER = ["crl", "none", "random", "static", "corr", "prompting", "letter_prior"]
 METHOD_COLUMNS = [
     "method",
     "n_seeds",

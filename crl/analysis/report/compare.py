@@ -4,7 +4,8 @@ and (one SAE only) features.
 Feature ids mean different things in different SAEs, so feature-level sections are refused
 (features=require) or skipped with a warning (features=auto) when the runs' sae_identity differ; accuracy
 and layer comparisons do not compare feature ids and are always shown. Settings: `crl.config.CompareConfig`
-(conf/compare.yaml).
+(conf/compare.yaml). A directory in `dirs` that is a sweep (`crl train -m`) stands for its finished runs; each of its
+jobs that failed or did not finish is one warning line.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from crl.analysis.report.sweeps import layers_section
 from crl.analysis.report.usage import across_runs_section
 from crl.config import CompareConfig
 from crl.errors import CRLError
-from crl.logs.reader import RunDir, load_run
+from crl.logs.reader import RunDir, load_run, sweep_jobs
+from crl.logs.schema import RUN_JSON
 
 _FEATURE_MODES = ("auto", "require", "skip")
 
@@ -72,14 +74,35 @@ def _runs_table(runs: list[RunDir]) -> pd.DataFrame:
     )
 
 
+def _load_runs(dirs: list[str], warnings: list[str]) -> list[RunDir]:
+    """Each run directory in `dirs`; a sweep's finished runs (its other jobs: one warning each)."""
+    runs = []
+    for d in dirs:
+        path = Path(d).expanduser()
+        jobs = [] if (path / RUN_JSON).exists() else sweep_jobs(path)
+        if not jobs:  # a run directory, or not a directory of runs at all: load_run says which
+            runs.append(load_run(d, include_train=False))
+            continue
+        for job, problem in jobs:
+            try:
+                if problem:
+                    raise CRLError(problem)
+                runs.append(load_run(job, include_train=False))
+            except CRLError as e:
+                warn(f"sweep {d}: left out {job.relative_to(path)}: {e}", warnings)
+    return runs
+
+
 def compare_runs(cfg: CompareConfig) -> Result:
     """Compare several runs (see the module docstring); writes PNGs and report.html into the out dir."""
-    dirs = list(cfg.dirs or [])
-    if len(dirs) < 2:
-        raise CRLError("compare needs at least two run directories; pass 'dirs=[runs/a,runs/b]'")
     mode = _feature_mode(cfg.features)
-    runs = [load_run(d, include_train=False) for d in dirs]
     warnings: list[str] = []
+    runs = _load_runs(list(cfg.dirs or []), warnings)
+    if len(runs) < 2:
+        raise CRLError(
+            f"compare needs at least two finished runs (got {len(runs)}); pass 'dirs=[runs/a,runs/b]' or a sweep's "
+            "directory 'dirs=[runs/sweep-...]'"
+        )
     skip = _feature_skip(runs, mode, warnings)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / f"compare-{stamp}"

@@ -13,6 +13,7 @@ from crl.analysis.diffing.diff import DiffResult
 from crl.analysis.diffing.rankings import RANKINGS
 from crl.analysis.report import plots
 from crl.analysis.report.cards import FeatureRefs
+from crl.analysis.report.curves import pair_section
 from crl.analysis.report.document import Report, para
 
 TOP = 20  # rows of each ranking shown
@@ -184,5 +185,7 @@ def diffing_report(result: DiffResult, refs: FeatureRefs, out: Path, title: str 
         )
     )
     out = Path(out)
+    if settings.get("crl_run") and settings.get("grpo_run"):  # the pair's val curves at equal budget (curves.py)
+        pair_section(rep, settings["crl_run"], settings["grpo_run"], out)
     refs.write_pages(out, f"Features of {rep.title}")
     return rep.write(out / "report.html")

@@ -13,9 +13,10 @@ from crl.analysis.report.document import Report, para
 from crl.analysis.report.plots import _figure, _save
 
 JSON_FILE, HTML_FILE, PNG_FILE = "probe.json", "probe.html", "probe.png"
-BARS = ("probe", "shuffled", "unsteered", "majority", "oracle", "static")  # one bar per number, per layer
+BARS = ("probe", "mlp", "shuffled", "unsteered", "majority", "oracle", "static")  # one bar per number, per layer
 COLORS = {
     "probe": "#4c72b0",
+    "mlp": "#8172b3",
     "shuffled": "#b0b0b0",
     "unsteered": "#c44e52",
     "majority": "#8c8c8c",
@@ -61,6 +62,8 @@ def numbers(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "layer": e["layer"],
                 "probe": (e["probe"]["value"], e["probe"]["ci"]) if "probe" in e else (None, None),
                 "shuffled": (e["shuffled"]["value"], e["shuffled"]["ci"]) if "shuffled" in e else (None, None),
+                "mlp": (e["mlp"]["value"], e["mlp"]["ci"]) if "mlp" in e else (None, None),
+                "mlp_shuffled": (e["mlp_shuffled"]["value"], e["mlp_shuffled"]["ci"]) if "mlp" in e else (None, None),
                 "unsteered": (record["unsteered"]["accuracy"], record["unsteered"]["ci"]),
                 "majority": (record["majority"]["accuracy"], record["majority"]["ci"]),
                 "oracle": (o.get("accuracy"), o.get("ci")),
@@ -85,6 +88,8 @@ def table(record: dict[str, Any]) -> pd.DataFrame:
                 "layer": r["layer"],
                 f"probe {metric}": _ci(*r["probe"]),
                 f"shuffled {metric}": _ci(*r["shuffled"]),
+                f"MLP probe {metric}": _ci(*r["mlp"]),
+                f"MLP shuffled {metric}": _ci(r["mlp_shuffled"][0]),
                 "model (no steer)": _ci(*r["unsteered"]),
                 "majority": _ci(r["majority"][0]),
                 f"oracle (n={r['oracle_n']})" if r["oracle_n"] else "oracle": _ci(*r["oracle"]),
@@ -117,7 +122,8 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 def bars(record: dict[str, Any], path: str | Path) -> Path:
-    """Grouped bars per layer (probe, shuffled, no steering, majority, oracle, best static) with their 95% CIs."""
+    """Grouped bars per layer (linear and MLP probe, shuffled, no steering, majority, oracle, best static) with their
+    95% CIs."""
     rows = numbers(record)
     fig, (ax,) = _figure(max(6.4, 2.2 * len(rows) + 2), 3.8)
     width = 0.8 / len(BARS)
@@ -131,8 +137,9 @@ def bars(record: dict[str, Any], path: str | Path) -> Path:
             ys.append(value)
             lo.append(max(0.0, value - ci[0]) if ci else 0.0)
             hi.append(max(0.0, ci[1] - value) if ci else 0.0)
-        label = {"unsteered": "no steering", "static": "best static action"}.get(name, name)
-        if name in ("probe", "shuffled") and record["target"] == "correct":
+        label = {"unsteered": "no steering", "static": "best static action", "probe": "linear probe"}.get(name, name)
+        label = "MLP probe (policy-shaped)" if name == "mlp" else label
+        if name in ("probe", "mlp", "shuffled") and record["target"] == "correct":
             label += " (AUROC)"
         ax.bar(xs, ys, width, yerr=[lo, hi] if xs else None, color=COLORS[name], label=label, capsize=2)
     ax.set_xticks(range(len(rows)), [f"layer {r['layer']}" for r in rows])

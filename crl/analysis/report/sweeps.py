@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crl.analysis.offline.layers import LayerConfig, coef_tolerance, layer_table
+from crl.analysis.offline.layers import LayerConfig, coef_tolerance, layer_claim, layer_table
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.report import plots
 from crl.analysis.report.document import Report, para
@@ -49,8 +49,11 @@ def layers_section(rep: Report, runs: list[RunDir], split: str | None, stats_cfg
     for ti, ((task, model), group) in enumerate(by_task.items()):
         if len({r.layer for r in group}) < 2:
             continue
-        lt = layer_table(group, LayerConfig(split=split), stats_cfg)
+        lcfg = LayerConfig(split=split)
+        lt = layer_table(group, lcfg, stats_cfg)
         s.append(para(f"{task} on {model}"))
+        s.append(para("Layer claim (syntactic early, semantic late, larger coefficients later): "
+                      + layer_claim(lt, lcfg.min_share_change)[1] + "."))  # fmt: skip
         rep.add_table(s, f"layers_{ti}", lt)
         rep.add_image(s, f"layers_{ti}", plots.layer_comparison(lt, out / f"layers_{ti}.png"))
         shown = True

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from crl.analysis.offline.layers import coef_tolerance, layer_table
+from crl.analysis.offline.layers import add_probe, coef_tolerance, layer_claim, layer_table
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from tests.analysis.checks import FAST
@@ -54,3 +55,87 @@ def test_layer_table_orders_layers_and_reads_token_types(tmp_path):
     other = load_run(write_run_dir(tmp_path / "t", SyntheticSpec(run="t", task="mmlu")))
     with pytest.raises(CRLError, match="one task"):
         layer_table([*runs, other])
+
+
+def _layers(share: list[float], tolerance: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"layer": [6, 15, 24], "syntactic_share": share, "coef_tolerance": tolerance})
+
+
+@pytest.mark.parametrize(
+    "share,tolerance,verdict,sentence",
+    [
+        (
+            [0.8, 0.5, 0.3],
+            [1.0, 2.0, 4.0],
+            "confirmed",
+            "confirmed: the syntactic share falls from 0.80 at layer 6 to 0.30 at layer 24 and the tolerated "
+            "coefficient rises from 1 at layer 6 to 4 at layer 24",
+        ),
+        (
+            [0.3, 0.5, 0.8],
+            [1.0, 2.0, 4.0],
+            "refuted",
+            "refuted: the syntactic share rises from 0.30 at layer 6 to 0.80 at layer 24; the tolerated coefficient "
+            "rises from 1 at layer 6 to 4 at layer 24",
+        ),
+        (
+            [0.8, 0.5, 0.3],
+            [4.0, 2.0, 2.0],
+            "refuted",
+            "refuted: the syntactic share falls from 0.80 at layer 6 to 0.30 at layer 24; the tolerated coefficient "
+            "falls from 4 at layer 6 to 2 at layer 24",
+        ),
+        (
+            [0.50, 0.9, 0.45],  # the middle layer is shown, not tested; 0.05 is under the 0.1 that counts
+            [1.0, 2.0, 4.0],
+            "inconclusive",
+            "inconclusive: the syntactic share barely changes (0.50 at layer 6, 0.45 at layer 24; a change under 0.1 "
+            "counts as none); the tolerated coefficient rises from 1 at layer 6 to 4 at layer 24",
+        ),
+        (
+            [0.8, 0.5, 0.3],
+            [np.nan, 2.0, np.nan],
+            "inconclusive",
+            "inconclusive: the syntactic share falls from 0.80 at layer 6 to 0.30 at layer 24; the tolerated "
+            "coefficient is unmeasured (fewer than two layers with a coefficient sweep",
+        ),
+        (
+            [0.8, np.nan, 0.3],
+            [2.0, np.nan, 2.0],
+            "inconclusive",
+            "inconclusive: the syntactic share falls from 0.80 at layer 6 to 0.30 at layer 24; the tolerated "
+            "coefficient stays at 2 from layer 6 to layer 24",
+        ),
+    ],
+)
+def test_layer_claim_on_constructed_layers(share, tolerance, verdict, sentence):
+    got, text = layer_claim(_layers(share, tolerance))
+    assert got == verdict and text.startswith(sentence)
+
+
+def test_layer_claim_needs_two_layers():
+    one = pd.DataFrame({"layer": [15], "syntactic_share": [0.5], "coef_tolerance": [2.0]})
+    assert layer_claim(one) == (
+        "inconclusive",
+        "inconclusive: one layer only (layer 15); the claim compares early and late layers",
+    )
+    small_fall = _layers([0.8, 0.7, 0.72], [1.0, 2.0, 4.0])  # falls by 0.08: counted only under a smaller threshold
+    assert layer_claim(small_fall)[0] == "inconclusive"
+    assert layer_claim(small_fall, min_share_change=0.05)[0] == "confirmed"
+
+
+def test_add_probe_reads_headroom_per_layer():
+    table = pd.DataFrame({"layer": [6, 24], "accuracy": [0.5, 0.6]})
+    record = {
+        "task": "arith",
+        "target": "correct",  # AUROC: no probe headroom in accuracy units
+        "unsteered": {"accuracy": 0.3},
+        "layers": [
+            {"layer": 24, "probe": {"value": 0.8, "ci": [0.7, 0.9]}, "oracle": {"accuracy": 0.5, "unsteered": 0.3}}
+        ],
+    }
+    out = add_probe(table, record)
+    assert out["probe_metric"].tolist() == ["AUROC", "AUROC"] and np.isnan(out.loc[0, "probe"])
+    assert out.loc[1, ["probe", "probe_lo", "oracle_headroom"]].tolist() == pytest.approx([0.8, 0.7, 0.2])
+    assert out["probe_headroom"].isna().all()
+    assert add_probe(table, None) is table

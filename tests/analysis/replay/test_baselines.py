@@ -15,12 +15,14 @@ from tests.analysis.synthetic import SyntheticSpec, write_run_dir
 
 
 def test_baselines_select_a_planted_static_feature_and_skip_corr_without_reward_variance(comps):
-    cfg = BaselineConfig(seeds=[0, 1, 2], n_act=2, coef_grid=[2.0, 4.0])
+    cfg = BaselineConfig(seeds=[0, 1, 2], n_act=2, coef_grid=[2.0, 4.0], methods=["none", "random", "static", "corr"])
     res = run_baselines(comps, cfg, usage_features=[9, 5])
     assert res.chosen["static_feature"] == 5  # 5 and 9 tie at 50% on train; the lower id wins
     coef_rows = res.selection[res.selection["stage"] == "coef@val"]
     assert coef_rows["accuracy"].tolist() == [0.5, 0.5] and res.chosen["static_coef"] == 2.0  # tie: smaller
     assert res.chosen["static_candidates"][:2] == [9, 5]
+    # budget: one unsteered pass to rank candidates (8 train prompts), 3 candidates x 8, 2 coefficients x 8 (val)
+    assert res.selection["rollouts"].tolist() == [8] * 6 and res.budgets == {"none": 0, "random": 0, "static": 48}
     assert any("corr skipped" in n for n in res.notes) and "corr_feature" not in res.chosen
     assert set(res.episodes) == {"baseline:none:test", "baseline:random:test", "baseline:static:test"}
     assert sorted(set(res.seeds["baseline:random:test"])) == [0, 1, 2]

@@ -28,7 +28,8 @@ def test_replay_analyses_feed_the_report_end_to_end(comps, tmp_path):
         n_boot=200,
     )
     out = run_replay_analyses(d, cfg, comps=comps, policy=CuePolicy(comps))
-    assert out["baseline_phases"] == ["baseline:random:test", "baseline:static:test"]  # none was logged
+    phases = ["baseline:random:test", "baseline:static:test", "baseline:prompting:test"]  # none was logged
+    assert out["baseline_phases"] == phases and any("letter_prior skipped" in n for n in out["baseline_notes"])
     assert out["coef_sweep"][-1] == {"coef": 4.0, "accuracy": 1.0, "well_formed_rate": 1.0}
     res = analyze_run(AnalyzeConfig(run_dir=str(d), n_boot=200))
     tables = res.report.tables
@@ -38,6 +39,12 @@ def test_replay_analyses_feed_the_report_end_to_end(comps, tmp_path):
     mt = tables["methods"].set_index("method")
     assert mt.loc["crl", "accuracy"] == 1.0 and mt.loc["static", "accuracy"] == 0.5
     assert mt.loc["random", "n_seeds"] == 2
+    assert (
+        mt.loc["none", "rollouts"] == 0
+        and mt.loc["prompting", "rollouts"] == out["baseline_chosen"]["prompting_rollouts"]
+    )
+    budget = tables["budget_table"].set_index(["method", "budget"])
+    assert {"none", "static", "prompting"} <= set(budget.index.get_level_values(0))  # no val evals: no crl curve
     html = res.html.read_text()
     assert "coefficient tolerance = 4" in html and "Planted task" in html and "100.0% of 8 episodes" in html
     assert not re.search(r"""src\s*=\s*["']?https?:""", html) and "<script" not in html

@@ -283,3 +283,26 @@ def test_the_report_shows_what_was_not_measured(tmp_path):
     assert report_mod.table(record).iloc[0]["oracle"] == "-"
     paths = report_mod.write_probe(tmp_path, record)
     assert json.loads(paths["json"].read_text())["task"] == "arith" and paths["png"].exists()
+
+
+def test_an_xor_answer_is_read_by_the_policy_shaped_mlp_and_not_by_the_linear_probe(one_thread):
+    """The compare family's shape: the gold class is the XOR of two things the residual holds linearly (the question's
+    direction, the comparison). A linear readout stays at chance; the policy-shaped MLP reads it, and with shuffled
+    labels it does not; the verdict goes by the MLP."""
+    gen = torch.Generator().manual_seed(0)
+
+    def data(n: int) -> tuple[torch.Tensor, np.ndarray]:
+        a, b = torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 2, (n,), generator=gen)
+        x = torch.randn(n, 8, generator=gen) * 0.3
+        x[:, 0] += 2.0 * a - 1
+        x[:, 1] += 2.0 * b - 1
+        return x, (a ^ b).numpy()
+
+    (xtr, ytr), (xte, yte) = data(800), data(400)
+    spec = probe_mod.MLPProbe()  # the defaults `crl probe` uses
+    out = probe_mod.probe_layer(xtr, ytr, xte, yte, 2, "answer", [1e-2], 2, 0, 100, spec)
+    assert out["probe"]["accuracy"] < 0.6 and out["shuffled"]["accuracy"] < 0.6
+    assert out["mlp"]["accuracy"] > 0.95 and out["mlp_shuffled"]["accuracy"] < 0.6
+    assert probe_mod.best_reader(out) == "mlp"
+    # Without the MLP (mlp_steps=0) only the linear reader is there.
+    assert "mlp" not in probe_mod.probe_layer(xtr, ytr, xte, yte, 2, "answer", [1e-2], 2, 0, 100, None)

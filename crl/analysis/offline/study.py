@@ -1,0 +1,440 @@
+"""`crl study`'s cells and its numbers, read from run directories only (no torch).
+
+The layout: <out>/study.json (the plan: tasks, layers, seeds, the overrides every cell got) and one ordinary run
+directory per (task, layer, seed) at <out>/cells/<task>-L<layer>-s<seed>.
+
+A cell's state (`cell_state`), as `crl.logs.reader` judges a run: **complete** when it holds every file a finished run
+has (summary.json is written last) and no FAILED.json, and, when the study runs baselines, the study's mark
+(analysis/study.json, written once `crl analyze env=true` succeeded on it); **analyze** when only the mark is missing;
+**resume** when it has its identity (run.json, config.yaml) but did not finish or failed (`crl train resume=` continues
+it from its last checkpoint, or starts it again in place when it never wrote one); **restart** when it holds something
+but no identity (a failure before the run began: nothing to keep); **new** when it holds nothing of a run (missing, or
+only Hydra's files); **running** when another process holds its lock.
+
+The numbers, per task and layer, pooled over the seeds (one cell per seed):
+
+- at a fixed budget B of rollouts (`crl.analysis.offline.budget`: val accuracy, best so far, at the last point within
+  B): each method's mean over seeds with a t-interval over seeds (`budget_at`), and CRL minus each baseline paired by
+  seed (the same cell's baseline), its mean and t-interval over seeds (`equal_budget`): better when the interval is
+  above 0, worse when below, else unresolved (always so with one seed); unreached when the baseline has no val point
+  within B in any cell (its selection costs more than B). B defaults, per task, to the fewest rollouts
+  any of its CRL cells spent (the last point of its val curve), so CRL is read at its full budget and each baseline
+  at as many rollouts.
+- on the held-out split (`heldout`): `stats.method_table` of the pooled episodes (each baseline episode counted under
+  its cell's seed, so CRL and a baseline pair by cell), with the format-versus-answer split of every difference
+  (`stats.format_decomposition`): net_format = format fixes - format breaks, net_answer = answer fixes - answer breaks,
+  format_share = net_format / (net_format + net_answer) where that gain is positive.
+- side effects (`side_effects`): each cell's analysis/offtask.json (`crl.analysis.offline.offtask`), averaged over
+  the seeds that measured it.
+
+`verdict` turns them into one sentence per task.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crl.analysis.offline.budget import CURVE_COLUMNS, at_budget, budget_table, run_curves
+from crl.analysis.offline.curves import val_split
+from crl.analysis.offline.offtask import read_offtask
+from crl.analysis.offline.stats import StatsConfig, method_table, t_half_width
+from crl.errors import CRLError
+from crl.logs.atomic import atomic_write_json
+from crl.logs.lifecycle import LOCK, foreign_entries
+from crl.logs.reader import REQUIRED_FILES, RunDir, load_run
+from crl.logs.schema import CONFIG_YAML, FAILED, RUN_JSON, Phase
+
+PLAN_FILE = "study.json"
+CELLS_DIR = "cells"
+MARK_FILE = "analysis/study.json"  # in a cell: its baselines are done
+REPORT_FILE = "report.html"
+STATES = ("complete", "analyze", "resume", "restart", "new", "running")
+_CELL = re.compile(r"^(?P<task>[\w-]+)-L(?P<layer>\d+)-s(?P<seed>\d+)$")
+# Baseline phases that are CRL itself: "last", the last checkpoint when `run.select` picked another one.
+NOT_BASELINES = frozenset({"last"})
+_METHOD_ORDER = ["crl", "none", "random", "static", "corr", "prompting", "letter_prior"]
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One (task, layer, seed) of a study; its directory name is the same three, so a resume finds it."""
+
+    task: str
+    layer: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-L{self.layer}-s{self.seed}"
+
+    def path(self, out: str | Path) -> Path:
+        return Path(out) / CELLS_DIR / self.name
+
+    @classmethod
+    def parse(cls, name: str) -> Cell:
+        """The cell a directory name stands for.
+
+        >>> Cell.parse("compare_family-L15-s2")
+        Cell(task='compare_family', layer=15, seed=2)
+        """
+        m = _CELL.match(name)
+        if m is None:
+            raise CRLError(f"'{name}' is not a study cell's name (<task>-L<layer>-s<seed>)")
+        return cls(m["task"], int(m["layer"]), int(m["seed"]))
+
+
+def grid(tasks: Iterable[str], layers: Iterable[int], seeds: Iterable[int]) -> list[Cell]:
+    """Every (task, layer, seed), tasks outermost.
+
+    >>> [c.name for c in grid(["a"], [6, 15], [0])]
+    ['a-L6-s0', 'a-L15-s0']
+    """
+    return [Cell(t, int(layer), int(s)) for t in tasks for layer in layers for s in seeds]
+
+
+def _failure(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("error", "no error recorded"))
+    except (OSError, ValueError, AttributeError):
+        return f"{path.name} is unreadable"
+
+
+def _locked(path: Path) -> bool:
+    """Whether another process holds the run directory's lock (`crl.logs.lifecycle.claim`)."""
+    lock = path / LOCK
+    if not lock.exists():
+        return False
+    with lock.open("ab") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def cell_state(path: str | Path, baselines: bool) -> tuple[str, str]:
+    """(state, why) of a cell's directory (module docstring); why is "" for a complete cell."""
+    path = Path(path)
+    if not path.is_dir() or not foreign_entries(path):
+        return "new", "not started"
+    if _locked(path):
+        return "running", "in use by another crl process"
+    failed = (path / FAILED).exists()
+    if not failed and all((path / f).exists() for f in REQUIRED_FILES):
+        if baselines and not (path / MARK_FILE).exists():
+            return "analyze", "trained; its baselines (`crl analyze env=true`) are missing"
+        return "complete", ""
+    why = f"failed ({_failure(path / FAILED)})" if failed else "stopped before summary.json"
+    if (path / RUN_JSON).exists() and (path / CONFIG_YAML).exists():
+        return "resume", why
+    return "restart", f"{why}; no run.json, so nothing to resume"
+
+
+def mark_analyzed(path: str | Path, command: str) -> None:
+    """Mark a cell's baselines done (after `crl analyze env=true` succeeded on it)."""
+    (Path(path) / MARK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(path) / MARK_FILE, {"baselines": True, "command": command})
+
+
+def unmark(path: str | Path) -> None:
+    """Drop the mark (the cell is about to train again, so its baselines must be run again)."""
+    (Path(path) / MARK_FILE).unlink(missing_ok=True)
+
+
+# -- the plan ------------------------------------------------------------------------------------------------------
+def read_plan(out: str | Path) -> dict[str, Any] | None:
+    """<out>/study.json, or None when there is none."""
+    path = Path(out) / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CRLError(f"{path} is not valid JSON; repair it or start the study in another out=") from None
+    if not isinstance(plan, dict) or not {"tasks", "layers", "seeds", "train"} <= set(plan):
+        raise CRLError(f"{path} is not a study plan (it lacks tasks, layers, seeds or train); is out= a study?")
+    return plan
+
+
+def plan_cells(plan: Mapping[str, Any]) -> list[Cell]:
+    return grid(plan["tasks"], plan["layers"], plan["seeds"])
+
+
+# -- loading -------------------------------------------------------------------------------------------------------
+def load_cells(out: str | Path, cells: list[Cell], baselines: bool) -> tuple[dict[Cell, RunDir], list[str]]:
+    """The complete cells, loaded (no train-phase step rows); one line for each other cell of the grid."""
+    runs: dict[Cell, RunDir] = {}
+    notes: list[str] = []
+    for c in cells:
+        state, why = cell_state(c.path(out), baselines)
+        if state not in ("complete", "analyze"):
+            notes.append(f"cell {c.name} is left out: {why}")
+            continue
+        if state == "analyze":
+            notes.append(f"cell {c.name} has no baselines yet: {why}")
+        try:
+            runs[c] = load_run(c.path(out), include_train=False)
+        except CRLError as e:
+            notes.append(f"cell {c.name} is left out: {e}")
+    return runs, notes
+
+
+def _selection(run: RunDir) -> pd.DataFrame | None:
+    path = run.path / "analysis" / "baseline_selection.csv"
+    if not path.exists():
+        return None
+    sel = pd.read_csv(path)
+    return sel if "rollouts" in sel.columns else None
+
+
+# -- at equal budget -----------------------------------------------------------------------------------------------
+def curves(runs: Mapping[Cell, RunDir]) -> pd.DataFrame:
+    """Every cell's accuracy-vs-rollouts curves (`budget.run_curves`) with task and layer columns; `seed` is the
+    cell's."""
+    parts = []
+    for c, run in runs.items():
+        cur = run_curves(run, _selection(run), val_split(run.config_text))
+        if len(cur):
+            parts.append(cur.assign(task=c.task, layer=c.layer, seed=c.seed))
+    cols = ["task", "layer", *CURVE_COLUMNS]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def default_budgets(cur: pd.DataFrame, budget: float | None = None) -> dict[str, float]:
+    """Per task: `budget` when given, else the fewest rollouts any CRL cell of the task spent (NaN without CRL
+    points)."""
+    out: dict[str, float] = {}
+    for task, g in cur.groupby("task", sort=False):
+        if budget is not None:
+            out[str(task)] = float(budget)
+            continue
+        crl = g[g["method"] == "crl"]
+        out[str(task)] = float(crl.groupby(["layer", "seed"])["rollouts"].max().min()) if len(crl) else float("nan")
+    return out
+
+
+def _order(methods: Iterable[str]) -> list[str]:
+    key = lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m)  # noqa: E731
+    return sorted(set(methods), key=key)
+
+
+def budget_at(cur: pd.DataFrame, budgets: Mapping[str, float], alpha: float = 0.05) -> pd.DataFrame:
+    """Per task, layer and method: `budget.budget_table` at the task's budget (seeds = the cells)."""
+    cols = ["task", "layer", "method", "budget", "n_seeds", "accuracy", "lo", "hi"]
+    rows = []
+    for (task, layer), g in cur.groupby(["task", "layer"], sort=True):
+        b = budgets.get(str(task), float("nan"))
+        if np.isnan(b):
+            continue
+        t = budget_table(g, [b], alpha)
+        rank = {m: i for i, m in enumerate(_order(t["method"]))}
+        rows.append(t.sort_values("method", key=lambda m: m.map(rank)).assign(task=task, layer=layer))
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def cells_at(cur: pd.DataFrame, budgets: Mapping[str, float]) -> pd.DataFrame:
+    """Every cell's value at its task's budget: one row per (task, layer, seed), one column per method (NaN: no
+    point within the budget)."""
+    rows = []
+    for (task, layer, seed), g in cur.groupby(["task", "layer", "seed"], sort=True):
+        b = budgets.get(str(task), float("nan"))
+        if not np.isnan(b):
+            row = {"task": task, "layer": layer, "seed": seed}
+            rows.append(row | {str(m): at_budget(c, b) for m, c in g.groupby("method")})
+    df = pd.DataFrame(rows)
+    methods = _order(c for c in df.columns if c not in ("task", "layer", "seed"))
+    return df[["task", "layer", "seed", *methods]] if rows else df
+
+
+def outcome(lo: float, hi: float) -> str:
+    """better / worse / unresolved from the interval of CRL minus a baseline.
+
+    >>> outcome(0.01, 0.2), outcome(-0.3, -0.1), outcome(-0.1, 0.1), outcome(float("nan"), float("nan"))
+    ('better', 'worse', 'unresolved', 'unresolved')
+    """
+    if lo > 0:
+        return "better"
+    if hi < 0:
+        return "worse"
+    return "unresolved"
+
+
+def equal_budget(cur: pd.DataFrame, budgets: Mapping[str, float], alpha: float = 0.05) -> pd.DataFrame:
+    """Per task, layer and baseline: CRL minus the baseline at the task's budget, paired by seed (module docstring).
+    A baseline with no val point within the budget in any cell is a row with outcome "unreached" and, in
+    `first_point`, the fewest rollouts its first val point cost."""
+    cols = ["task", "layer", "baseline", "budget", "n_seeds", "diff", "lo", "hi", "outcome", "first_point"]
+    rows = []
+    for (task, layer), g in cur.groupby(["task", "layer"], sort=True):
+        b = budgets.get(str(task), float("nan"))
+        if np.isnan(b):
+            continue
+        at = {(str(m), int(s)): at_budget(c, b) for (m, s), c in g.groupby(["method", "seed"])}  # one per cell
+        crl = {s: v for (m, s), v in at.items() if m == "crl" and not np.isnan(v)}
+        for base in _order(m for m, _ in at if m != "crl"):
+            d = np.array([crl[s] - v for (m, s), v in sorted(at.items()) if m == base and s in crl and not np.isnan(v)])
+            mean = float(d.mean()) if len(d) else float("nan")
+            half = t_half_width(d, alpha) if len(d) else float("nan")
+            rows.append(
+                {
+                    "task": task,
+                    "layer": layer,
+                    "baseline": base,
+                    "budget": b,
+                    "n_seeds": len(d),
+                    "diff": mean,
+                    "lo": mean - half,
+                    "hi": mean + half,
+                    "outcome": outcome(mean - half, mean + half) if len(d) else "unreached",
+                    "first_point": float(g[g["method"] == base]["rollouts"].min()),
+                }
+            )
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- held out ------------------------------------------------------------------------------------------------------
+def heldout(runs: Mapping[Cell, RunDir], split: str | None, stats: StatsConfig) -> pd.DataFrame:
+    """Per task and layer: `stats.method_table` of the cells' pooled held-out episodes (module docstring), with
+    task, layer, net_format, net_answer and format_share columns."""
+    groups: dict[tuple[str, int], dict[str, list[pd.DataFrame]]] = {}
+    for c, run in sorted(runs.items()):
+        phase = run.eval_phase(split)
+        methods = groups.setdefault((c.task, c.layer), {})
+        methods.setdefault("crl", []).append(run.episodes_of(phase).assign(seed=c.seed))
+        for name, p in run.baseline_phases(Phase.parse(phase).split).items():
+            if name not in NOT_BASELINES:
+                methods.setdefault(name, []).append(run.episodes_of(p).assign(seed=c.seed))
+    tables = []
+    for (task, layer), methods in groups.items():
+        pooled = {m: pd.concat(methods[m], ignore_index=True) for m in _order(methods)}
+        mt = method_table(pooled, "crl", stats)
+        mt.insert(0, "layer", layer)
+        mt.insert(0, "task", task)
+        tables.append(mt)
+    if not tables:
+        return pd.DataFrame(columns=["task", "layer", "method"])
+    out = pd.concat(tables, ignore_index=True)
+    if "format_fixes" in out.columns:
+        out["net_format"] = out["format_fixes"] - out["format_breaks"]
+        out["net_answer"] = out["answer_fixes"] - out["answer_breaks"]
+        gain = out["net_format"] + out["net_answer"]
+        out["format_share"] = np.where(gain > 0, out["net_format"] / gain.where(gain > 0), np.nan)
+    return out
+
+
+# -- side effects --------------------------------------------------------------------------------------------------
+SIDE_COLUMNS = ["task", "layer", "n_seeds", "worse_share", "neutral_kl", "refusal_delta", "ppl_ratio"]
+
+
+def side_effects(runs: Mapping[Cell, RunDir]) -> pd.DataFrame:
+    """Per task and layer, the mean over the cells that measured it: the share of changed held-out outcomes that got
+    worse, the next-token KL on neutral text (nats), the change in refusals of safe prompts, the perplexity ratio of
+    the task prompts' completions (policy / no steering). Empty when no cell has analysis/offtask.json."""
+    rows = []
+    for c, run in runs.items():
+        try:
+            rec = read_offtask(run.path)
+        except CRLError:  # a damaged record: the cell's own report says so
+            continue
+        if not rec:
+            continue
+        ppl = (rec.get("perplexity") or {}).get("task") or {}
+        rows.append(
+            {
+                "task": c.task,
+                "layer": c.layer,
+                "worse_share": (rec.get("changes") or {}).get("share"),
+                "neutral_kl": (rec.get("neutral_kl") or {}).get("mean"),
+                "refusal_delta": (rec.get("refusal") or {}).get("delta"),
+                "ppl_ratio": ppl.get("ratio"),
+            }
+        )
+    if not rows:
+        return pd.DataFrame(columns=SIDE_COLUMNS)
+    df = pd.DataFrame(rows)
+    num = ["worse_share", "neutral_kl", "refusal_delta", "ppl_ratio"]
+    df[num] = df[num].astype(float)
+    g = df.groupby(["task", "layer"], as_index=False)
+    out = g[num].mean().merge(g.size().rename(columns={"size": "n_seeds"}), on=["task", "layer"])
+    return out[SIDE_COLUMNS]
+
+
+# -- the sentence --------------------------------------------------------------------------------------------------
+def _layers(layers: list[int]) -> str:
+    """'layer 6', 'layers 6 and 15', 'layers 6, 15 and 24'."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    return "layers " + ", ".join(map(str, layers[:-1])) + f" and {layers[-1]}"
+
+
+def _where(layers: list[int], n: int) -> str:
+    """'' (the only layer), ' at every layer', or ' at layers 6 and 15'."""
+    return "" if n == 1 else " at every layer" if len(layers) == n else f" at {_layers(layers)}"
+
+
+def _diff(row: Mapping[str, Any]) -> str:
+    ci = "no interval: one seed" if np.isnan(row["lo"]) else f"[{row['lo']:+.2f}, {row['hi']:+.2f}]"
+    return f"L{row['layer']} {row['diff']:+.2f} {ci}"
+
+
+def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> str:
+    """One sentence for a task: whether CRL beats each baseline at the budget (the interval over seeds of the
+    difference, per layer), and how much of its held-out gain over each is format (malformed -> correct, net)."""
+    eq = eq[eq["task"] == task]
+    if np.isnan(budget):
+        return f"{task}: no CRL val curve (run.eval_every=0?), so nothing is compared at equal budget."
+    if eq.empty:
+        return (
+            f"{task}: no baselines in its cells (baselines=false, or `crl analyze env=true` not run on them), so "
+            "nothing is compared at equal budget."
+        )
+    clauses, unreached = [], []
+    for base in _order(eq["baseline"]):
+        b = eq[eq["baseline"] == base].sort_values("layer")
+        reached = b[b["outcome"] != "unreached"]
+        if reached.empty:
+            unreached.append(f"{base} (its first val point costs {b['first_point'].min():g})")
+            continue
+        b = reached
+        better = b[b["outcome"] == "better"]["layer"].tolist()
+        worse = b[b["outcome"] == "worse"]["layer"].tolist()
+        if better:
+            head = f"beats {base}{_where(better, len(b))}"
+            head += f" and loses to it at {_layers(worse)}" if worse else ""
+        elif worse:
+            head = f"loses to {base}{_where(worse, len(b))}"
+        else:
+            head = f"cannot be told apart from {base}"
+        clauses.append(f"{head} ({', '.join(_diff(r) for r in b.to_dict('records'))})")
+    text = f"{task}: at {budget:g} rollouts (val accuracy, best so far; CRL minus baseline, 95% interval over seeds), "
+    text += ("CRL " + "; ".join(clauses) + ".") if clauses else "no baseline has a val point to compare with."
+    if unreached:
+        text += f" Not reached within the budget: {', '.join(unreached)}."
+    held = held[(held["task"] == task) & (held["method"] != "crl")] if "method" in held.columns else held.iloc[0:0]
+    shares = []
+    if "net_format" in held.columns:
+        for base in _order(held["method"]):
+            h = held[held["method"] == base]
+            gain = h["net_format"] + h["net_answer"]
+            pos = h[gain > 0]
+            if len(pos):
+                share = float(pos["net_format"].sum() / (pos["net_format"] + pos["net_answer"]).sum())
+                shares.append(f"{share:.0%} over {base} ({_layers(pos['layer'].astype(int).tolist())})")
+    if shares:
+        text += " Of its held-out gains, format fixes (malformed -> correct, net of breaks) make up " + ", ".join(
+            shares
+        )
+        text += "; the rest are answer fixes."
+    elif len(held):
+        text += " It has no held-out gain over any baseline to split into format and answer."
+    return text

@@ -1,0 +1,185 @@
+"""`crl study` on tiny planted cells: the grid of ordinary run directories, each cell's baselines, resume filling only
+the missing or unfinished cells, the launcher's jobs, a failed cell, and one-line errors before any cell runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import crl.commands.study as study
+from crl.analysis.offline.study import MARK_FILE, Cell
+from crl.logs.reader import load_run
+from tests.run.helpers import crl
+
+# Each cell: the planted task on the tiny model, 2 updates of 8 episodes, a val evaluation after each (seconds).
+CELL = [
+    "experiment=planted",
+    "logger=disabled",
+    "sae.d_sae=16",
+    "ppo.total_updates=2",
+    "ppo.episodes_per_update=8",
+    "ppo.num_envs=8",
+    "task.n_test=8",
+    "task.n_val=20",
+    "run.eval_every=1",
+]
+# Each cell's `crl analyze env=true`: every baseline, without the optional model measurements.
+CHEAP_ANALYZE = [
+    "analyze.n_boot=100",
+    "analyze.causal=false",
+    "analyze.offtask=false",
+    "analyze.feature_effects=false",
+    "analyze.env_seeds=[0]",
+]
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[list[str]]:
+    """Every `crl` command the study runs in this process, in order."""
+    seen: list[list[str]] = []
+    real = study.in_process
+
+    def counted(argv: list[str]) -> tuple[int, str | None]:
+        seen.append(argv)
+        return real(argv)
+
+    monkeypatch.setattr(study, "in_process", counted)
+    return seen
+
+
+def _cells(calls: list[list[str]]) -> list[tuple[str, str]]:
+    """(command, cell) of each call, with `new` or `resume` for a train."""
+    out = []
+    for argv in calls:
+        arg = next(a for a in argv if a.startswith(("hydra.run.dir=", "resume=", "run_dir=")))
+        cell = Path(arg.split("=", 1)[1]).name
+        out.append((argv[0] + (":resume" if arg.startswith("resume=") else ""), cell))
+    return out
+
+
+def test_study_runs_each_cell_then_resume_reruns_only_the_missing_ones(tmp_path, calls, capsys):
+    out = tmp_path / "study"
+    args = ["tasks=[planted]", "layers=[0,1,2]", "seeds=[0]", f"out={out}", "baselines=false", "n_boot=100"]
+    assert crl("study", *args, "model.n_layers=3", "run.analyze=false", *CELL) == 0
+    names = ["planted-L0-s0", "planted-L1-s0", "planted-L2-s0"]
+    assert sorted(p.name for p in (out / "cells").iterdir()) == names
+    assert _cells(calls) == [("train", n) for n in names]
+    run = load_run(out / "cells" / "planted-L1-s0")
+    assert (run.layer, run.info.seed, run.task) == (1, 0, "planted")
+    plan = json.loads((out / "study.json").read_text())
+    assert plan["train"] == ["model.n_layers=3", "run.analyze=false", *CELL] and plan["baselines"] is False
+    html = (out / "report.html").read_text()
+    assert "planted: layers" in html and re.search(r"Layer claim: (confirmed|refuted|inconclusive): ", html)
+    assert ">syntactic_share</th>" in html and ">coef_tolerance</th>" in html and ">no_steer_share</th>" in html
+    assert "planted: no baselines in its cells" in html  # the verdict says why there is nothing to compare
+
+    # Damage: one cell deleted, one killed after its last checkpoint (no summary.json); the third is left alone.
+    kept = out / "cells" / "planted-L0-s0"
+    before = {f: (kept / f).stat().st_mtime_ns for f in ("run.json", "summary.json", "episodes.jsonl")}
+    subprocess.run(["rm", "-rf", str(out / "cells" / "planted-L1-s0")], check=True)
+    (out / "cells" / "planted-L2-s0" / "summary.json").unlink()
+    calls.clear()
+    capsys.readouterr()
+    assert crl("study", f"out={out}", "resume=true", "n_boot=100") == 0  # the rest of the plan from study.json
+    assert "3 cells (1 complete, 1 new, 1 resume)" in capsys.readouterr().out
+    assert _cells(calls) == [("train", "planted-L1-s0"), ("train:resume", "planted-L2-s0")]
+    assert before == {f: (kept / f).stat().st_mtime_ns for f in before}
+    assert all((out / "cells" / n / "summary.json").exists() for n in names)
+    calls.clear()
+    assert crl("study", f"out={out}", "resume=true", "n_boot=100") == 0 and calls == []  # nothing left to run
+
+
+def test_launcher_jobs_baselines_and_a_failed_cell(tmp_path):
+    """joblib runs one job per cell, each `crl train` then `crl analyze env=true` as child processes; the tiny model
+    has no layer 5, so that cell fails, the other finishes with its baselines, the report covers it and the study
+    ends with one line naming the failure."""
+    out = tmp_path / "study"
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "OMP_NUM_THREADS")}
+    argv = ["tasks=[planted]", "layers=[0,5]", "seeds=[0]", f"out={out}", "launcher=joblib", "hydra.launcher.n_jobs=2"]
+    argv += ["n_boot=100", *CELL, *CHEAP_ANALYZE]
+    proc = subprocess.run(
+        [sys.executable, "-m", "crl.cli", "study", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "steering.layer=5 is out of range" in text and "[job 1] " in text
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("crl: error: 1 of 2 cells did not finish (first: planted-L5-s0")
+    assert f"`crl study out={out} resume=true` runs them again" in last
+    cell = out / "cells" / "planted-L0-s0"
+    assert (cell / "summary.json").exists() and (cell / MARK_FILE).exists()
+    phases = set(load_run(cell).phases)
+    assert {"baseline:none:test", "baseline:static:test", "baseline:prompting:test"} <= phases  # env=true ran
+    assert (cell / "analysis" / "baseline_selection.csv").exists()
+    html = (out / "report.html").read_text()
+    assert "cell planted-L5-s0 is left out: not started" in html
+    assert "planted: at " in html and "(L0 " in html and "no interval: one seed" in html  # CRL vs each baseline
+
+
+def test_a_new_cell_trains_with_the_study_defaults_first():
+    plan = {"out": "runs/study-a", "baselines": True, "train": ["run.analyze=true", "experiment=planted"]}
+    argv = study.train_argv(plan, Cell("planted", 1, 2), Path("runs/study-a/cells/planted-L1-s2"))
+    assert argv == [
+        "train",
+        "logger.group=study-a",
+        "run.analyze=false",  # `crl analyze env=true` writes the cell's report next; an explicit override still wins
+        "run.analyze=true",
+        "experiment=planted",
+        "task=planted",
+        "steering.layer=1",
+        "seed=2",
+        "hydra.run.dir=runs/study-a/cells/planted-L1-s2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["OUT", "seed=3"], "seed=3 cannot go to the cells: tasks=, layers= and seeds= set each cell's"),
+        (["OUT", "steering.layer=6"], "steering.layer=6 cannot go to the cells"),
+        (["resume=true"], "resume=true needs out=<the study's directory>"),
+        (["OUT", "-m", "seeds=[0]"], "crl study runs its cells itself; drop -m"),
+        (
+            ["OUT", "hydra.launcher.n_jobs=2"],
+            "hydra.launcher.n_jobs=2 is an option of a launcher; pass launcher=joblib",
+        ),
+        (["OUT", "seeds=[0,0]"], "seeds=[0,0] is invalid: a value is listed twice"),
+        (["OUT", "tasks=[nope]"], "cell nope-L6: task=nope is invalid: no such option in config group 'task'"),
+        (["OUT", "ppo.num_envs=0"], "cell compare-L6: ppo.num_envs=0 is invalid: out of range"),
+        (["OUT", "analyze.n_boot=0"], "n_boot=0 is invalid: out of range"),
+        (["OUT", "launcher=slurm"], "launcher=slurm is invalid: unknown choice"),
+    ],
+)
+def test_bad_studies_are_one_line_before_any_cell_runs(argv, message, tmp_path, calls, capsys):
+    assert crl("study", *(f"out={tmp_path / 's'}" if a == "OUT" else a for a in argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crl: error: ") and message in err[0], err
+    assert calls == [] and not (tmp_path / "s" / "cells").exists()
+
+
+def test_a_study_is_started_once_and_resumed_with_its_own_overrides(tmp_path, calls, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = {"tasks": ["planted"], "layers": [0], "seeds": [0], "train": ["experiment=planted"], "baselines": False}
+    (out / "study.json").write_text(json.dumps({**plan, "analyze": [], "out": str(out)}))
+    assert crl("study", f"out={out}") == 2
+    assert "already holds a study; resume=true continues it" in capsys.readouterr().err
+    assert crl("study", f"out={out}", "resume=true", "experiment=planted", "sae.d_sae=8") == 2
+    assert "were trained with ['experiment=planted'], not ['experiment=planted', 'sae.d_sae=8']" in (
+        capsys.readouterr().err
+    )
+    assert crl("study", f"out={tmp_path / 'none'}", "resume=true") == 2
+    assert "holds no study (no study.json)" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_cfg_job_prints_the_study_config(capsys):
+    assert crl("study", "--cfg", "job", "layers=[0]") == 0
+    out = capsys.readouterr().out
+    assert "layers:\n- 0" in out and "tasks:\n- compare" in out
