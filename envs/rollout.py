@@ -10,6 +10,8 @@ mode): `obs` (N, d_model) and `info["action_mask"]` are tensors on the model's d
 (N,) and extras as tensors (N, ...). Nothing is moved to the host per token: the extras (and, with `keep_tensors`, the
 observations, masks and actions) are gathered when the batch ends, one transfer per batch. A 2-D integer extra is a
 list of ids per row padded with -1 (dropped in the record). Any other policy gets numpy arrays (the default).
+On a CPU model the host mode is used for every policy (`device_mode`): there a sync costs nothing and the tensor
+bookkeeping did (the default `crl train`: 20.5 vs 17.0 s an update, 2 idle cores). Both modes log the same rows.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ class Episode:
         return [s["feature"] for s in self.steps]
 
 
+DEVICE_MODE_ON_CPU = False  # tests of the device mode set it, to run that mode on a CPU
+
+
+def device_mode(device: torch.device) -> bool:
+    """Whether rollouts keep their per-token decisions on `device` (an accelerator) rather than on the host (a CPU)."""
+    return device.type != "cpu" or DEVICE_MODE_ON_CPU
+
+
 def run_episodes(
     env: SteeringVecEnv,
     examples: list[Example],
@@ -57,7 +67,7 @@ def run_episodes(
 ) -> list[Episode]:
     """Every example once, in batches of `env.num_envs`; returns episodes in the order given. `on_done(k)` is
     told after each step how many more episodes just finished (progress lines; it changes nothing else)."""
-    on_device = bool(getattr(policy, "on_device", False))
+    on_device = bool(getattr(policy, "on_device", False)) and device_mode(env.lm.device)
     out: list[Episode] = []
     for start in range(0, len(examples), env.num_envs):
         batch = examples[start : start + env.num_envs]

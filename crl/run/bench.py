@@ -6,9 +6,9 @@ generation.
 
 Three ways to produce the same number of new tokens for the same left-padded prompts:
 - plain: ``model.generate(do_sample=False, min_new_tokens=T, max_new_tokens=T)`` with the KV cache;
-- steered: `SteeringVecEnv` in its on_device mode (the one training uses) with a random feature action per row per
-  token (coef != 0, drawn on the model's device), KV cache, EOS and stop strings disabled so every row runs exactly
-  T tokens;
+- steered: `SteeringVecEnv` in the mode training uses (on_device on an accelerator, host on a CPU) with a random
+  feature action per row per token (coef != 0, drawn on the model's device), KV cache, EOS and stop strings
+  disabled so every row runs exactly T tokens;
 - naive: the same env with ``use_cache=False``, re-running the whole prefix at every token.
 
 And one way to learn from them, the training path: a fresh policy (`PolicyAgent`, sampling) with adaptive masking and
@@ -230,11 +230,14 @@ def bench_rollout(
         return int(out[:, enc["input_ids"].shape[1] :].numel())
 
     def steered(env: SteeringVecEnv, batch: list[Example]) -> int:
-        env.reset(options={"examples": batch, "on_device": True})
+        from crl.envs.rollout import device_mode
+
+        on_device = device_mode(lm.device)
+        env.reset(options={"examples": batch, "on_device": on_device})  # as training runs
         n = 0
         while True:
             a = torch.randint(0, sae.d_sae, (env.num_envs,), generator=actions, device=lm.device)
-            _, _, term, _, info = env.step(a)
+            _, _, term, _, info = env.step(a if on_device else a.numpy())
             n += sum(f["n_steps"] for f in info["final"][: len(batch)] if f is not None)
             if term[: len(batch)].all():
                 return n

@@ -41,6 +41,14 @@ class HostOnly:
         return self.policy.act(obs, info)
 
 
+@pytest.fixture(autouse=True)
+def device_mode_on_cpu(monkeypatch):
+    """run_episodes takes the host mode on a CPU model; these tests compare the device mode with it."""
+    from crl.envs import rollout
+
+    monkeypatch.setattr(rollout, "DEVICE_MODE_ON_CPU", True)
+
+
 def _masker() -> FeatureMasker:
     masker = FeatureMasker(MaskingConfig(mode="adaptive", top_k=4, max_share=0.3), D_SAE, allow_noop=True)
     masker.share[:6] = 0.5  # over the cap: the adaptive branch masks them
