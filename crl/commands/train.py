@@ -6,6 +6,7 @@ crl train -m seed=0,1 steering.layer=3,6     # a sweep: one run directory per jo
 crl train -m hydra/launcher=joblib seed=0,1  # its jobs in parallel (crl/commands/sweep.py; also submitit_local,
                                              # submitit_slurm)
 crl train resume=runs/<run>                  # continue from the last checkpoint
+crl train task=compare_family init_from=runs/<run>  # a curriculum: start from that run's trained policy
 
 The run directory's lifecycle (crl.logs.lifecycle): a failed invocation leaves nothing, or a directory marked
 FAILED.json; a new run never writes into a non-empty directory; `resume=` of a run killed before its first
@@ -15,6 +16,7 @@ checkpoint starts it again from the beginning, in place.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ from crl.cards.label import HEURISTIC_MARK
 from crl.commands import sweep
 from crl.config import TrainConfig, load
 from crl.errors import CRLError, exit_on_error
-from crl.logs import lifecycle
+from crl.logs import lifecycle, schema
 from crl.paths import CONF_DIR
 
 
@@ -38,12 +40,22 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     if sel and sel["val_curve"]:
         curve = "  ".join(f"{r['update']}:{r['accuracy']:.3f}" for r in sel["val_curve"])
         print(f"[crl] val accuracy by update   {curve}")
-        why = "best val (ties go to the earlier update; 0 is no steering)" if sel["rule"] == "best_val" else "last"
+        first = _update_0(run_dir)
+        why = f"best val (ties go to the earlier update; 0 is {first})" if sel["rule"] == "best_val" else "last"
         stop = ", stopped early: val did not improve for run.patience evals" if sel["stopped_early"] else ""
         print(f"[crl] selected update {sel['selected_update']} of {sel['last_update']} ({why}{stop})")
     print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
     print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
     print_top_features(summary["top_features"][:8])
+
+
+def _update_0(run_dir: Path) -> str:
+    """What update 0 of the val curve is: no steering, or with init_from the source run's policy (run.json)."""
+    try:
+        init = json.loads((run_dir / schema.RUN_JSON).read_text(encoding="utf-8")).get("init_from")
+    except (OSError, ValueError, AttributeError):
+        init = None
+    return f"the init_from run's policy ({init['run']})" if isinstance(init, dict) else "no steering"
 
 
 def _feature_text(row: dict[str, Any]) -> tuple[str, str]:
@@ -84,7 +96,7 @@ def _main(raw: DictConfig) -> None:
 def _train(raw: DictConfig, job: sweep.Job | None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from crl.run.components import POLICY_FILE
+    from crl.run.components import POLICY_FILE, saved_config
     from crl.run.train import resume_config, train
 
     hc = HydraConfig.get()
@@ -98,8 +110,8 @@ def _train(raw: DictConfig, job: sweep.Job | None) -> None:
     with lifecycle.claim(run_dir, new=not cfg.resume, command=command, keep=job is not None):
         if cfg.resume:  # the run's own config (a bare resume=), or the composed one if compatible
             cfg = resume_config(cfg, run_dir, overrides)
-            if lifecycle.never_checkpointed(run_dir):
-                cfg = dataclasses.replace(cfg, resume=None)
+            if lifecycle.never_checkpointed(run_dir):  # from the beginning: from the run's init_from too, if any
+                cfg = dataclasses.replace(cfg, resume=None, init_from=saved_config(run_dir).init_from)
                 lifecycle.discard_progress(run_dir, extra=(POLICY_FILE,))
                 print(f"[crl] {run_dir} stopped before its first checkpoint: starting it again from the beginning")
         summary = train(cfg, run_dir, overrides)

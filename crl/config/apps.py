@@ -48,9 +48,17 @@ class TrainConfig:
     run: RunConfig = group(RunConfig)
     seed: int = seed_param(0)
     resume: str | None = None  # a run directory to continue from its last checkpoint
+    # A curriculum: a finished or checkpointed `crl train` run directory whose trained policy (policy.pt, else its last
+    # checkpoint's: what `crl eval` loads) starts this run, with the observation statistics and abstention fit it was
+    # trained under (not measured again); the optimizer and masking start fresh. Its model, SAE, steering.layer,
+    # coef_levels, allow_noop and policy shape must be this run's; the task may differ (crl/run/init_from.py).
+    init_from: str | None = None
 
     def check(self) -> None:
         check_some_action(self.masking, self.steering.allow_noop)
+        if self.init_from is not None and self.resume is not None:
+            why = "resume= continues a run with the policy of its checkpoint"
+            raise ConfigError("init_from", self.init_from, why, "null with resume=, or a new run without resume=")
         if self.sae.source == "planted" and self.task.name != "planted":
             raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
         if self.steering.steer_steps is not None and not self.steering.allow_noop:

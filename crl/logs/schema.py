@@ -1,7 +1,8 @@
 """The run-directory format. Analysis reads exactly these files; bump FORMAT_VERSION on any change.
 
 <run_dir>/
-  run.json              identity: format_version, model, sae identity/hook/d_sae/neuronpedia_id, task, seed
+  run.json              identity: format_version, model, sae identity/hook/d_sae/neuronpedia_id, task, seed;
+                        init_from: the run whose policy started this one (null: a fresh policy)
   config.yaml           the resolved Hydra config
   checkpoints/last.pt   policy, optimizer, masking state, RNG states, counters, log byte offsets
   interventions.jsonl   one row per steered token (InterventionRow), train and eval phases
@@ -105,6 +106,9 @@ class RunInfo:
     planted: list[int] | None = None
     allow_noop: bool | None = None
     ran_on: dict[str, Any] | None = None  # where it ran: host, device (GPU name), torch version, CPU threads
+    # `init_from=`: the run whose trained policy started this one (its directory, run name, the policy file loaded,
+    # its update), and that the observation statistics came with it instead of being measured (crl/run/init_from.py).
+    init_from: dict[str, Any] | None = None
 
     # What must match for a run's feature ids and prompts to mean the same thing (resume, eval, replay).
     IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ("model", "sae_identity", "task", "task_seed", "layer")

@@ -103,17 +103,7 @@ class Components:
 
     def load_policy(self, run_dir: str | Path, greedy: bool = True, n_alternatives: int = 3) -> PolicyAgent:
         """A run's trained policy (policy.pt, else the last checkpoint's) as a `PolicyAgent`, loaded on CPU."""
-        import torch
-
-        from crl.logs.writer import load_checkpoint
-
-        p = Path(run_dir)
-        if (p / POLICY_FILE).exists():
-            state = torch.load(p / POLICY_FILE, map_location="cpu", weights_only=True)
-        elif (p / schema.CHECKPOINT).exists():
-            state = load_checkpoint(p)["policy"]
-        else:
-            raise CRLError(f"run '{run_dir}' has neither {POLICY_FILE} nor {schema.CHECKPOINT}; train it first")
+        state, _ = policy_state(run_dir)
         net = self.new_policy()
         net.load_state_dict(state, strict=False)  # the decoder buffer is not saved; it comes from the SAE
         net.eval()
@@ -160,6 +150,27 @@ class Components:
             )
 
 
+def policy_file(run_dir: str | Path) -> str | None:
+    """Which file holds a run's trained policy, relative to the run: policy.pt (the selected policy, written when
+    `crl train` ends), else the last checkpoint's; None when it has neither (no update finished yet)."""
+    p = Path(run_dir)
+    return next((name for name in (POLICY_FILE, schema.CHECKPOINT) if (p / name).exists()), None)
+
+
+def policy_state(run_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """A run's trained policy as a state dict on the CPU, and the file it came from (`policy_file`'s choice)."""
+    import torch
+
+    from crl.logs.writer import load_checkpoint
+
+    name = policy_file(run_dir)
+    if name is None:
+        raise CRLError(f"run '{run_dir}' has neither {POLICY_FILE} nor {schema.CHECKPOINT}; train it first")
+    if name == POLICY_FILE:
+        return torch.load(Path(run_dir) / POLICY_FILE, map_location="cpu", weights_only=True), name
+    return load_checkpoint(Path(run_dir))["policy"], name
+
+
 def rollouts(
     env: SteeringVecEnv,
     examples: list[Example],
@@ -193,10 +204,10 @@ def machine(device: Any) -> dict[str, Any]:
     }
 
 
-def saved_config(run_dir: str | Path) -> TrainConfig:
+def saved_config(run_dir: str | Path, devices: bool = True) -> TrainConfig:
     """A run's config.yaml as a validated `TrainConfig`. Settings added to CRL after the run was made take their
-    defaults; a file without every config group (not written by `crl train`), or one whose device this host
-    cannot use, is refused in one line."""
+    defaults; a file without every config group (not written by `crl train`), or (with `devices`) one whose device
+    this host cannot use, is refused in one line."""
     from omegaconf import OmegaConf
 
     path = Path(run_dir) / schema.CONFIG_YAML
@@ -206,7 +217,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig:
         raise CRLError(f"{path} cannot be rebuilt (no {', '.join(missing)}); it is not a full `crl train` config")
     try:
         cfg = load(TrainConfig, raw)
-        check_devices(cfg)  # a run made on a GPU, rebuilt on a host without one
+        if devices:
+            check_devices(cfg)  # a run made on a GPU, rebuilt on a host without one
     except ConfigError as e:
         raise CRLError(f"{path}: {e}") from None
     return cfg

@@ -34,6 +34,7 @@ from crl.logs.writer import RunWriter, load_checkpoint
 from crl.progress import Progress
 from crl.run.components import POLICY_FILE, Components, build, saved_config
 from crl.run.evaluate import evaluate, feature_usage
+from crl.run.init_from import InitSource, read_source, start_from
 from crl.run.selection import Selection
 
 
@@ -57,8 +58,8 @@ def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | N
     config.yaml, so at its default) is no difference."""
     saved = saved_config(run_dir)
     own = [o for o in (user_overrides or []) if not o.startswith(("resume=", "hydra."))]
-    if not own:
-        return dataclasses.replace(saved, resume=str(run_dir))
+    if not own:  # init_from is not applied again: the checkpoint holds the policy (and the source may be gone)
+        return dataclasses.replace(saved, resume=str(run_dir), init_from=None)
     diffs = [k for k in ("model", "sae", "task") if getattr(cfg, k) != getattr(saved, k)]
     if cfg.steering.layer != saved.steering.layer:
         diffs.append("steering.layer")
@@ -84,6 +85,8 @@ def train(
             raise CRLError(f"resume={resume} is not a CRL run directory (no {schema.RUN_JSON} / {schema.CONFIG_YAML})")
         cfg = resume_config(cfg, run_dir, user_overrides)
         ckpt = load_checkpoint(run_dir)  # fails fast on a missing or corrupt checkpoint
+    # Checked against this config and read before the model loads (a resumed config has no init_from).
+    init: InitSource | None = read_source(cfg) if cfg.init_from else None
     exp, ppo, seed = cfg.run, cfg.ppo, cfg.seed
     seed_everything(seed)
     comps = build(cfg, for_training=True)
@@ -91,14 +94,17 @@ def train(
     # a model), and the policy's initialisation must not depend on whether the model cache was warm.
     seed_everything(seed)
     run_name = run_dir.name
+    net = comps.new_policy()
+    if init is not None:  # before run.json is written: a source of another model or SAE leaves nothing behind
+        start_from(init, comps, net)  # the optimizer below starts fresh
     if ckpt is not None:
         comps.check_identity(RunInfo.read(run_dir), run_dir)
     else:
-        comps.run_info(run_name, seed).write(run_dir)
+        info = dataclasses.replace(comps.run_info(run_name, seed), init_from=init.record() if init else None)
+        info.write(run_dir)
         atomic_write_bytes(run_dir / schema.CONFIG_YAML, config_yaml(cfg))
 
     masker = comps.masker()
-    net = comps.new_policy()
     optimizer = torch.optim.Adam(net.parameters(), lr=ppo.learning_rate, eps=1e-5)
     batch_rng = np.random.default_rng(seed)
     mb_gen = torch.Generator().manual_seed(seed)
@@ -125,7 +131,9 @@ def train(
         if ckpt is None and exp.eval_before:
             before = evaluate(comps, split, None, seed, progress=f"{split} before training (no steering)")
             writer.append_episodes(before, run_name, Phase.baseline("none", split))
-        if ckpt is None and comps.policy.obs_norm == "standardize":  # resumed: the checkpoint carries them
+        # Resumed: the checkpoint carries them. init_from: they came with the source's policy, whose weights were
+        # trained under them; statistics of the new task would change the function it learned.
+        if ckpt is None and init is None and comps.policy.obs_norm == "standardize":
             n_obs = comps.policy.obs_stats_prompts
             sample = comps.observation_sample("train", n_obs, progress="observation statistics (train)")
             net.set_obs_stats(sample)
@@ -133,7 +141,8 @@ def train(
                 n_val = len(comps.splits[exp.val_split])
                 val = comps.observation_sample(exp.val_split, n_val, progress="abstention (val)")
                 net.fit_abstention(sample, val)
-        if ckpt is None and exp.eval_every:  # update 0: the untrained policy (no steering under its prior)
+        # update 0: the untrained policy (no steering under its prior), or with init_from the source's policy
+        if ckpt is None and exp.eval_every:
             logger.log(sel.evaluate(comps, net, 0, writer, run_name, seed), step=0)
         env = comps.env("train", masker, seed)
         agent = PolicyAgent(net)

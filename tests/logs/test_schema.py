@@ -87,6 +87,7 @@ def test_run_info_writes_today_s_run_json_and_reads_it_back(tmp_path):
         "planted",
         "allow_noop",
         "ran_on",
+        "init_from",
     ]
     assert text == json.dumps(info.to_dict(), indent=2) + "\n"
     assert RunInfo.read(tmp_path) == info
