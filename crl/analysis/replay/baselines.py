@@ -28,6 +28,7 @@ they run once (seed = the first seed) unless `repeat_deterministic`; random runs
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from crl.analysis.replay import announce
 from crl.analysis.replay.letter_prior import accuracy_of, fit_letter_prior, letter_logits, prior_episodes
-from crl.analysis.replay.prompting import SHOTS, PromptCandidate, apply_prefix, candidates, select_prompt
+from crl.analysis.replay.prompting import SHOTS, PromptCandidate, apply_prefix, candidates, score_pools, select_prompt
 from crl.analysis.replay.runner import append_rows, base_id, batch_env, episode_frames, rollout, scores
 from crl.errors import CRLError
 from crl.logs.reader import load_run
@@ -113,9 +115,14 @@ class ActivationRecorder:
 
 
 def record_activations(
-    comps: Components, examples: list[Example], seed: int = 0, num_envs: int | None = None
+    comps: Components,
+    examples: list[Example],
+    seed: int = 0,
+    num_envs: int | None = None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Episode]]:
-    """Unsteered episodes with per-episode mean SAE activations (n, d_sae) and rewards (n,)."""
+    """Unsteered episodes with per-episode mean SAE activations (n, d_sae) and rewards (n,). `progress`: as in
+    `runner.rollout`."""
     from crl.envs.rollout import run_episodes
 
     if not comps.steering.allow_noop:
@@ -123,7 +130,8 @@ def record_activations(
     env = batch_env(comps, examples, seed, num_envs)
     rec = ActivationRecorder(env)
     try:
-        episodes = run_episodes(env, examples, rec)
+        with announce.progress(progress, len(examples)) as on_done:
+            episodes = run_episodes(env, examples, rec, on_done=on_done)
     finally:
         env.close()
     acts = np.stack([rec.sums[e.example.id] / max(rec.counts[e.example.id], 1) for e in episodes])
@@ -159,11 +167,13 @@ def select_static(
         raise CRLError(f"no candidate features for the {method} baseline; pass usage features or raise n_act")
     sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
     rows = []
-    for f in candidates:
+    for i, f in enumerate(candidates, 1):
         _check_fixed(comps, f)
-        for level in dict.fromkeys(comps.steering.coef_levels):
+        for level in _levels(comps):
             c = comps.steering.coef * level
-            acc, wf = scores(rollout(comps, sel, FixedFeature(f), num_envs=cfg.num_envs, coef=_as_level0(comps, c)))
+            item = f"candidate {i}/{len(candidates)} (feature {f}, level {level:+g}) on {cfg.select_split}"
+            eps = rollout(comps, sel, FixedFeature(f), num_envs=cfg.num_envs, progress=item, coef=_as_level0(comps, c))
+            acc, wf = scores(eps)
             rows.append(
                 {
                     "method": method,
@@ -182,6 +192,17 @@ def select_static(
     return feature, coef, rows
 
 
+def _levels(comps: Components) -> list[float]:
+    """The coefficient levels a static candidate is tried at (each once)."""
+    return list(dict.fromkeys(comps.steering.coef_levels))
+
+
+def _grid(comps: Components, cfg: BaselineConfig, base: float | None = None) -> list[float]:
+    """The coefficients `select_coef` tries: `coef_grid`, default base * (0.5, 1, 2) (base: default steering.coef)."""
+    base = comps.steering.coef if base is None else base
+    return list(cfg.coef_grid or [base * m for m in (0.5, 1.0, 2.0)])
+
+
 def _as_level0(comps: Components, coef: float) -> float:
     """The steering.coef override that makes action `feature` (level 0) steer with `coef`."""
     return coef / comps.steering.coef_levels[0]
@@ -194,13 +215,14 @@ def select_coef(
     the signed coefficient it was selected at (default steering.coef)."""
     from crl.envs.rollout import FixedFeature
 
-    base = comps.steering.coef if base is None else base
-    grid = cfg.coef_grid or [base * m for m in (0.5, 1.0, 2.0)]
+    grid = _grid(comps, cfg, base)
     val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
     rows = []
-    for c in grid:
+    for j, c in enumerate(grid, 1):
         fixed = FixedFeature(feature)
-        acc, wf = scores(rollout(comps, val, fixed, num_envs=cfg.num_envs, coef=_as_level0(comps, float(c))))
+        item = f"feature {feature}, coefficient {j}/{len(grid)} ({float(c):+g}) on {cfg.coef_split}"
+        eps = rollout(comps, val, fixed, num_envs=cfg.num_envs, progress=item, coef=_as_level0(comps, float(c)))
+        acc, wf = scores(eps)
         rows.append(
             {
                 "method": method,
@@ -241,9 +263,15 @@ def run_baselines(
     selection: list[dict[str, Any]] = []
     fixed: dict[str, tuple[int, float]] = {}
 
+    n_val = len(comps.splits[cfg.coef_split][: cfg.max_select_prompts])
     if {"static", "corr"} & set(cfg.methods):
         sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
-        acts, rewards, unsteered = record_activations(comps, sel, num_envs=cfg.num_envs)
+        ranked = " and ".join(m for m in ("static", "corr") if m in cfg.methods)
+        size = f"{len(sel)} {cfg.select_split} prompts without steering, to rank the {ranked} candidates"
+        with announce.phase("baselines: unsteered activations", size, len(sel)):
+            acts, rewards, unsteered = record_activations(
+                comps, sel, num_envs=cfg.num_envs, progress=f"on {cfg.select_split}"
+            )
         acc, wf = scores(unsteered)
         act_row = {"stage": f"activations@{cfg.select_split}", "accuracy": acc, "well_formed": wf, "rollouts": len(sel)}
         if "static" in cfg.methods:
@@ -251,7 +279,13 @@ def run_baselines(
             by_act = [int(f) for f in np.argsort(-acts.mean(axis=0), kind="stable")[: cfg.n_act]]
             by_use = [int(f) for f in (usage_features or []) if f >= 0][: cfg.n_usage]
             cands = list(dict.fromkeys(by_use + by_act))
-            f, c, rows = select_static(comps, cands, cfg)
+            n_levels, n_grid = len(_levels(comps)), len(_grid(comps, cfg))
+            size = (
+                f"{len(cands)} candidates × {n_levels} level{'s' if n_levels > 1 else ''} × {len(sel)} "
+                f"{cfg.select_split} prompts, then {n_grid} coefficients × {n_val} {cfg.coef_split} prompts"
+            )
+            with announce.phase("baselines: static feature", size, len(cands) * n_levels * len(sel) + n_grid * n_val):
+                f, c, rows = select_static(comps, cands, cfg)
             fixed["static"] = (f, c)
             selection.extend(rows)
             chosen.update(static_feature=f, static_coef=c, static_candidates=cands)
@@ -262,9 +296,13 @@ def run_baselines(
                     f"corr skipped: the unsteered {cfg.select_split} rewards do not vary "
                     f"(all {rewards[0] if len(rewards) else 'none'}), so no correlation is defined"
                 )
+                announce.say(f"baselines: {notes[-1]}")
             else:
                 f = int(np.nanargmax(r))
-                rows = select_coef(comps, f, cfg, "corr")
+                n_grid = len(_grid(comps, cfg))
+                size = f"feature {f} (r = {r[f]:.2f}), {n_grid} coefficients × {n_val} {cfg.coef_split} prompts"
+                with announce.phase("baselines: corr (CorrSteer)", size, n_grid * n_val):
+                    rows = select_coef(comps, f, cfg, "corr")
                 selection.extend([{"method": "corr", **act_row}, *rows])
                 c = float(_best(rows, "coef")["coef"])
                 fixed["corr"] = (f, c)
@@ -282,36 +320,50 @@ def run_baselines(
         selection.extend(rows)
         if note:
             notes.append(note)
+            announce.say(f"baselines: {note}")
         else:
             chosen.update(letter_prior_bias=[float(x) for x in prior])
 
     deterministic_seeds = cfg.seeds if (cfg.repeat_deterministic or not comps.steering.greedy) else cfg.seeds[:1]
+    todo = [
+        (method, cfg.seeds if method == "random" else deterministic_seeds)
+        for method in cfg.methods
+        if not ((method in ("static", "corr") and method not in fixed) or (method == "letter_prior" and prior is None))
+    ]
     episodes: dict[str, list[Episode]] = {}
     seeds: dict[str, list[int]] = {}
     test_logits = None
-    for method in cfg.methods:
-        if (method in ("static", "corr") and method not in fixed) or (method == "letter_prior" and prior is None):
-            continue
-        phase = str(Phase.baseline(method, cfg.split))
-        run_seeds = cfg.seeds if method == "random" else deterministic_seeds
-        for s in run_seeds:
-            if method == "none":
-                eps = rollout(comps, test, None, seed=s, num_envs=cfg.num_envs)
-            elif method == "random":
-                eps = rollout(comps, test, RandomFeature(comps.sae.d_sae, seed=s), seed=s, num_envs=cfg.num_envs)
-            elif method == "crl":
-                masker = comps.masker(for_eval=True)
-                eps = rollout(comps, test, policy, seed=s, masker=masker, num_envs=cfg.num_envs)
-            elif method == "prompting":
-                eps = rollout(comps, apply_prefix(test, prefix or ""), None, seed=s, num_envs=cfg.num_envs)
-            elif method == "letter_prior":
-                test_logits = test_logits or letter_logits(comps, test)  # deterministic: one forward per prompt
-                eps = prior_episodes(comps, test, test_logits[0], test_logits[2], prior)
-            else:
-                f, c = fixed[method]
-                eps = rollout(comps, test, FixedFeature(f), seed=s, num_envs=cfg.num_envs, coef=_as_level0(comps, c))
-            episodes.setdefault(phase, []).extend(eps)
-            seeds.setdefault(phase, []).extend([s] * len(eps))
+    which = ", ".join(m + (f" ({len(ss)} seeds)" if len(ss) > 1 else "") for m, ss in todo)
+    total = sum(len(ss) for _, ss in todo) * len(test)
+    size = f"{which} × {len(test)} {cfg.split} prompts"
+    with announce.phase(f"baselines on {cfg.split}", size, total) if todo else nullcontext():
+        for method, run_seeds in todo:
+            phase = str(Phase.baseline(method, cfg.split))
+            for s in run_seeds:
+                item = f"{method}, seed {s}"
+                if method == "none":
+                    eps = rollout(comps, test, None, seed=s, num_envs=cfg.num_envs, progress=item)
+                elif method == "random":
+                    random_ = RandomFeature(comps.sae.d_sae, seed=s)
+                    eps = rollout(comps, test, random_, seed=s, num_envs=cfg.num_envs, progress=item)
+                elif method == "crl":
+                    masker = comps.masker(for_eval=True)
+                    eps = rollout(comps, test, policy, seed=s, masker=masker, num_envs=cfg.num_envs, progress=item)
+                elif method == "prompting":
+                    prompted = apply_prefix(test, prefix or "")
+                    eps = rollout(comps, prompted, None, seed=s, num_envs=cfg.num_envs, progress=item)
+                elif method == "letter_prior":
+                    # deterministic: one forward per prompt
+                    test_logits = test_logits or letter_logits(comps, test, progress=f"{item} (one forward each)")
+                    eps = prior_episodes(comps, test, test_logits[0], test_logits[2], prior)
+                else:
+                    f, c = fixed[method]
+                    eps = rollout(
+                        comps, test, FixedFeature(f), seed=s, num_envs=cfg.num_envs, progress=item,
+                        coef=_as_level0(comps, c),
+                    )  # fmt: skip
+                episodes.setdefault(phase, []).extend(eps)
+                seeds.setdefault(phase, []).extend([s] * len(eps))
     budgets = {m: 0 for m in cfg.methods if m in ("none", "random")}
     for row in selection:
         budgets[row["method"]] = budgets.get(row["method"], 0) + int(row["rollouts"])
@@ -338,10 +390,14 @@ def _select_prompting(comps: Components, cfg: BaselineConfig) -> tuple[PromptCan
     cands = [c for c in cands if not c.prefix or _fits(comps, apply_prefix(longest, c.prefix))]
 
     def score(c: PromptCandidate, split: str, examples: list[Example]) -> tuple[float, float, int]:
-        eps = rollout(comps, apply_prefix(examples, c.prefix), None, num_envs=cfg.num_envs)
+        item = f"candidate {cands.index(c) + 1}/{len(cands)} ({c.name}) on {split}"
+        eps = rollout(comps, apply_prefix(examples, c.prefix), None, num_envs=cfg.num_envs, progress=item)
         return (*scores(eps), len(eps))
 
-    return select_prompt(cands, comps.splits, score, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
+    pools = score_pools(cands, comps.splits, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
+    size = f"{len(cands)} candidates × (" + " + ".join(f"{len(p)} {s}" for s, p in pools.items()) + " prompts)"
+    with announce.phase("baselines: prompting", size, len(cands) * sum(len(p) for p in pools.values())):
+        return select_prompt(cands, comps.splits, score, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
 
 
 def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
@@ -359,10 +415,12 @@ def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | Non
         )
     rows = []
     train = comps.splits[cfg.select_split][: cfg.prior_prompts]
-    logits, gold, _ = letter_logits(comps, train)
-    bias = fit_letter_prior(logits, gold)
     val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
-    v_logits, v_gold, _ = letter_logits(comps, val)
+    size = f"one forward each on {len(train)} {cfg.select_split} + {len(val)} {cfg.coef_split} prompts"
+    with announce.phase("baselines: letter prior", size, len(train) + len(val)):
+        logits, gold, _ = letter_logits(comps, train, progress=f"fit on {cfg.select_split}")
+        bias = fit_letter_prior(logits, gold)
+        v_logits, v_gold, _ = letter_logits(comps, val, progress=f"score on {cfg.coef_split}")
     for stage, lg, gd in ((f"fit@{cfg.select_split}", logits, gold), (f"score@{cfg.coef_split}", v_logits, v_gold)):
         rows.append(
             {

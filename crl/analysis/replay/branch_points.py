@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from crl.analysis.offline.features import SYNTACTIC_TYPES, token_type
+from crl.analysis.replay import announce
 from crl.analysis.replay.runner import base_id, rollout, tagged
 from crl.errors import CRLError
 from crl.logs.schema import NO_STEER
@@ -92,7 +93,22 @@ def find_branch_points(
             "branch points need greedy decoding (steering.greedy=true) so a replayed prefix reaches the same state"
         )
     examples = (examples if examples is not None else comps.splits[cfg.split])[: cfg.max_prompts]
-    originals = rollout(comps, examples, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs)
+    with announce.phase(
+        "branch points",
+        f"the policy's episodes on {len(examples)} {cfg.split} prompts, then one replay per alternative at each of "
+        f"their first {cfg.max_steps} steps",
+        len(examples),
+    ) as ph:
+        return _trials(comps, policy, cfg, examples, ph)
+
+
+def _trials(
+    comps: Components, policy: Any, cfg: BranchConfig, examples: list[Example], ph: announce.Phase
+) -> pd.DataFrame:
+    """`find_branch_points` inside its phase (`ph` counts the replays)."""
+    originals = rollout(
+        comps, examples, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs, progress="policy episodes"
+    )
     variants: list[Example] = []
     scripts: dict[str, list[int]] = {}
     trials: dict[str, dict[str, Any]] = {}
@@ -116,9 +132,11 @@ def find_branch_points(
                 }
     if not variants:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
+    ph.add(len(variants))
     replays = rollout(
-        comps, variants, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs, scripts=scripts
-    )
+        comps, variants, policy, masker=comps.masker(for_eval=True), num_envs=cfg.num_envs, scripts=scripts,
+        progress=f"{len(variants)} alternatives replayed",
+    )  # fmt: skip
     rows = []
     for v, rep in zip(variants, replays, strict=True):
         tr = trials[v.id]

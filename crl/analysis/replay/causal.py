@@ -39,6 +39,7 @@ from crl.analysis.offline.causal import (
 )
 from crl.analysis.offline.feature_effects import read_effects_record
 from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.replay import announce
 from crl.analysis.replay.runner import action_id, current_record, noop_action, rebuild, rollout
 from crl.errors import CRLError
 from crl.logs.reader import load_run
@@ -47,6 +48,7 @@ from crl.logs.schema import NO_STEER
 if TYPE_CHECKING:
     from crl.run.components import Components
 
+PHASE = "causal checks"  # its name in what `crl analyze` prints (`announce`)
 N_CHECK = 16  # prompts whose logged policy actions are replayed to check the replay reproduces their outcome
 Member = tuple[int, int]  # (feature, +1 amplify / -1 suppress)
 
@@ -124,6 +126,7 @@ class _Runner:
     def drain(self, stop: Callable[[], bool]) -> None:
         """Replay the queue, one batch at a time, until it is empty or `stop()` says so before a batch."""
         todo = list(self.queue)
+        n_batches = -(-len(todo) // self.batch)
         for at in range(0, len(todo), self.batch):
             if stop():
                 return
@@ -133,7 +136,8 @@ class _Runner:
                 ex = dataclasses.replace(self.by_id[pid], id=f"{pid}#causal{k}")
                 examples.append(ex)
                 scripts[ex.id] = list(script)
-            episodes = rollout(self.comps, examples, None, num_envs=self.batch, scripts=scripts)
+            item = f"replay batch {at // self.batch + 1}/{n_batches}"
+            episodes = rollout(self.comps, examples, None, num_envs=self.batch, scripts=scripts, progress=item)
             self.n_replayed += len(chunk)
             for job, ep in zip(chunk, episodes, strict=True):
                 self.known[job] = bool(ep.correct)
@@ -249,7 +253,14 @@ def causal_checks(
         runner.add([j for js in jobs.values() for j in js])
         planned.append((kind, members, pids, jobs, levels))
     limit = settings.get("max_seconds")
-    runner.drain(lambda: limit is not None and clock() - start > float(limit))
+    n_groups = sum(kind == "group" for kind, *_ in planned)
+    size = (
+        f"{len(features)} feature{'s' * (len(features) != 1)} + {n_groups} group{'s' * (n_groups != 1)} on at most "
+        f"{settings['prompts']} prompts each: "
+        f"{len(runner.queue)} episodes to replay" + (f", no batch started after {float(limit):g}s" if limit else "")
+    )
+    with announce.phase(PHASE, size, len(runner.queue), unit="episodes"):
+        runner.drain(lambda: limit is not None and clock() - start > float(limit))
     replayed = runner.outcomes(check)
     one_step = max((len(a) for a in eps.actions.values()), default=0) <= 1
     rows, left_out = [], []
@@ -300,6 +311,20 @@ def card_density(identity: str, model: str) -> np.ndarray | None:
     return None if cards is None else np.asarray(cards.density, dtype=float)
 
 
+def stored_causal(
+    run_dir: str | Path,
+    eval_split: str | None = None,
+    top: int = 5,
+    prompts: int = 128,
+    seed: int = 0,
+    n_boot: int = 2000,
+    max_seconds: float | None = None,
+) -> str | None:
+    """`CAUSAL_FILE` when `ensure_causal` with these settings (no force) would take the stored record, else None."""
+    want = plan(load_run(run_dir, include_train=False), eval_split, top, prompts, seed, n_boot, max_seconds)
+    return CAUSAL_FILE if current_record(read_causal, run_dir, want, is_current) is not None else None
+
+
 def ensure_causal(
     run_dir: str | Path,
     force: bool = False,
@@ -318,13 +343,16 @@ def ensure_causal(
     want = plan(run, eval_split, top, prompts, seed, n_boot, max_seconds)
     stored = current_record(read_causal, run_dir, want, is_current, force)
     if stored is not None:
+        announce.reused(PHASE, CAUSAL_FILE)
         return stored, None
     if not want["features"]:  # the eval policy never steered (or top=0): nothing to run, no model to load
+        announce.say(f"{PHASE}: nothing to replay (no feature to check)")
         record = {**want, "rows": [], "left_out": [], "n_replayed": 0}
         write_causal(run_dir, record)
         return record, None
     comps, note = rebuild(run_dir, load, need_noop=True)
     if comps is None:
+        announce.say(f"{PHASE}: {note}")
         return None, note
     phase = want["phase"]
     none = run.episodes_of(want["none_phase"]) if want["none_phase"] else pd.DataFrame(columns=["prompt_id", "correct"])
@@ -339,6 +367,8 @@ def ensure_causal(
             effects=answer_effects(read_effects_record(run_dir)),
         )
     except CRLError as e:  # e.g. logs that do not match the rebuilt config: the rest of the report still stands
-        return None, f"not measured: {e}"
+        note = f"not measured: {e}"
+        announce.say(f"{PHASE}: {note}")
+        return None, note
     write_causal(run_dir, record)
     return record, None

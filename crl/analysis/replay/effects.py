@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
+from crl.analysis.replay import announce
 from crl.analysis.replay.runner import action_id, noop_action, rollout, scores
 from crl.errors import CRLError
 from crl.logs import schema
@@ -81,34 +82,37 @@ def forced_feature_effects(
         )
     noop = noop_action(comps)
     rows = []
-    for f in features:
-        chosen = steered[steered["feature"] == f]
-        pids = sorted(set(chosen["prompt_id"]))
-        if len(pids) < cfg.min_prompts:
-            continue
-        scripts = {}
-        for pid, g in chosen.groupby("prompt_id"):
-            at = {int(s): action_id(comps, f, c) for s, c in zip(g["step"], g["coef"], strict=True)}  # its level
-            scripts[pid] = [at.get(t, noop) for t in range(max(at) + 1)]
-        examples = [by_id[p] for p in pids]
-        forced = rollout(comps, examples, None, num_envs=cfg.num_envs, scripts=scripts)
-        none = rollout(comps, examples, None, num_envs=cfg.num_envs)
-        a = np.array([e.correct for e in forced], float)
-        b = np.array([e.correct for e in none], float)
-        test = paired_bootstrap(a, b, stats_cfg)
-        rows.append(
-            {
-                "feature": int(f),
-                "n_prompts": len(pids),
-                "forced_acc": a.mean(),
-                "none_acc": b.mean(),
-                "effect": test.diff,
-                "effect_lo": test.lo,
-                "effect_hi": test.hi,
-                "effect_p": test.p,
-                "effect_mcnemar_p": mcnemar_exact(a.astype(bool), b.astype(bool)).p,
-            }
-        )
+    todo = [(f, steered[steered["feature"] == f]) for f in features]
+    todo = [(f, chosen, sorted(set(chosen["prompt_id"]))) for f, chosen in todo]
+    todo = [(f, chosen, pids) for f, chosen, pids in todo if len(pids) >= cfg.min_prompts]
+    n = sum(len(pids) for _, _, pids in todo)
+    size = f"{len(todo)} features × (forced + no steering) on the {n} prompts where the policy chose them"
+    with announce.phase("forced-feature effects", size, 2 * n):
+        for i, (f, chosen, pids) in enumerate(todo, 1):
+            scripts = {}
+            for pid, g in chosen.groupby("prompt_id"):
+                at = {int(s): action_id(comps, f, c) for s, c in zip(g["step"], g["coef"], strict=True)}  # its level
+                scripts[pid] = [at.get(t, noop) for t in range(max(at) + 1)]
+            examples = [by_id[p] for p in pids]
+            item = f"feature {f} ({i}/{len(todo)})"
+            forced = rollout(comps, examples, None, num_envs=cfg.num_envs, scripts=scripts, progress=f"{item} forced")
+            none = rollout(comps, examples, None, num_envs=cfg.num_envs, progress=f"{item} without steering")
+            a = np.array([e.correct for e in forced], float)
+            b = np.array([e.correct for e in none], float)
+            test = paired_bootstrap(a, b, stats_cfg)
+            rows.append(
+                {
+                    "feature": int(f),
+                    "n_prompts": len(pids),
+                    "forced_acc": a.mean(),
+                    "none_acc": b.mean(),
+                    "effect": test.diff,
+                    "effect_lo": test.lo,
+                    "effect_hi": test.hi,
+                    "effect_p": test.p,
+                    "effect_mcnemar_p": mcnemar_exact(a.astype(bool), b.astype(bool)).p,
+                }
+            )
     return pd.DataFrame(
         rows,
         columns=[
@@ -166,24 +170,31 @@ def side_effects(
         with residual_hook(lm.layers, sae.hook_name, add):
             return torch.log_softmax(lm.model(**enc).logits.float(), dim=-1)
 
-    base = logprobs(None)
-    rows = []
-    for f in features:
-        if not 0 <= int(f) < sae.d_sae:
-            raise CRLError(f"feature {f} is out of range for an SAE with d_sae={sae.d_sae}")
-        lp = logprobs(dirs[int(f)])
-        kl = (base.exp() * (base - lp)).sum(-1)[valid]
-        changed = (base.argmax(-1) != lp.argmax(-1))[valid].float()
-        rows.append(
-            {
-                "feature": int(f),
-                "coef": c,
-                "kl_mean": float(kl.mean()),
-                "kl_max": float(kl.max()),
-                "top1_changed": float(changed.mean()),
-                "n_positions": int(valid.sum()),
-            }
-        )
+    where = "the last position" if positions == "last" else "every position"
+    size = f"{len(features)} features, one forward of {len(prompts)} neutral prompts each (steering {where})"
+    with announce.phase("side effects", size, len(features) + 1, unit="forwards") as ph:
+        ph.item("no steering")
+        base = logprobs(None)
+        ph.update(1)
+        rows = []
+        for f in features:
+            if not 0 <= int(f) < sae.d_sae:
+                raise CRLError(f"feature {f} is out of range for an SAE with d_sae={sae.d_sae}")
+            ph.item(f"feature {f}")
+            lp = logprobs(dirs[int(f)])
+            kl = (base.exp() * (base - lp)).sum(-1)[valid]
+            changed = (base.argmax(-1) != lp.argmax(-1))[valid].float()
+            rows.append(
+                {
+                    "feature": int(f),
+                    "coef": c,
+                    "kl_mean": float(kl.mean()),
+                    "kl_max": float(kl.max()),
+                    "top1_changed": float(changed.mean()),
+                    "n_positions": int(valid.sum()),
+                }
+            )
+            ph.update(1)
     return pd.DataFrame(rows)
 
 
@@ -195,13 +206,18 @@ def coef_sweep(
         raise CRLError(f"split '{split}' was not loaded; build the components with it")
     examples = comps.splits[split]
     out = []
-    for c in sorted({0.0, *[float(x) for x in coefs]}):
-        if c == 0.0:
-            eps = rollout(comps, examples, None, num_envs=num_envs)
-        else:
-            eps = rollout(comps, examples, policy, masker=comps.masker(for_eval=True), num_envs=num_envs, coef=c)
-        acc, wf = scores(eps)
-        out.append({"coef": c, "accuracy": acc, "well_formed_rate": wf})
+    grid = sorted({0.0, *[float(x) for x in coefs]})
+    size = f"{len(grid)} coefficients ({', '.join(f'{c:g}' for c in grid)}) × {len(examples)} {split} prompts"
+    with announce.phase("coefficient sweep", size, len(grid) * len(examples)):
+        for i, c in enumerate(grid, 1):
+            item = f"coef {c:g} ({i}/{len(grid)})" + (" = no steering" if c == 0.0 else "")
+            if c == 0.0:
+                eps = rollout(comps, examples, None, num_envs=num_envs, progress=item)
+            else:
+                masker = comps.masker(for_eval=True)
+                eps = rollout(comps, examples, policy, masker=masker, num_envs=num_envs, progress=item, coef=c)
+            acc, wf = scores(eps)
+            out.append({"coef": c, "accuracy": acc, "well_formed_rate": wf})
     return out
 
 

@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 BATCH = 32  # prompts per forward
 
 
-def letter_logits(comps: Components, examples: list[Example]) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+def letter_logits(
+    comps: Components, examples: list[Example], progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     """Unsteered option-letter logits at the answer token, as log-probs (`DecisionBatch`: a prefix every prompt
     shares runs once): (logits (n, K), -inf where a prompt has fewer than K options; gold option index (n,); each
-    prompt's letter token ids, in option order)."""
+    prompt's letter token ids, in option order). `progress`: as in `runner.rollout` (prompts forwarded)."""
+    from crl.analysis.replay import announce
     from crl.analysis.replay.oracle import answer_ids
     from crl.analysis.replay.steer_effects import DecisionBatch
     from crl.envs.steering_env import prompt_texts
@@ -45,11 +48,14 @@ def letter_logits(comps: Components, examples: list[Example]) -> tuple[np.ndarra
     _, allowed, gold_ids = got
     texts, special = prompt_texts(comps.task, comps.lm.tokenizer, examples)
     out = np.full((len(examples), max(len(a) for a in allowed)), -np.inf)
-    for start in range(0, len(examples), BATCH):
-        # Log-probs differ from logits by one constant per prompt, which no letter comparison sees.
-        last = DecisionBatch.from_texts(comps.lm, comps.sae.hook_name, texts[start : start + BATCH], special).base
-        for i, a in enumerate(allowed[start : start + BATCH]):
-            out[start + i, : len(a)] = last[i, a].cpu().numpy()
+    with announce.progress(progress, len(examples)) as on_done:
+        for start in range(0, len(examples), BATCH):
+            # Log-probs differ from logits by one constant per prompt, which no letter comparison sees.
+            last = DecisionBatch.from_texts(comps.lm, comps.sae.hook_name, texts[start : start + BATCH], special).base
+            for i, a in enumerate(allowed[start : start + BATCH]):
+                out[start + i, : len(a)] = last[i, a].cpu().numpy()
+            if on_done is not None:
+                on_done(len(allowed[start : start + BATCH]))
     gold = np.array([a.index(g) for a, g in zip(allowed, gold_ids, strict=True)])
     return out, gold, allowed
 

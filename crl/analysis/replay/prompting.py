@@ -101,6 +101,19 @@ def candidates(answer_kind: str, train: list[Example]) -> list[PromptCandidate]:
 Scorer = Callable[[PromptCandidate, str, list["Example"]], tuple[float, float, int]]
 
 
+def score_pools(
+    cands: list[PromptCandidate],
+    splits: dict[str, list[Example]],
+    select_split: str = "train",
+    pick_split: str = "val",
+    max_prompts: int = 64,
+) -> dict[str, list[Example]]:
+    """The prompts every candidate is scored on, per split: the first `max_prompts` of each split that are no
+    candidate's shots."""
+    shots = {i for c in cands for i in c.shot_ids}
+    return {s: [e for e in splits[s] if e.id not in shots][:max_prompts] for s in (select_split, pick_split)}
+
+
 def select_prompt(
     cands: list[PromptCandidate],
     splits: dict[str, list[Example]],
@@ -110,12 +123,11 @@ def select_prompt(
     max_prompts: int = 64,
 ) -> tuple[PromptCandidate, list[dict[str, Any]]]:
     """Score every candidate on `select_split` then `pick_split` (the first `max_prompts` of each; the shots of any
-    candidate are left out of both), pick the best on `pick_split`, ties to the shorter prefix. Returns the chosen
-    candidate and one row per (candidate, split) in the order they were spent."""
+    candidate are left out of both: `score_pools`), pick the best on `pick_split`, ties to the shorter prefix.
+    Returns the chosen candidate and one row per (candidate, split) in the order they were spent."""
     if not cands:
         raise CRLError("no prompt candidates to choose from")
-    shots = {i for c in cands for i in c.shot_ids}
-    pools = {s: [e for e in splits[s] if e.id not in shots][:max_prompts] for s in (select_split, pick_split)}
+    pools = score_pools(cands, splits, select_split, pick_split, max_prompts)
     for s, pool in pools.items():
         if not pool:
             raise CRLError(f"no {s} prompts are left to score the prompt candidates; raise task.n_{s}")

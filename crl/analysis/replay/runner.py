@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from crl.analysis.replay import announce
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.rows import episode_rows
@@ -84,7 +85,8 @@ class SharedComponents:
             raise self._error
         if self._comps is None:
             try:
-                self._comps = load_components(self.run_dir)
+                with announce.phase("loading the run's model and SAE", f"from {schema.CONFIG_YAML}"):
+                    self._comps = load_components(self.run_dir)
             except (CRLError, OSError) as e:
                 self._error = e
                 raise
@@ -108,16 +110,20 @@ def rollout(
     masker: Any = None,
     num_envs: int | None = None,
     scripts: dict[str, list[int]] | None = None,
+    progress: str | None = None,
     **steering: Any,
 ) -> list[Episode]:
     """Run every example once; `policy=None` means no steering (`NoSteer`). `scripts` (prompt id -> actions
-    by step) override the policy at those steps (`Scripted`). Steering overrides (e.g. coef) apply."""
+    by step) override the policy at those steps (`Scripted`). Steering overrides (e.g. coef) apply. `progress`: what
+    these episodes are, in the progress lines of `crl analyze` (`announce.progress`; None: none), which change nothing
+    else."""
     from crl.envs.rollout import NoSteer, Scripted, run_episodes
 
     env = batch_env(comps, examples, seed, num_envs, masker=masker, **steering)
     try:
         act = policy if policy is not None else NoSteer(env)
-        return run_episodes(env, examples, Scripted(scripts, act) if scripts is not None else act)
+        with announce.progress(progress, len(examples)) as on_done:
+            return run_episodes(env, examples, Scripted(scripts, act) if scripts is not None else act, on_done=on_done)
     finally:
         env.close()
 

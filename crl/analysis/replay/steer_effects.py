@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crl.analysis.offline.feature_effects import EFFECTS_FILE, read_effects_record, used_levels
+from crl.analysis.replay import announce
 from crl.analysis.replay.effects import NEUTRAL_PROMPTS
 from crl.errors import CRLError
 from crl.logs.reader import load_run
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
     from crl.backends.model import FrozenLM
     from crl.run.components import Components
 
+PHASE = "steering effects"  # its name in what `crl analyze` prints (`announce`)
 N_TOKENS = 10  # promoted / demoted tokens kept per (feature, level)
 MAX_FEATURES = 30  # most-used features measured per run; the rest are counted as left out
 N_TASK_PROMPTS = 16  # first prompts of the task split
@@ -323,12 +325,19 @@ def _measure(
     used = plan["used"]
     head = {k: v for k, v in plan.items() if k != "used"}
     if not used:  # the eval policy never steered: nothing to measure, no model to load
+        announce.say(f"{PHASE}: nothing to measure (the eval policy never steered)")
         return {**head, "features": {}}
     if comps is None:
         from crl.analysis.replay.runner import load_components
 
         comps = load_components(run_dir)
-    record = feature_effects(comps, {f: list(lv) for f, lv in used.items()}, n_task_prompts, split=split)
+    n_pairs = sum(len(lv) for lv in used.values())
+    size = (
+        f"{len(used)} features, {n_pairs} (feature, level) pairs × ({len(NEUTRAL_PROMPTS)} neutral + "
+        f"{len(comps.splits.get(split, [])[:n_task_prompts])} {split} prompts), one token each"
+    )
+    with announce.phase(PHASE, size):
+        record = feature_effects(comps, {f: list(lv) for f, lv in used.items()}, n_task_prompts, split=split)
     for f, entries in record["features"].items():
         for e in entries:
             e["n_uses"] = used[int(f)][e["level"]]
@@ -352,6 +361,17 @@ def _current(record: dict[str, Any] | None, plan: dict[str, Any]) -> bool:
     return have == plan["used"] and record.get("n_features_left_out") == plan["n_features_left_out"]
 
 
+def stored_feature_effects(
+    run_dir: str | Path, eval_split: str | None = None, max_features: int = MAX_FEATURES
+) -> str | None:
+    """`EFFECTS_FILE` when `ensure_feature_effects` with these settings (no force) would take the stored record, else
+    None."""
+    from crl.analysis.replay.runner import current_record
+
+    stored = current_record(read_effects_record, run_dir, _plan(run_dir, eval_split, max_features), _current)
+    return EFFECTS_FILE if stored is not None else None
+
+
 def ensure_feature_effects(
     run_dir: str | Path,
     force: bool = False,
@@ -369,10 +389,12 @@ def ensure_feature_effects(
 
     stored = current_record(read_effects_record, run_dir, plan, _current, force)
     if stored is not None:
+        announce.reused(PHASE, EFFECTS_FILE)
         return stored, None
     if comps is None and plan["used"]:
         comps, note = rebuild(run_dir, load)
         if comps is None:
+            announce.say(f"{PHASE}: {note}")
             return None, note
     record = _measure(plan, run_dir, comps, N_TASK_PROMPTS, "val")
     write_feature_effects(run_dir, record)

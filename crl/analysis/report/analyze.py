@@ -6,6 +6,10 @@ computes them (crl.analysis.replay.precompute). Three cheaper measurements with 
 stored and measured again only when the eval changed: the steering effects per feature (`feature_effects`), the
 causal check (`causal`) and the side effects off the task (`offtask`); the sections share one model load.
 Settings: `crl.config.AnalyzeConfig` (conf/analyze.yaml).
+
+What it prints while it runs the model (on stderr, as `crl train` prints its progress: `crl.analysis.replay.announce`):
+first one line naming the phases that will run and the measurements reused from their stored files, then for each
+phase a start line with its size, progress lines for its rollouts, and a closing line with its wall time.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 
 from crl.analysis.offline.feature_effects import read_feature_effects
 from crl.analysis.offline.stats import StatsConfig, method_table
+from crl.analysis.replay import announce
 from crl.analysis.replay.runner import SharedComponents
+from crl.analysis.report import causal, offtask, steering
 from crl.analysis.report.accuracy import baselines_section, summary_section
 from crl.analysis.report.budget import budget_section
 from crl.analysis.report.cards import FeatureRefs
@@ -35,20 +41,65 @@ from crl.logs.reader import load_run
 from crl.logs.schema import Phase
 
 
-def _precompute(cfg: AnalyzeConfig, load: SharedComponents) -> None:
+def _replay_config(cfg: AnalyzeConfig):  # -> ReplayConfig (imported late: it pulls in the replay modules)
     from crl.analysis.replay.baselines import BaselineConfig
-    from crl.analysis.replay.precompute import ReplayConfig, run_replay_analyses
+    from crl.analysis.replay.precompute import ReplayConfig
+
+    baselines = BaselineConfig(split=cfg.split or "test", seeds=list(cfg.env_seeds))
+    return ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed)
+
+
+def _precompute(cfg: AnalyzeConfig, load: SharedComponents) -> None:
+    from crl.analysis.replay.precompute import run_replay_analyses
 
     load_run(cfg.run_dir)  # validate before loading the model
-    baselines = BaselineConfig(split=cfg.split or "test", seeds=list(cfg.env_seeds))
-    replay = ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed)
-    run_replay_analyses(cfg.run_dir, replay, comps=load())
+    run_replay_analyses(cfg.run_dir, _replay_config(cfg), comps=load())
+
+
+def _announce_phases(cfg: AnalyzeConfig) -> None:
+    """The first line: the phases that will run the model, in order, and the measurements taken from their stored
+    files (`runner.current_record`) instead. Nothing when the run directory cannot be read (the analysis says why)."""
+    run, reused = [], []
+
+    def check(name: str, file: str | None) -> None:
+        if file:
+            reused.append(f"{name}: reused (stored {file})")
+        else:
+            run.append(name)
+
+    try:
+        if cfg.env:
+            from crl.analysis.replay.precompute import phases
+
+            run += phases(cfg.run_dir, _replay_config(cfg))
+        if cfg.feature_effects:
+            from crl.analysis.replay.steer_effects import PHASE
+
+            check(PHASE, steering.stored(cfg.run_dir, cfg.split, force=cfg.env))
+        if cfg.causal:
+            from crl.analysis.replay.causal import PHASE
+
+            check(PHASE, causal.stored(cfg.run_dir, cfg))
+        if cfg.offtask:
+            from crl.analysis.replay.offtask import PHASE
+
+            check(PHASE, offtask.stored(cfg.run_dir, cfg))
+    except CRLError:
+        return
+    announce.say("; ".join([f"phases that run the model: {', '.join(run) or 'none'}", *reused]))
 
 
 def analyze_run(cfg: AnalyzeConfig) -> Result:
-    """Every offline analysis of one run directory; writes PNGs and report.html into the out dir."""
+    """Every offline analysis of one run directory; writes PNGs and report.html into the out dir. What it prints
+    while it runs the model: module docstring."""
     if not cfg.run_dir:
         raise CRLError("no run directory given; pass run_dir=runs/<name>")
+    with announce.session("crl analyze"):
+        _announce_phases(cfg)
+        return _analyze(cfg)
+
+
+def _analyze(cfg: AnalyzeConfig) -> Result:
     load = SharedComponents(cfg.run_dir)  # one model load for every section that runs the model
     if cfg.env:
         _precompute(cfg, load)

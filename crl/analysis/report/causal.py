@@ -5,6 +5,7 @@ measures them, by default in every `crl analyze`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crl.analysis.offline.causal import CLEAR, TABLE_COLUMNS, causal_table, members_text, read_causal
@@ -49,17 +50,7 @@ def causal_section(
     if cfg.causal:
         from crl.analysis.replay.causal import ensure_causal
 
-        record, note = ensure_causal(
-            run.path,
-            force=cfg.env,
-            eval_split=cfg.split,
-            top=cfg.causal_top,
-            prompts=cfg.causal_prompts,
-            seed=cfg.seed,
-            n_boot=cfg.n_boot,
-            max_seconds=cfg.causal_seconds,
-            load=load,
-        )
+        record, note = ensure_causal(run.path, force=cfg.env, **settings(cfg), load=load)
     else:
         record = read_causal(run.path)
         if record is None:
@@ -88,6 +79,25 @@ def causal_section(
             )
         )
         rep.add_table(s, "causal_groups", groups, tips=TIPS)
+
+
+def settings(cfg: AnalyzeConfig) -> dict[str, Any]:
+    """The causal check's settings in `crl analyze` (`replay.causal.ensure_causal`'s keywords)."""
+    return {
+        "eval_split": cfg.split,
+        "top": cfg.causal_top,
+        "prompts": cfg.causal_prompts,
+        "seed": cfg.seed,
+        "n_boot": cfg.n_boot,
+        "max_seconds": cfg.causal_seconds,
+    }
+
+
+def stored(run_dir: str | Path, cfg: AnalyzeConfig) -> str | None:
+    """The stored file `causal_section` will show without measuring (a current record, `cfg.env` off), else None."""
+    from crl.analysis.replay.causal import stored_causal
+
+    return None if cfg.env else stored_causal(run_dir, **settings(cfg))
 
 
 def describe(record: dict[str, Any]) -> str:

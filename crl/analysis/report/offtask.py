@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crl.analysis.offline.offtask import offtask_table, plan, read_offtask, reading
@@ -35,16 +36,7 @@ def offtask_section(rep: Report, run: RunDir, cfg: AnalyzeConfig, load: Callable
     if cfg.offtask:
         from crl.analysis.replay.offtask import ensure_offtask
 
-        record, note = ensure_offtask(
-            run.path,
-            force=cfg.env,
-            eval_split=cfg.split,
-            prompts=cfg.offtask_prompts,
-            tokens=cfg.offtask_tokens,
-            seed=cfg.seed,
-            n_boot=cfg.n_boot,
-            load=load,
-        )
+        record, note = ensure_offtask(run.path, force=cfg.env, **settings(cfg), load=load)
     else:
         record = read_offtask(run.path)
         if record is None:
@@ -59,6 +51,24 @@ def offtask_section(rep: Report, run: RunDir, cfg: AnalyzeConfig, load: Callable
     s.append(para(reading(record)))
     rep.add_table(s, "offtask", table, tips=TIPS)
     s.append(para(describe(record), "note"))
+
+
+def settings(cfg: AnalyzeConfig) -> dict[str, Any]:
+    """The off-task measurement's settings in `crl analyze` (`replay.offtask.ensure_offtask`'s keywords)."""
+    return {
+        "eval_split": cfg.split,
+        "prompts": cfg.offtask_prompts,
+        "tokens": cfg.offtask_tokens,
+        "seed": cfg.seed,
+        "n_boot": cfg.n_boot,
+    }
+
+
+def stored(run_dir: str | Path, cfg: AnalyzeConfig) -> str | None:
+    """The stored file `offtask_section` will show without measuring (a current record, `cfg.env` off), else None."""
+    from crl.analysis.replay.offtask import stored_offtask
+
+    return None if cfg.env else stored_offtask(run_dir, **settings(cfg))
 
 
 def describe(record: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ and levels (crl.analysis.replay.steer_effects measures it; crl.analysis.offline.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crl.analysis.offline.feature_effects import SHOWN_TOKENS, effects_table, read_effects_record
@@ -69,6 +70,14 @@ def steering_section(
     table["url"] = [neuronpedia_url(run.neuronpedia_id, f) for f in table["feature"]]
     shown = [c for c in table.columns if c != "url"]
     rep.add_table(s, "steering_effects", table, columns=shown, links={"feature": "url"}, tips=TIPS)
+
+
+def stored(run_dir: str | Path, eval_split: str | None, force: bool = False) -> str | None:
+    """The stored file `steering_section` (measuring, same `eval_split` and `force`) will show without measuring,
+    else None."""
+    from crl.analysis.replay.steer_effects import stored_feature_effects
+
+    return None if force else stored_feature_effects(run_dir, eval_split)
 
 
 def _describe(record: dict) -> str:
