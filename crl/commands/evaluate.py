@@ -21,7 +21,7 @@ def main(raw: DictConfig) -> None:
     cfg = load(EvalConfig, raw)
     if not cfg.run_dir:
         raise CRLError("crl eval needs run_dir=<a run directory>")
-    print(json.dumps(evaluate_run(Path(cfg.run_dir), cfg.split, cfg.seed), indent=2))
+    print(json.dumps(evaluate_run(Path(cfg.run_dir), cfg.split, cfg.seed, cfg.greedy_rule), indent=2))
 
 
 if __name__ == "__main__":

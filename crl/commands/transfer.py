@@ -30,7 +30,9 @@ def main(raw: DictConfig) -> None:
     if not cfg.run_dir:
         raise CRLError("crl transfer needs run_dir=<a run directory>")
     run_dir = Path(cfg.run_dir)
-    outcomes, variants, settings = transfer_outcomes(run_dir, cfg.variants, cfg.n, cfg.seed, cfg.fit_abstain)
+    outcomes, variants, settings = transfer_outcomes(
+        run_dir, cfg.variants, cfg.n, cfg.seed, cfg.fit_abstain, cfg.greedy_rule
+    )
     frame = pd.DataFrame(outcomes)
     table = transfer_table(frame, variants, StatsConfig(n_boot=cfg.n_boot, seed=cfg.boot_seed))
     settings = {**settings, "n_boot": cfg.n_boot, "boot_seed": cfg.boot_seed}

@@ -17,6 +17,7 @@ from crl.config.groups import (
     TRAIN_TASK,
     BenchConfig,
     BuildConfig,
+    GreedyRule,
     GRPOGroupConfig,
     MaskingConfig,
     ModelConfig,
@@ -107,6 +108,7 @@ class EvalConfig:
     run_dir: str | None = None  # a run directory (required)
     split: Split = "test"
     seed: int | None = seed_param(None)  # null: the run's own seed
+    greedy_rule: GreedyRule | None = None  # how the greedy policy picks (policy.greedy_rule); null: the run's own
 
 
 @dataclass
@@ -125,6 +127,7 @@ class TransferConfig:
     # A policy trained without policy.abstain: fit the rule now on the run's train and val prompts (policy.abstain
     # names the distance), to report the ablation; off: only the policy as it was trained.
     fit_abstain: Literal["off", "zscore", "knn"] = "off"
+    greedy_rule: GreedyRule | None = None  # how the greedy policy picks (policy.greedy_rule); null: the run's own
 
 
 @dataclass

@@ -18,6 +18,7 @@ from crl.config.core import ConfigError, group, param, seed_param
 Split = Literal["train", "val", "test"]
 CoefMode = Literal["relative", "raw"]
 WandbMode = Literal["offline", "online", "disabled"]
+GreedyRule = Literal["argmax", "steer_if_likely"]  # policy.greedy_rule
 
 # SmolLM2-135M's layer that the default SAE reads and the policy steers (why layer 6: crl/sae_training/config.py).
 DEFAULT_LAYER = 15  # compare: 0.990/1.000/0.995 test at L15 vs 0.912/0.912/0.917 at L6 (3 seeds, GPU)
@@ -181,6 +182,12 @@ class PolicyConfig:
     # follows the masking's candidates instead of d_sae (`crl bench policy` measures both). Narrower dictionaries
     # (the shipped 4608) score every action, bit for bit as the shipped numbers were made.
     compact_min_d_sae: int = param(16384, ge=1)
+    # How a greedy policy (val selection, test eval, `crl eval`, `crl transfer`, the analysis replays) picks an action.
+    # argmax: the most likely action; with thousands of feature actions the steering mass is spread over them, so
+    # the no-op wins unless one feature alone outweighs it (compare family: sampling steered 27-38% of decisions,
+    # argmax 0%). steer_if_likely: steer iff P(no-op) < 1/2, then the most likely valid steering action (argmax
+    # when there is no no-op, steering.allow_noop=false). `crl eval` / `crl transfer` greedy_rule= override it.
+    greedy_rule: GreedyRule = "argmax"
 
     def check(self) -> None:
         if self.abstain != "off" and self.obs_norm != "standardize":

@@ -224,6 +224,14 @@ def saved_config(run_dir: str | Path, devices: bool = True) -> TrainConfig:
     return cfg
 
 
+def with_greedy_rule(cfg: TrainConfig, rule: str | None) -> TrainConfig:
+    """`cfg` with its policy's greedy rule (policy.greedy_rule) replaced by `rule`; None keeps the run's own.
+    `crl eval` and `crl transfer` re-evaluate a trained run under another rule this way, without retraining."""
+    if rule is None:
+        return cfg
+    return dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, greedy_rule=rule))
+
+
 def _is_group(f: dataclasses.Field) -> bool:
     return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
 

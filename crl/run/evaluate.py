@@ -21,7 +21,7 @@ from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.logs.schema import Phase, RunInfo
 from crl.logs.writer import RunWriter
-from crl.run.components import Components, build, rollouts, saved_config
+from crl.run.components import Components, build, rollouts, saved_config, with_greedy_rule
 
 
 def evaluate(
@@ -72,13 +72,16 @@ def feature_usage(episodes: list[Episode], comps: Components, top: int) -> list[
     ]
 
 
-def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) -> dict[str, Any]:
-    """Re-evaluate a trained run greedily on `split`, append its `eval:<split>` rows; returns the accuracy."""
+def evaluate_run(
+    run_dir: Path, split: str = "test", seed: int | None = None, greedy_rule: str | None = None
+) -> dict[str, Any]:
+    """Re-evaluate a trained run greedily on `split`, append its `eval:<split>` rows; returns the accuracy.
+    `greedy_rule`: how the greedy policy picks (policy.greedy_rule); None: the run's own."""
     if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
         raise CRLError(
             f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
         )
-    cfg = saved_config(run_dir)
+    cfg = with_greedy_rule(saved_config(run_dir), greedy_rule)
     saved = RunInfo.read(run_dir)
     comps = build(cfg, splits=("train", split) if split != "train" else ("train",))
     comps.check_identity(saved, run_dir, keys=("sae_identity",))
@@ -95,6 +98,7 @@ def evaluate_run(run_dir: Path, split: str = "test", seed: int | None = None) ->
     return {
         "run_dir": str(run_dir),
         "split": split,
+        "greedy_rule": comps.policy.greedy_rule,
         **accuracy(episodes),
         "n": len(episodes),
         "top_features": feature_usage(episodes, comps, 10),

@@ -27,7 +27,7 @@ from crl.envs.tasks.family import held_out_axes
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.schema import RunInfo
-from crl.run.components import Components, build, rollouts, saved_config
+from crl.run.components import Components, build, rollouts, saved_config, with_greedy_rule
 
 
 def _steered(ep: Episode) -> bool:
@@ -53,13 +53,15 @@ def transfer_outcomes(
     n: int = 400,
     seed: int | None = None,
     fit_abstain: str = "off",
+    greedy_rule: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(per-prompt outcomes, one dict per variant: variant, held_out, describe, and the settings) of `run_dir`."""
+    """(per-prompt outcomes, one dict per variant: variant, held_out, describe, and the settings) of `run_dir`.
+    `greedy_rule`: how the greedy policy picks (policy.greedy_rule); None: the run's own."""
     if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
         raise CRLError(
             f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
         )
-    cfg = saved_config(run_dir)
+    cfg = with_greedy_rule(saved_config(run_dir), greedy_rule)
     if fit_abstain != "off":
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, abstain=fit_abstain))
     task = _task_with_variants(cfg)  # every variant is checked before the model loads
@@ -109,6 +111,7 @@ def transfer_outcomes(
         "seed": seed,
         "abstain": comps.policy.abstain,
         "abstain_fitted_now": fit_abstain != "off",
+        "greedy_rule": comps.policy.greedy_rule,
     }
     return outcomes, info, settings
 

@@ -5,6 +5,7 @@ carries both policies, and abstention switches steering off on a variant far fro
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pandas as pd
@@ -184,3 +185,31 @@ def test_the_abstaining_run_taken_from_the_other_two_equals_rolling_it_out(tmp_p
     assert [key(ep) for ep in taken] == [key(ep) for ep in direct]
     abstained = [ep.steps[0]["abstained"] for ep in direct]
     assert any(abstained) and not all(abstained)  # both kinds of prompt, so both shortcuts are checked
+
+
+def test_transfer_takes_another_greedy_rule_and_records_it(tmp_path, monkeypatch, capsys):
+    """A policy whose steering mass (0.6) is spread over its 16 actions: argmax never steers, steer_if_likely always
+    steers with the most likely of them (STEER, amplified); transfer.json says which rule ran."""
+    from crl.run.components import saved_config
+
+    run, _ = _run_dir(tmp_path)
+    net = build(saved_config(run), splits=()).load_policy(run).net
+    with torch.no_grad():  # logits independent of the residual: feature bias + level bias, and the no-op's
+        for head in (net.actor, net.level_head, net.noop_head):
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+        net.feature_bias.zero_()
+        net.feature_bias[STEER] = 1.0
+        net.level_head[-1].bias.copy_(torch.tensor([0.0, -30.0]))  # suppressing: no mass
+        steer_mass = math.e + (len(net.feature_bias) - 1)
+        net.noop_head[-1].bias.fill_(math.log(steer_mass * 0.4 / 0.6))  # P(no-op) = 0.4
+    torch.save(net.state_dict(), run / POLICY_FILE)
+    outcomes, _, settings = transfer_outcomes(run, ["trained"], n=8)
+    assert settings["greedy_rule"] == "argmax" and not any(r["crl_steered"] for r in outcomes)
+    monkeypatch.chdir(tmp_path)  # Hydra's job log goes to the working directory
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    cli.main(["transfer", f"run_dir={run}", "n=8", "n_boot=50", "variants=[trained]", "greedy_rule=steer_if_likely"])
+    capsys.readouterr()
+    saved = json.loads((run / "analysis" / "transfer.json").read_text())
+    assert saved["greedy_rule"] == "steer_if_likely"
+    assert read_transfer(run)["crl_steered"].tolist() == [1.0]

@@ -30,6 +30,8 @@ def transfer_section(rep: Report, run: RunDir) -> None:
     settings = read_transfer_settings(run.path)
     if settings.get("trained"):
         s.append(para(f"Trained on: {settings['trained']}; {settings.get('n')} prompts asked per variant.", "note"))
+    if settings.get("greedy_rule", "argmax") != "argmax":  # crl/agent/policy.py, greedy_columns
+        s.append(para(f"The greedy policy picks by policy.greedy_rule={settings['greedy_rule']}.", "note"))
     policies = [m for m in (*PLAIN, *ABLATION) if m in table]
     if policies == list(ABLATION):
         fitted = (

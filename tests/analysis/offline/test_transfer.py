@@ -127,3 +127,9 @@ def test_the_report_section_appears_only_when_transfer_ran(tmp_path):
     assert title == "Transfer to held-out task variants" and "Harm not ruled out on: harm (crl)." in html
     assert f"Trained on: wording plain | direction larger; {N} prompts asked per variant." in html
     assert '<td class="t">GAIN</td>' in html and "crl_verdict" in html and list(rep.tables["transfer"]["n"]) == [N] * 3
+    assert "greedy_rule" not in html  # argmax (or a transfer.json from before the rule was recorded): not mentioned
+    settings = {"trained": "wording plain", "n": N, "greedy_rule": "steer_if_likely"}
+    write_transfer(run.path / "analysis", table, outcomes, settings)
+    rep = Report("t")
+    transfer_section(rep, run)
+    assert "The greedy policy picks by policy.greedy_rule=steer_if_likely." in "".join(rep.sections[0][1])
