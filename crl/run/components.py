@@ -140,14 +140,19 @@ class Components:
     ) -> None:
         """One-line error if the run in `run_dir` was made with another model/SAE/task/layer than loaded now.
         Keys the run did not record (None in an older or hand-written run.json) are not compared."""
-        now = self.identity()
-        diff = [k for k in keys if getattr(saved, k) is not None and getattr(saved, k) != now[k]]
+        diff = self.identity_diffs(saved, keys)
         if diff:
             raise CRLError(
-                f"run dir {run_dir} is incompatible with what is loaded now: "
-                + "; ".join(f"{k}: run has {getattr(saved, k)!r}, now {now[k]!r}" for k in diff)
-                + "; feature ids would not match: load the run's own model, SAE and task, or start a new run"
+                f"run dir {run_dir} is incompatible with what is loaded now: {diff}; feature ids would not match: "
+                "load the run's own model, SAE and task, or start a new run"
             )
+
+    def identity_diffs(self, saved: RunInfo, keys: tuple[str, ...]) -> str:
+        """The `keys` (of `identity()`, or d_sae) on which `saved` differs from what is loaded now, as "k: run has
+        a, now b; ..." ("" when none). Keys the run did not record (None) are not compared."""
+        now = {**self.identity(), "d_sae": self.sae.d_sae}
+        diff = [k for k in keys if getattr(saved, k) is not None and getattr(saved, k) != now[k]]
+        return "; ".join(f"{k}: run has {getattr(saved, k)!r}, now {now[k]!r}" for k in diff)
 
 
 def policy_file(run_dir: str | Path) -> str | None:

@@ -128,10 +128,8 @@ def _selected_update(path: Path) -> int | None:
 def start_from(source: InitSource, comps: Components, net: ActorCritic) -> None:
     """Check the loaded model and SAE against the source's run.json, then load its whole policy into `net` (a fresh
     one): every parameter and persistent buffer, so nothing stays at its fresh initialisation."""
-    now = {**comps.identity(), "d_sae": comps.sae.d_sae}
-    diffs = [k for k in LOADED_KEYS if getattr(source.info, k) is not None and getattr(source.info, k) != now[k]]
-    if diffs:
-        what = "; ".join(f"{k}: the run has {getattr(source.info, k)!r}, now {now[k]!r}" for k in diffs)
+    what = comps.identity_diffs(source.info, LOADED_KEYS)
+    if what:
         raise CRLError(
             f"init_from={source.path}: its policy was trained on another model or SAE ({what}); its feature ids "
             "would mean other features: start from a run of this model, SAE and layer"
