@@ -34,6 +34,8 @@ from crl.paths import CONF_DIR
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    from crl.analysis.offline.variants import SUMMARY_KEY, format_lines
+
     b, a = summary["before"], summary["after"]
     print(f"\n[crl] run dir: {run_dir}   ({summary['wall_seconds']:.0f}s)")
     sel = summary.get("selection")
@@ -45,6 +47,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         stop = ", stopped early: val did not improve for run.patience evals" if sel["stopped_early"] else ""
         print(f"[crl] selected update {sel['selected_update']} of {sel['last_update']} ({why}{stop})")
     print(f"[crl] {summary['split']} accuracy   before {b['accuracy']:.3f}  after {a['accuracy']:.3f}   (n={a['n']})")
+    for line in format_lines(summary.get(SUMMARY_KEY) or []):  # a task family: the same per variant
+        print(line)
     print(f"[crl] well-formed rate  before {b['well_formed']:.3f}  after {a['well_formed']:.3f}")
     print_top_features(summary["top_features"][:8])
 
@@ -96,6 +100,7 @@ def _main(raw: DictConfig) -> None:
 def _train(raw: DictConfig, job: sweep.Job | None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from crl.analysis.offline.variants import SUMMARY_KEY, record_variants
     from crl.run.components import POLICY_FILE, saved_config
     from crl.run.train import resume_config, train
 
@@ -115,6 +120,10 @@ def _train(raw: DictConfig, job: sweep.Job | None) -> None:
                 lifecycle.discard_progress(run_dir, extra=(POLICY_FILE,))
                 print(f"[crl] {run_dir} stopped before its first checkpoint: starting it again from the beginning")
         summary = train(cfg, run_dir, overrides)
+    try:  # a task family: accuracy per variant, into summary.json (after the run is complete: it cannot fail it)
+        summary = {**summary, SUMMARY_KEY: record_variants(run_dir, summary["split"])}
+    except CRLError as e:
+        print(f"[crl] warning: accuracy per task variant failed: {e}", file=sys.stderr)
     print_summary(summary, run_dir)
     if cfg.run.analyze:
         from crl.analysis.api import analyze_run

@@ -35,6 +35,7 @@ from crl.analysis.report.sweeps import coef_section
 from crl.analysis.report.transfer import transfer_section
 from crl.analysis.report.usage import usage_section
 from crl.analysis.report.value import critic_section
+from crl.analysis.report.variants import variants_section
 from crl.config import AnalyzeConfig
 from crl.errors import CRLError
 from crl.logs.reader import load_run
@@ -110,12 +111,14 @@ def _analyze(cfg: AnalyzeConfig) -> Result:
     phase = run.eval_phase(cfg.split)
     baselines = run.baseline_phases(Phase.parse(phase).split)
     methods = ordered({"crl": run.episodes_of(phase), **{n: run.episodes_of(p) for n, p in baselines.items()}})
-    mt = method_table(methods, "crl", StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed))
+    stats_cfg = StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed)
+    mt = method_table(methods, "crl", stats_cfg)
 
     rep = Report(f"CRL analysis: {run.name}")
     refs = FeatureRefs.of(run)  # labels and card links for every feature id in the report
     summary_section(rep, run, phase, mt, warnings, refs)
     rep.sections[0][1].append(refs.note_html())
+    variants_section(rep, run, phase, stats_cfg)  # only for a task family
     learning_section(rep, run, out)
     baselines_section(rep, run, phase, mt, out, refs)
     budget_section(rep, run, out, read_precomputed(run.path, "baseline_selection"))
