@@ -42,7 +42,9 @@ of the val prompts, fitted once before training (`fit_abstention`) and saved wit
 abstain_threshold, abstain_sample). At every decision with d(x) > tau the action is forced to "no steering":
 `PolicyAgent` narrows that decision's action mask to the no-op, so the decision is logged as forced
 (`abstained` in the intervention rows) and PPO leaves it out like any forced step (crl/agent/ppo.py). By construction
-about 1 - q of in-distribution decisions abstain. Not fitted (tau = inf): never abstains.
+about 1 - q of in-distribution decisions abstain. Not fitted (tau = inf): never abstains. `crl transfer` records
+d(x) / tau per prompt and, for one-decision tasks, what other thresholds m * tau would have done
+(crl/analysis/offline/abstention.py).
 """
 
 from __future__ import annotations

@@ -11,11 +11,16 @@ greedy decoding is deterministic and the rule only ever replaces an action by "n
 of the unsteered rollout is out of distribution the abstaining policy never steers and its episode is the unsteered
 one, and where no decision of the rule-free rollout is out of distribution it is that one (up to the float noise of
 another batch composition, as between any two evaluations). For one-token answers (compare) that is every prompt.
+
+Per prompt it also records `decisions` (the most decisions among its episodes) and, when the policy can abstain,
+`ood_ratio` = d(x) / tau at the first decision of the unsteered episode: the offline threshold ablation
+(crl/analysis/offline/abstention.py) reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +98,7 @@ def transfer_outcomes(
         if "crl_abstain" in policies:
             runs["crl_abstain"] = _with_rule(comps, examples, agent, runs["none"], runs["crl_no_abstain"], seed, label)
         info.append({"variant": spec, "held_out": "+".join(held), "describe": vs.describe(), "n": len(examples)})
+        ratios = ood_ratios(agent.net, runs["none"]) if agent.net.can_abstain else None
         for j, ex in enumerate(examples):
             row: dict[str, Any] = {"variant": spec, "prompt_id": ex.id, "none_correct": runs["none"][j].correct}
             for name in policies:
@@ -101,6 +107,9 @@ def transfer_outcomes(
                 row[f"{name}_steered"] = _steered(ep)
                 if name == "crl_abstain":
                     row[f"{name}_abstained"] = _abstained(ep)
+            row["decisions"] = max(len(r[j].steps) for r in runs.values())
+            if ratios is not None:
+                row["ood_ratio"] = ratios[j]
             outcomes.append(row)
     settings = {
         "run": run_dir.name,
@@ -114,6 +123,20 @@ def transfer_outcomes(
         "greedy_rule": comps.policy.greedy_rule,
     }
     return outcomes, info, settings
+
+
+def ood_ratios(net: Any, episodes: list[Episode]) -> list[float]:
+    """d(x) / tau (crl/agent/policy.py) at each episode's first decision (nan without one); > 1: the rule abstains
+    there. Episode by episode, as `_with_rule` tests them, so the same floats decide."""
+    tau = float(net.abstain_threshold)
+    out = []
+    for ep in episodes:
+        if ep.obs is None or not len(ep.obs):
+            out.append(math.nan)
+        else:
+            d = float(net.ood_distance(ep.obs[:1])[0])
+            out.append(d / tau if tau else math.inf if d > 0 else 0.0)
+    return out
 
 
 def _rollouts(

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from crl import cli
+from crl.analysis.offline.abstention import M_GRID
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.offline.transfer import read_transfer, transfer_table
 from crl.backends.hooks import HookPoint
@@ -121,6 +122,7 @@ def test_a_planted_harm_is_harm_and_a_planted_gain_is_gain(tmp_path):
     assert table.loc[harm, "none"] == 1.0 and table.loc[harm, "crl"] == 0.0
     assert table.loc[harm, "crl_verdict"] == "HARM" and table.loc[harm, "crl_hi"] < 0
     assert (table["crl_steered"] == 1.0).all() and (table["n"] == 24).all()
+    assert "ood_ratio" not in frame and (frame["decisions"] == 1).all()  # no rule: no ratio; one-token answers
     assert table.loc["direction:smaller", "held_out"] == "direction" and table.loc["direction:larger", "held_out"] == ""
     assert settings["trained"] == "wording plain | direction larger | range 2digit" and settings["abstain"] == "off"
 
@@ -142,6 +144,16 @@ def test_the_command_prints_the_table_writes_files_and_ablates_abstention(tmp_pa
     assert saved["abstain"] == "zscore" and len(saved["variants"]) == 2 and saved["n"] == 16
     prompts = pd.read_csv(run / "analysis" / "transfer_prompts.csv")
     assert len(prompts) == 32 and prompts["prompt_id"].is_unique
+    # d(x)/tau at the first decision: positive, > 1 exactly where the rule abstained; one decision each, so the
+    # offline threshold ablation runs, and its m = 1 row is crl_abstain's
+    assert (prompts["ood_ratio"] > 0).all() and (prompts["decisions"] == 1).all()
+    assert ((prompts["ood_ratio"] > 1) == prompts["crl_abstain_abstained"]).all()
+    assert "abstention threshold ablation (offline)" in out and "d/tau p10|med|p90" in out
+    rows = pd.DataFrame(saved["abstention_ablation"]["rows"])
+    assert len(rows) == 2 * len(M_GRID) and saved["abstention_ablation"]["note"] == ""
+    at1 = rows[rows["m"] == 1.0].set_index("variant")
+    assert (at1["acc"] == table.set_index("variant")["crl_abstain"]).all()
+    assert table["ood_ratio_median"].notna().all()
 
 
 def test_transfer_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):

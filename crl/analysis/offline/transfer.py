@@ -11,7 +11,10 @@ the table. Per variant and policy:
 - steered: the share of prompts where the policy steered at least one decision; abstained: the share where the
   rule forced at least one decision to "no steering";
 - verdict: HARM when the CI's lower bound is below -HARM_MARGIN (a loss of more than 2 points is not ruled out),
-  else GAIN when p < ALPHA and diff > 0, else TIE.
+  else GAIN when p < ALPHA and diff > 0, else TIE;
+- with a rule: how far the variant is from the training sample, the 10th, 50th and 90th percentile over prompts of
+  d(x) / tau at the first decision (`ood_ratio`; > 1: the rule abstains). What other thresholds would have done:
+  crl/analysis/offline/abstention.py, under the key `abstention_ablation` of transfer.json.
 
 Torch-free: it reads outcomes, not models. Files: <run_dir>/analysis/transfer.csv (one row per variant),
 transfer.json (the same rows and the settings) and transfer_prompts.csv (the per-prompt outcomes).
@@ -33,6 +36,8 @@ from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 HARM_MARGIN = 0.02  # a CI reaching below -0.02 cannot rule out harm
 ALPHA = 0.05
 CSV, JSON, PROMPTS_CSV = "transfer.csv", "transfer.json", "transfer_prompts.csv"
+ABLATION_KEY = "abstention_ablation"  # transfer.json: the threshold ablation (crl/analysis/offline/abstention.py)
+RATIO_QUANTILES = (("ood_ratio_p10", 0.1), ("ood_ratio_median", 0.5), ("ood_ratio_p90", 0.9))
 # Policy columns of the outcomes: one policy, or the abstention ablation (policy.abstain).
 PLAIN = ("crl",)
 ABLATION = ("crl_abstain", "crl_no_abstain")
@@ -87,6 +92,9 @@ def transfer_table(
             row[f"{m}_steered"] = float(o[f"{m}_steered"].mean()) if len(o) else math.nan
             if f"{m}_abstained" in o:
                 row[f"{m}_abstained"] = float(o[f"{m}_abstained"].mean()) if len(o) else math.nan
+        if "ood_ratio" in o:
+            r = o["ood_ratio"].astype(float).dropna()
+            row.update({c: float(r.quantile(q)) if len(r) else math.nan for c, q in RATIO_QUANTILES})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -115,9 +123,12 @@ def format_table(table: pd.DataFrame) -> str:
         "abstained",
         "verdict",
     ]
+    ratios = "ood_ratio_median" in table
+    if ratios:
+        head.append("d/tau p10|med|p90")
     lines = []
     for _, r in table.iterrows():
-        for m in policies:
+        for i, m in enumerate(policies):
             ci = (
                 f"{r[f'{m}_diff']:+.3f} [{r[f'{m}_lo']:+.3f}, {r[f'{m}_hi']:+.3f}]"
                 if f"{m}_diff" in r and r["n"]
@@ -138,22 +149,33 @@ def format_table(table: pd.DataFrame) -> str:
                     str(r.get(f"{m}_verdict", "")),
                 ]
             )
+            if ratios:  # per variant: on its first line
+                qs = [r[c] for c, _ in RATIO_QUANTILES]
+                lines[-1].append("|".join(f"{q:.2f}" for q in qs) if i == 0 and not any(q != q for q in qs) else "")
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), *(fmt(line) for line in lines)])
 
 
 def write_transfer(
-    out_dir: str | Path, table: pd.DataFrame, outcomes: pd.DataFrame, settings: dict[str, Any]
+    out_dir: str | Path,
+    table: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    settings: dict[str, Any],
+    ablation: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """transfer.csv, transfer.json and transfer_prompts.csv in `out_dir` (written atomically); returns their paths."""
+    """transfer.csv, transfer.json and transfer_prompts.csv in `out_dir` (written atomically); returns their paths.
+    `ablation`: the threshold ablation's JSON form (abstention.ablation_json), under ABLATION_KEY."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / CSV, "json": out / JSON, "prompts": out / PROMPTS_CSV}
     atomic_write_bytes(paths["csv"], table.to_csv(index=False).encode())
     atomic_write_bytes(paths["prompts"], outcomes.to_csv(index=False).encode())
     records = json.loads(table.to_json(orient="records"))  # NaN -> null
-    atomic_write_json(paths["json"], {**settings, "harm_margin": HARM_MARGIN, "alpha": ALPHA, "variants": records})
+    data = {**settings, "harm_margin": HARM_MARGIN, "alpha": ALPHA, "variants": records}
+    if ablation is not None:
+        data[ABLATION_KEY] = ablation
+    atomic_write_json(paths["json"], data)
     return paths
 
 
@@ -172,4 +194,4 @@ def read_transfer_settings(run_dir: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in data.items() if k != "variants"} if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if k not in ("variants", ABLATION_KEY)} if isinstance(data, dict) else {}

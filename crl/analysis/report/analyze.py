@@ -127,7 +127,7 @@ def _analyze(cfg: AnalyzeConfig) -> Result:
     critic_section(rep, run, phase, baselines, out, cfg.n_bins)
     coef_section(rep, run, baselines, out)
     side_effects_section(rep, run, cfg.top_k, cfg.side_effects_table, refs)
-    transfer_section(rep, run)  # only when `crl transfer` wrote analysis/transfer.csv
+    transfer_section(rep, run, out)  # only when `crl transfer` wrote analysis/transfer.csv
     steering_section(rep, run, cfg.split, cfg.feature_effects, force=cfg.env, refs=refs, load=load)  # runs the model
     causal_section(rep, run, cfg, refs, load)  # runs the model (after the steering effects: it groups by them)
     offtask_section(rep, run, cfg, load)  # runs the model: side effects off the task

@@ -1,18 +1,60 @@
 """The report section on transfer: the policy against no steering on task variants held out of its training, read
 from <run_dir>/analysis/transfer.csv (written by `crl transfer`; definitions in crl/analysis/offline/transfer.py).
-No file, no section: the report of a run nobody ran `crl transfer` on is unchanged."""
+No file, no section: the report of a run nobody ran `crl transfer` on is unchanged. With an abstention rule, also
+the offline ablation of its threshold (crl/analysis/offline/abstention.py), drawn."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
-from crl.analysis.offline.transfer import ABLATION, ALPHA, HARM_MARGIN, PLAIN, read_transfer, read_transfer_settings
+from crl.analysis.offline.abstention import m_label, read_ablation
+from crl.analysis.offline.transfer import (
+    ABLATION,
+    ALPHA,
+    HARM_MARGIN,
+    PLAIN,
+    RATIO_QUANTILES,
+    read_transfer,
+    read_transfer_settings,
+)
 from crl.analysis.report.document import Report, para
+from crl.analysis.report.plots import _figure, _save
 from crl.logs.reader import RunDir
 
+PLOT = "transfer_abstention.png"
 
-def transfer_section(rep: Report, run: RunDir) -> None:
-    """Append the transfer table when `crl transfer` has written one for this run."""
+
+def threshold_plot(ablation: pd.DataFrame, path: str | Path) -> Path:
+    """diff vs none against the threshold multiplier m, one line per variant with its 95% CI band; m on an even
+    grid (inf last), a vertical line at m = 1 (the fitted rule)."""
+    grid = sorted(set(ablation["m"]))
+    x = {m: i for i, m in enumerate(grid)}
+    fig, (ax,) = _figure(8.4, 3.8)
+    for name, g in ablation.groupby("variant", sort=False):
+        xs = [x[m] for m in g["m"]]
+        (line,) = ax.plot(xs, g["diff"], marker="o", ms=3, label=str(name))
+        ax.fill_between(xs, g["lo"], g["hi"], color=line.get_color(), alpha=0.15)
+    finite = [m for m in grid if np.isfinite(m)]
+    if finite and finite[0] <= 1 <= finite[-1]:
+        ax.axvline(
+            float(np.interp(1.0, finite, range(len(finite)))), color="gray", ls="--", lw=1, label="m = 1: fitted tau"
+        )
+    ax.axhline(0, color="#444444", lw=0.8)
+    ax.axhline(-HARM_MARGIN, color="#c44e52", ls=":", lw=0.8, label=f"-{HARM_MARGIN} (harm margin)")
+    ax.set_xticks(range(len(grid)), ["∞ (no rule)" if not np.isfinite(m) else m_label(m) for m in grid])
+    ax.set_xlabel("threshold multiplier m: abstain where d(x) > m·tau")
+    ax.set_ylabel("accuracy diff vs no steering (95% CI)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside, off the lines
+    ax.set_title("What other abstention thresholds would have done (offline)", fontsize=10)
+    return _save(fig, path)
+
+
+def transfer_section(rep: Report, run: RunDir, out: str | Path | None = None) -> None:
+    """Append the transfer table when `crl transfer` has written one for this run; plots go to `out` (default
+    <run>/analysis)."""
     table = read_transfer(run.path)
     if table is None or table.empty:
         return
@@ -53,6 +95,28 @@ def transfer_section(rep: Report, run: RunDir) -> None:
     cols = ["variant", "held_out", "n", "none"]
     for m in policies:
         cols += [m, f"{m}_diff", f"{m}_lo", f"{m}_hi", f"{m}_p", f"{m}_steered", f"{m}_abstained", f"{m}_verdict"]
+    cols += [c for c, _ in RATIO_QUANTILES]
     shown = pd.DataFrame({c: table[c] for c in cols if c in table})
     tips = {"describe": "the variants each problem was drawn from"}
+    tips.update({c: f"{q:.0%} quantile over prompts of d(x)/tau (> 1: abstains)" for c, q in RATIO_QUANTILES})
     rep.add_table(s, "transfer", shown, tips=tips)
+    ablation, note = read_ablation(run.path)
+    if note:
+        s.append(para(note + ".", "note"))
+    if ablation.empty:
+        return
+    s.append(
+        para(
+            "Abstention threshold ablation, computed from the outcomes above without new rollouts (exact: every "
+            "episode is one decision): at threshold m·tau the rule abstains on a prompt iff d(x)/tau > m, and the "
+            "prompt's outcome is then no steering's, else crl_no_abstain's. m = 1: crl_abstain; m = ∞: crl_no_abstain. "
+            "Cells: diff vs none, verdict, share abstained.",
+            "note",
+        )
+    )
+    rep.add_image(s, "transfer_abstention", threshold_plot(ablation, Path(out or run.path / "analysis") / PLOT))
+    cell = lambda r: f"{r['diff']:+.3f} {r['verdict']}, {r['abstained']:.0%}"  # noqa: E731
+    pivot = ablation.assign(cell=ablation.apply(cell, axis=1), m=[f"m={m_label(m)}" for m in ablation["m"]])
+    wide = pivot.pivot(index="variant", columns="m", values="cell")
+    wide = wide.loc[list(dict.fromkeys(ablation["variant"])), list(dict.fromkeys(pivot["m"]))].reset_index()
+    rep.add_table(s, "transfer_abstention", wide)
