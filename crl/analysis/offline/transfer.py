@@ -10,8 +10,9 @@ the table. Per variant and policy:
   exact McNemar p-value (`stats.mcnemar_exact`);
 - steered: the share of prompts where the policy steered at least one decision; abstained: the share where the
   rule forced at least one decision to "no steering";
-- verdict: HARM when the CI's lower bound is below -HARM_MARGIN (a loss of more than 2 points is not ruled out),
-  else GAIN when p < ALPHA and diff > 0, else TIE;
+- verdict: when the CI's lower bound is below -HARM_MARGIN (a loss of more than 2 points is not ruled out), HARM if
+  diff < 0, else UNSURE (no loss measured, none ruled out either: do no harm is not shown); else GAIN when p < ALPHA
+  and diff > 0, else TIE. Do no harm holds on GAIN and TIE;
 - with a rule: how far the variant is from the training sample, the 10th, 50th and 90th percentile over prompts of
   d(x) / tau at the first decision (`ood_ratio`; > 1: the rule abstains). What other thresholds would have done:
   crl/analysis/offline/abstention.py, under the key `abstention_ablation` of transfer.json.
@@ -34,6 +35,7 @@ from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 
 HARM_MARGIN = 0.02  # a CI reaching below -0.02 cannot rule out harm
+NOT_SAFE = ("HARM", "UNSURE")  # the verdicts on which do no harm is not shown
 ALPHA = 0.05
 CSV, JSON, PROMPTS_CSV = "transfer.csv", "transfer.json", "transfer_prompts.csv"
 ABLATION_KEY = "abstention_ablation"  # transfer.json: the threshold ablation (crl/analysis/offline/abstention.py)
@@ -44,9 +46,13 @@ ABLATION = ("crl_abstain", "crl_no_abstain")
 
 
 def verdict(diff: float, lo: float, p: float, margin: float = HARM_MARGIN, alpha: float = ALPHA) -> str:
-    """HARM / GAIN / TIE (module docstring)."""
+    """HARM / UNSURE / GAIN / TIE (module docstring).
+
+    >>> verdict(0.14, -0.02 - 0.01, 0.03)  # a gain whose CI still reaches a 3-point loss
+    'UNSURE'
+    """
     if lo < -margin:
-        return "HARM"
+        return "HARM" if diff < 0 else "UNSURE"
     if p < alpha and diff > 0:
         return "GAIN"
     return "TIE"

@@ -15,6 +15,7 @@ from crl.analysis.offline.transfer import (
     ABLATION,
     ALPHA,
     HARM_MARGIN,
+    NOT_SAFE,
     PLAIN,
     RATIO_QUANTILES,
     read_transfer,
@@ -64,8 +65,8 @@ def transfer_section(rep: Report, run: RunDir, out: str | Path | None = None) ->
             "Each variant: the same fresh test-split prompts with no steering and with the trained policy (greedy). "
             "held_out names the axes on which the variant leaves the training distribution (empty: the training "
             "distribution itself). diff = policy - none with a paired-bootstrap 95% CI; p = exact McNemar; steered = "
-            f"share of prompts with a steered decision. Verdict: HARM when the CI's lower bound < -{HARM_MARGIN}, "
-            f"GAIN when p < {ALPHA} and diff > 0, else TIE.",
+            f"share of prompts with a steered decision. Verdict: when the CI's lower bound < -{HARM_MARGIN}, HARM if "
+            f"diff < 0, else UNSURE (harm not ruled out); GAIN when p < {ALPHA} and diff > 0; else TIE.",
             "note",
         )
     )
@@ -89,7 +90,9 @@ def transfer_section(rep: Report, run: RunDir, out: str | Path | None = None) ->
                 "note",
             )
         )
-    harmed = [f"{r['variant']} ({m})" for _, r in table.iterrows() for m in policies if r.get(f"{m}_verdict") == "HARM"]
+    harmed = [
+        f"{r['variant']} ({m})" for _, r in table.iterrows() for m in policies if r.get(f"{m}_verdict") in NOT_SAFE
+    ]
     if harmed:
         s.append(para("Harm not ruled out on: " + ", ".join(harmed) + ".", "warn"))
     cols = ["variant", "held_out", "n", "none"]

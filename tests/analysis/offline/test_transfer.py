@@ -70,7 +70,13 @@ def test_planted_harm_is_harm_gain_is_gain_and_no_change_is_a_tie():
 
 @pytest.mark.parametrize(
     "diff,lo,p,expected",
-    [(0.0, -0.021, 1.0, "HARM"), (0.05, -0.03, 0.01, "HARM"), (0.05, -0.01, 0.01, "GAIN"), (0.05, 0.01, 0.06, "TIE")],
+    [
+        (-0.01, -0.021, 1.0, "HARM"),
+        (0.0, -0.021, 1.0, "UNSURE"),
+        (0.05, -0.03, 0.01, "UNSURE"),
+        (0.05, -0.01, 0.01, "GAIN"),
+        (0.05, 0.01, 0.06, "TIE"),
+    ],
 )
 def test_verdict_rule(diff, lo, p, expected):
     assert verdict(diff, lo, p) == expected  # harm is checked first: a gain with a CI below -0.02 is not safe
