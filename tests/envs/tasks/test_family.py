@@ -91,6 +91,20 @@ def test_the_preset_holds_out_two_wordings_and_three_digit_numbers_from_training
     assert specs == ["direction:larger", "direction:smaller", "wording:option", "wording:than", "range:3digit"]
 
 
+def test_the_experiment_preset_trains_one_direction_and_holds_out_the_inverse_question():
+    cfg = compose_config("train", ["experiment=compare_family"])
+    assert cfg.policy.greedy_rule == "steer_if_likely" and (cfg.ppo.total_updates, cfg.ppo.episodes_per_update) == (
+        16,
+        256,
+    )
+    task = make_task(cfg.task)
+    trained = task.variants()
+    assert trained == Variants(("plain", "bigger", "pick", "value"), ("larger",), ("2digit",))
+    assert {QUESTION_TO[_parts(e.prompt)[0]][1] for e in task.load("train")} == {"larger"}
+    specs = task.family_axes.default_specs(cfg.task.family, trained)
+    assert specs == ["trained", "wording:option", "wording:than", "range:3digit", "direction:smaller"]
+
+
 def test_splits_are_disjoint_across_variants_and_held_out_prompts_never_train():
     task = make_task(compose_config("train", PRESET).task)
     axes, trained = task.family_axes, task.variants()
