@@ -31,6 +31,7 @@ is what matters; probe high but the oracle short of it -> levers missing (anothe
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -291,6 +292,8 @@ MISSING = "levers missing: try another layer, coefficient or dictionary"
 UNLIKELY = "steering at this layer is unlikely to help"
 NO_ROOM = "little room: the model already answers as well as its residual reads"
 UNMEASURED = "readable; reachability not measured (n_oracle=0)"
+# The test prompts hold one class (e.g. the model is never right on them): no accuracy or AUROC to judge by.
+UNDEFINED = "not measurable: the test prompts hold one class"
 
 
 def verdict(
@@ -313,9 +316,13 @@ def verdict(
     'steering at this layer is unlikely to help'
     >>> verdict("answer", (0.80, 0.76), 0.54, 0.79, None)[0]
     'little room: the model already answers as well as its residual reads'
+    >>> verdict("correct", (float("nan"), float("nan")), 0.5, 0.0, None)[0]
+    'not measurable: the test prompts hold one class'
     """
     value, low = probe
     name = "accuracy" if target == "answer" else "AUROC"
+    if math.isnan(value):
+        return UNDEFINED, f"the probe's {name} is undefined on the test prompts (one class among them); add test data"
     if not low > chance:
         return UNLIKELY, f"the probe's {name} ({value:.3f}, CI low {low:.3f}) does not beat chance ({chance:.3f})"
     if target == "answer" and model >= low:
