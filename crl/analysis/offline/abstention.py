@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
-from crl.analysis.offline.transfer import ABLATION, ABLATION_KEY, JSON, policies_of, verdict
+from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.offline.transfer import ABLATION, ABLATION_KEY, JSON, paired_verdict, policies_of
 
 M_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, math.inf)
 COLUMNS = ["variant", "m", "n", "none", "acc", "diff", "lo", "hi", "p", "abstained", "steered", "verdict"]
@@ -67,8 +67,7 @@ def threshold_ablation(
         for m in grid:
             off = np.nan_to_num(ratio, nan=-np.inf) > m  # nan (no decision): unsteered anyway
             acc = np.where(off, none, free)
-            pt = paired_bootstrap(acc.astype(float), none.astype(float), cfg)
-            p = mcnemar_exact(acc, none).p
+            r = paired_verdict(acc, none, cfg)
             rows.append(
                 {
                     "variant": v["variant"],
@@ -76,13 +75,10 @@ def threshold_ablation(
                     "n": len(o),
                     "none": float(none.mean()),
                     "acc": float(acc.mean()),
-                    "diff": pt.diff,
-                    "lo": pt.lo,
-                    "hi": pt.hi,
-                    "p": p,
+                    **{k: r[k] for k in ("diff", "lo", "hi", "p")},
                     "abstained": float(off.mean()),
                     "steered": float((free_steered & ~off).mean()),
-                    "verdict": verdict(pt.diff, pt.lo, p),
+                    "verdict": r["verdict"],
                 }
             )
     return (pd.DataFrame(rows, columns=COLUMNS) if rows else empty), ""

@@ -48,10 +48,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from scipy.stats import binomtest
 
 from crl.analysis.diffing.runs import GRPO_METHOD, check_comparable, check_grpo_run, run_method
-from crl.analysis.offline.stats import StatsConfig, t_half_width
+from crl.analysis.offline.stats import StatsConfig, t_half_width, wilson
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import RunDir, load_run
@@ -263,8 +262,8 @@ def accuracy_ci(per_seed: np.ndarray, n_prompts: int, alpha: float = 0.05) -> tu
     if len(x) >= 2:
         half = t_half_width(x, alpha)
         return mean, max(0.0, mean - half), min(1.0, mean + half), f"t, {len(x)} seeds"
-    ci = binomtest(int(round(mean * n_prompts)), n_prompts).proportion_ci(1 - alpha, method="wilson")
-    return mean, float(ci.low), float(ci.high), f"Wilson, n=1 seed, {n_prompts} prompts"
+    lo, hi = wilson(int(round(mean * n_prompts)), n_prompts, alpha)
+    return mean, lo, hi, f"Wilson, n=1 seed, {n_prompts} prompts"
 
 
 def _boot_accuracy(m: np.ndarray, w: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from crl.analysis.offline.causal import fingerprint, first_seed
 from crl.analysis.offline.feature_effects import read_measurement
-from crl.analysis.offline.stats import StatsConfig, bootstrap_ci, mcnemar_exact, paired_bootstrap
+from crl.analysis.offline.stats import StatsConfig, bootstrap_ci, mcnemar_exact, paired_bootstrap, wilson
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import RunDir
@@ -70,14 +69,14 @@ def side_effect_ratio(worse: int, better: int, alpha: float = 0.05) -> dict[str,
     n = int(worse) + int(better)
     if n == 0:
         return {"worse": 0, "better": 0, "changed": 0, "share": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    ci = binomtest(int(worse), n).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    lo, hi = wilson(int(worse), n, alpha)
     return {
         "worse": int(worse),
         "better": int(better),
         "changed": n,
         "share": worse / n,
-        "lo": float(ci.low),
-        "hi": float(ci.high),
+        "lo": lo,
+        "hi": hi,
     }
 
 

@@ -25,6 +25,7 @@ Definitions (all seeded, so a report is reproducible):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -96,6 +97,18 @@ def bootstrap_ci(values: np.ndarray | pd.Series | list[float], cfg: StatsConfig 
     boots = bootstrap_means(x, cfg.n_boot, cfg.seed)
     lo, hi = np.quantile(boots, [cfg.alpha / 2, 1 - cfg.alpha / 2])
     return CI(float(x.mean()), float(lo), float(hi), len(x))
+
+
+def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson interval of k successes in n (`scipy.stats.binomtest`); (nan, nan) when n = 0.
+
+    >>> [round(x, 3) for x in wilson(2, 10)]
+    [0.057, 0.51]
+    """
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
@@ -56,6 +57,20 @@ def verdict(diff: float, lo: float, p: float, margin: float = HARM_MARGIN, alpha
     if p < alpha and diff > 0:
         return "GAIN"
     return "TIE"
+
+
+def paired_verdict(a: np.ndarray, b: np.ndarray, cfg: StatsConfig | None = None) -> dict[str, Any]:
+    """a (a policy) against b (no steering), paired per prompt (correctness, or its mean over a prompt's episodes):
+    diff, lo, hi (paired bootstrap), n, p (exact McNemar; a mean > 0.5 counts as right) and the verdict.
+
+    >>> r = paired_verdict(np.array([1.0, 1.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    >>> r["diff"] == 1 / 3, r["n"], r["p"]
+    (True, 3, 1.0)
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    pt = paired_bootstrap(a, b, cfg)
+    p = mcnemar_exact(a > 0.5, b > 0.5).p
+    return {"diff": pt.diff, "lo": pt.lo, "hi": pt.hi, "n": pt.n, "p": p, "verdict": verdict(pt.diff, pt.lo, p)}
 
 
 def policies_of(outcomes: pd.DataFrame) -> tuple[str, ...]:
@@ -91,10 +106,8 @@ def transfer_table(
             acc = o[f"{m}_correct"].to_numpy(dtype=float)
             row[m] = float(acc.mean()) if len(o) else math.nan
             if len(o):
-                pt = paired_bootstrap(acc, none, cfg)
-                p = mcnemar_exact(acc.astype(bool), none.astype(bool)).p
-                row.update({f"{m}_diff": pt.diff, f"{m}_lo": pt.lo, f"{m}_hi": pt.hi, f"{m}_p": p})
-                row[f"{m}_verdict"] = verdict(pt.diff, pt.lo, p)
+                r = paired_verdict(acc, none, cfg)
+                row.update({f"{m}_{k}": r[k] for k in ("diff", "lo", "hi", "p", "verdict")})
             row[f"{m}_steered"] = float(o[f"{m}_steered"].mean()) if len(o) else math.nan
             if f"{m}_abstained" in o:
                 row[f"{m}_abstained"] = float(o[f"{m}_abstained"].mean()) if len(o) else math.nan

@@ -8,8 +8,8 @@ update. Only axes with at least two values in the split are reported; a task who
 gives an empty table. Per (axis, value), one row:
 
 - per phase: accuracy over its episodes, `<phase>_n` episodes and the Wilson 95% interval (`<phase>_lo`, `_hi`);
-- diff = selected - none over the prompts both ran, with the paired-bootstrap 95% CI (`stats.paired_bootstrap`),
-  p = exact McNemar (`stats.mcnemar_exact`), and the verdict of `crl transfer` (`transfer.verdict`: HARM, GAIN, TIE).
+- diff = selected - none over the prompts both ran, with the paired-bootstrap 95% CI, p = exact McNemar and the
+  verdict of `crl transfer` (HARM, UNSURE, GAIN, TIE), all from `transfer.paired_verdict`.
 
 `crl train` prints one line per row under its overall accuracy and stores the rows in summary.json (`SUMMARY_KEY`);
 the report shows the table (crl/analysis/report/variants.py).
@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
-from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
-from crl.analysis.offline.transfer import verdict
+from crl.analysis.offline.stats import StatsConfig, wilson
+from crl.analysis.offline.transfer import paired_verdict
 from crl.logs import schema
 from crl.logs.atomic import atomic_write_json
 from crl.logs.reader import read_jsonl
@@ -59,13 +58,6 @@ def _family_rows(episodes: pd.DataFrame, phase: str) -> pd.DataFrame:
     return df.assign(meta=meta)[keep]
 
 
-def _wilson(k: int, n: int, alpha: float) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def _per_prompt(df: pd.DataFrame) -> pd.Series:
     return df.assign(_c=df["correct"].astype(float)).groupby(df["prompt_id"].astype(str))["_c"].mean()
 
@@ -92,17 +84,15 @@ def variant_table(episodes: pd.DataFrame, split: str = "test", cfg: StatsConfig 
             sub = {r: df[np.array([str(m.get(key)) == value for m in df["meta"]])] for r, df in by_role.items()}
             for role, d in sub.items():
                 k, n = int(d["correct"].astype(bool).sum()), len(d)
-                lo, hi = _wilson(k, n, cfg.alpha)
+                lo, hi = wilson(k, n, cfg.alpha)
                 row.update({role: k / n if n else math.nan, f"{role}_lo": lo, f"{role}_hi": hi, f"{role}_n": n})
             if "none" in sub and "selected" in sub:
                 a, b = _per_prompt(sub["selected"]), _per_prompt(sub["none"])
                 shared = a.index.intersection(b.index)
                 if len(shared):
-                    xa, xb = a[shared].to_numpy(), b[shared].to_numpy()
-                    pt = paired_bootstrap(xa, xb, cfg)
-                    p = mcnemar_exact(xa > 0.5, xb > 0.5).p  # repeated episodes of a prompt: > 0.5 counts as right
-                    row.update({"diff": pt.diff, "diff_lo": pt.lo, "diff_hi": pt.hi, "p": p, "n_paired": pt.n})
-                    row["verdict"] = verdict(pt.diff, pt.lo, p)
+                    r = paired_verdict(a[shared].to_numpy(), b[shared].to_numpy(), cfg)
+                    row.update({"diff": r["diff"], "diff_lo": r["lo"], "diff_hi": r["hi"], "p": r["p"]})
+                    row.update({"n_paired": r["n"], "verdict": r["verdict"]})
             rows.append(row)
     return pd.DataFrame(rows)
 

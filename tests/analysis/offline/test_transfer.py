@@ -3,12 +3,14 @@ planted gain is GAIN, no change is TIE; the files round-trip and the report show
 
 from __future__ import annotations
 
+import doctest
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from crl.analysis.offline import stats, transfer, variants
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.offline.transfer import (
     format_table,
@@ -139,3 +141,8 @@ def test_the_report_section_appears_only_when_transfer_ran(tmp_path):
     rep = Report("t")
     transfer_section(rep, run)
     assert "The greedy policy picks by policy.greedy_rule=steer_if_likely." in "".join(rep.sections[0][1])
+
+
+@pytest.mark.parametrize("module", [stats, transfer, variants])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0  # wilson, paired_verdict, verdict's UNSURE, the variant lines
