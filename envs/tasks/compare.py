@@ -30,6 +30,10 @@ question, and a policy trained on it reads the numbers, not the question. `crl t
   than    "Which of the two numbers is more than the other?"
           "Which of the two numbers is less than the other?"  (a relation, not an adjective)
 
+  and 12 more for the wide family (experiment=compare_family_wide, 16 trained wordings): largest, greatest, maximum,
+  choose, higher, one, exceeds, amount, weight ("weights in kilograms ... heavier?"), age ("... Who is older?"),
+  compare, letter ("Give the letter of the larger number.").
+
 With the family off, prompts, ids and metadata are byte-identical to the task before the family existed; a family
 of one wording, direction and range (plain, larger, 2digit) yields the same prompts too (family.py).
 """
@@ -59,6 +63,32 @@ WORDINGS: dict[str, dict[str, str]] = {
     "than": {
         "larger": "Which of the two numbers is more than the other?",
         "smaller": "Which of the two numbers is less than the other?",
+    },
+    # The wide family's extra wordings (experiment=compare_family_wide): more ways to ask, so that a policy trained on
+    # them cannot key on one phrase. Held out from it, as from the 4-wording family: option, than.
+    "largest": {"larger": "Which number is the largest?", "smaller": "Which number is the smallest?"},
+    "greatest": {"larger": "Which of these is the greatest?", "smaller": "Which of these is the least?"},
+    "maximum": {"larger": "Select the maximum.", "smaller": "Select the minimum."},
+    "choose": {"larger": "Choose the larger number.", "smaller": "Choose the smaller number."},
+    "higher": {"larger": "Which number is higher?", "smaller": "Which number is lower?"},
+    "one": {"larger": "Which one is bigger?", "smaller": "Which one is smaller?"},
+    "exceeds": {"larger": "Which number exceeds the other?", "smaller": "Which number falls below the other?"},
+    "amount": {"larger": "Which amount is more?", "smaller": "Which amount is less?"},
+    "weight": {
+        "larger": "These are weights in kilograms. Which one is heavier?",
+        "smaller": "These are weights in kilograms. Which one is lighter?",
+    },
+    "age": {
+        "larger": "These are the ages of two people. Who is older?",
+        "smaller": "These are the ages of two people. Who is younger?",
+    },
+    "compare": {
+        "larger": "Compare the two numbers. Which one is greater?",
+        "smaller": "Compare the two numbers. Which one is smaller?",
+    },
+    "letter": {
+        "larger": "Give the letter of the larger number.",
+        "smaller": "Give the letter of the smaller number.",
     },
 }
 QUESTIONS = WORDINGS["plain"]  # the single template (task.family off): larger (the default) | smaller

@@ -35,10 +35,10 @@ def _parts(prompt: str) -> tuple[str, int, int]:
 
 
 def test_every_wording_has_both_directions_and_distinct_questions():
-    assert len(compare.WORDINGS) == 6
+    assert len(compare.WORDINGS) == 18
     assert all(set(qs) == {"larger", "smaller"} for qs in compare.WORDINGS.values())
     questions = [q for qs in compare.WORDINGS.values() for q in qs.values()]
-    assert len(set(questions)) == len(questions) == 12
+    assert len(set(questions)) == len(questions) == 36
     assert compare.QUESTIONS == {"larger": "Which number is larger?", "smaller": "Which number is smaller?"}
 
 
@@ -101,6 +101,22 @@ def test_the_experiment_preset_trains_one_direction_and_holds_out_the_inverse_qu
     trained = task.variants()
     assert trained == Variants(("plain", "bigger", "pick", "value"), ("larger",), ("2digit",))
     assert {QUESTION_TO[_parts(e.prompt)[0]][1] for e in task.load("train")} == {"larger"}
+    specs = task.family_axes.default_specs(cfg.task.family, trained)
+    assert specs == ["trained", "wording:option", "wording:than", "range:3digit", "direction:smaller"]
+
+
+def test_the_wide_preset_trains_16_wordings_and_holds_out_the_same_two():
+    cfg = compose_config("train", ["experiment=compare_family_wide"])
+    narrow = compose_config("train", ["experiment=compare_family"])
+    assert (cfg.ppo, cfg.policy.greedy_rule) == (narrow.ppo, narrow.policy.greedy_rule)  # only the wordings differ
+    task = make_task(cfg.task)
+    trained = task.variants()
+    assert len(trained.wordings) == 16 and set(trained.wordings) == set(compare.WORDINGS) - {"option", "than"}
+    assert trained.directions == ("larger",)
+    train = task.load("train")
+    assert {e.meta["wording"] for e in train} == set(trained.wordings)
+    held_questions = {q for w in ("option", "than") for q in compare.WORDINGS[w].values()}
+    assert not any(_parts(e.prompt)[0] in held_questions for s in SPLITS for e in task.load(s))
     specs = task.family_axes.default_specs(cfg.task.family, trained)
     assert specs == ["trained", "wording:option", "wording:than", "range:3digit", "direction:smaller"]
 
