@@ -10,9 +10,23 @@ crl study analyze.n_boot=500 analyze.causal=false   # analyze.<key>: every cell'
 Every (task, layer, seed) is one cell (crl.analysis.offline.study.Cell): `crl train task=T steering.layer=L seed=S`
 into <out>/cells/<T>-L<L>-s<S> (the study's `train=` overrides and the bare ones on the command line first; with
 baselines=true also run.analyze=false, as the next step writes the cell's report), then with baselines=true
-`crl analyze run_dir=<cell> env=true` (every baseline, the coefficient sweep, the side effects; `analyze=` and the
-analyze.<key> overrides), then the study's mark on the cell (analysis/study.json). The plan goes to <out>/study.json
-first, the report to <out>/report.html last (crl.analysis.report.study).
+`crl analyze run_dir=<cell> env=true shared_baselines=<out>/shared` (every baseline, the coefficient sweep, the
+causal check, the side effects off the task; `analyze=` and the analyze.<key> overrides), then the study's mark on the
+cell (analysis/study.json). The plan goes to <out>/study.json first, the report to <out>/report.html last
+(crl.analysis.report.study).
+
+What the cells share and skip by default (StudyConfig.analyze, AnalyzeConfig.shared_baselines):
+- shared: random, corr, prompting and letter_prior, the unsteered pass that ranks static's and corr's candidates and
+  the scores of static's candidates by activation depend on neither the cell's seed nor its policy, so the first cell
+  of a (task, layer) computes them into <out>/shared/<key>/ and the others copy their rows into their own logs
+  ("[crl analyze] baselines: random, corr, prompting, letter_prior reused from <out>/shared (key ...)"). The key is a
+  sha256 of the cell's config without seed, run, logger, policy, masking and ppo (but ppo.num_envs), its model, SAE,
+  task (and task seed) and layer, the baseline settings (env_seeds, split, ...) and CRL's version and commit
+  (crl/analysis/replay/shared.py). static stays each cell's own (its candidates by usage come from the policy);
+  analyze.shared_baselines=null computes everything in every cell.
+- skipped: branch points and the forced-feature and side effects (analyze branch_points=false forced_effects=false),
+  which only a cell's own report.html shows; its sections say so and name `crl analyze run_dir=<cell> env=true`, which
+  adds them. analyze.branch_points=true analyze.forced_effects=true computes them in every cell.
 
 Resume (`resume=true`): a complete cell is left alone; one whose baselines are missing gets only `crl analyze`; one
 with its identity (run.json, config.yaml) that did not finish or failed gets `crl train resume=<cell>` (from its
@@ -50,6 +64,7 @@ from crl.paths import CONF_DIR
 # Keys each cell's `crl train` gets from its place in the grid; an override of one of them is refused.
 GRID_KEYS = ("task", "steering.layer", "seed", "resume", "hydra.run.dir")
 _HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "-p", "--package"}
+SHARED_DIR = "shared"  # <out>/shared: the cells' shared baselines (crl/analysis/replay/shared.py)
 Runner = Callable[[list[str]], tuple[int, str | None]]  # `crl <argv>` -> (exit status, its last error line)
 
 
@@ -162,6 +177,11 @@ def train_argv(plan: dict[str, Any], cell: Any, path: Path) -> list[str]:
     return ["train", *defaults, *plan["train"], *place]
 
 
+def shared_dir(out: Path) -> Path:
+    """Where the cells' `crl analyze` share the baselines that depend on neither seed nor policy."""
+    return out / SHARED_DIR
+
+
 def run_cell(out: Path, plan: dict[str, Any], cell: Any, runner: Runner, label: str = "") -> str | None:
     """Bring one cell to complete (module docstring); None when it is, else its one-line problem. `label` goes
     before the cell's name in its progress line (e.g. "2/9 ")."""
@@ -183,7 +203,7 @@ def run_cell(out: Path, plan: dict[str, Any], cell: Any, runner: Runner, label: 
         if code != 0:
             return f"{cell.name}: crl train failed: {error or f'exit status {code}'}"
     if plan["baselines"]:
-        argv = ["analyze", f"run_dir={path}", "env=true", *plan["analyze"]]
+        argv = ["analyze", f"run_dir={path}", "env=true", f"shared_baselines={shared_dir(out)}", *plan["analyze"]]
         code, error = runner(argv)
         if code != 0:
             return f"{cell.name}: crl analyze env=true failed: {error or f'exit status {code}'}"

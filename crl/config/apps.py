@@ -259,6 +259,19 @@ class AnalyzeConfig:
     n_bins: int = param(10, ge=1)  # calibration bins
     env: bool = False  # first run the model-dependent analyses (baselines, branch points, effects, coef sweep)
     env_seeds: list[int] = param(factory=lambda: [0, 1, 2], ge=0, le=SEED_MAX, min_len=1)  # baseline seeds (env=true)
+    # env=true: a directory where the baselines that depend on neither the run's seed nor its policy (random, corr,
+    # prompting, letter_prior whole; the unsteered pass that ranks static's and corr's candidates; the scores of
+    # static's candidates by activation) are taken from when a run with the same key stored them, else computed and
+    # stored for the next; the key hashes the run's config without seed, run, logger, policy, masking and ppo (but
+    # ppo.num_envs), its model/SAE/task/layer identity, the baseline settings (env_seeds, split, ...) and CRL's version
+    # and commit (crl/analysis/replay/shared.py). `crl study` passes <out>/shared; null: every baseline computed here.
+    shared_baselines: str | None = None
+    # env=true: branch points (analysis/branch_points.csv) and forced-feature effects with the side effects
+    # (analysis/effects.csv, side_effects.csv), which only this run's report.html shows. On by default; false skips
+    # them (`crl study`'s default for its cells); the report's sections then say so and name `crl analyze
+    # run_dir=<run> env=true`, which adds them (the baselines it has already are not run again).
+    branch_points: bool = True
+    forced_effects: bool = True
     effects_table: str | None = None  # precomputed CSVs; default <run_dir>/analysis/{effects,branch_points,...}.csv
     branch_table: str | None = None
     side_effects_table: str | None = None
@@ -436,8 +449,15 @@ class StudyConfig:
     # cluster; `hydra.launcher.n_jobs=2` and the like pass through).
     launcher: Literal["basic", "joblib", "submitit_local", "submitit_slurm"] | None = None
     train: list[str] = param(factory=list)  # overrides for every cell's `crl train` (bare overrides are added here)
-    # Overrides for every cell's `crl analyze env=true` (analyze.n_boot=500 on the command line adds n_boot=500).
-    analyze: list[str] = param(factory=list)
+    # Overrides for every cell's `crl analyze env=true` (analyze.n_boot=500 on the command line adds n_boot=500, after
+    # these, so analyze.branch_points=true wins). By default the cells skip the branch points and the forced-feature
+    # and side effects, which only a cell's own report.html shows (the study's report reads none of them; the cell's
+    # report names `crl analyze run_dir=<cell> env=true`, which adds them). Every cell's analyze also gets
+    # shared_baselines=<out>/shared: random, corr, prompting and letter_prior (and the unsteered pass and the scores of
+    # static's candidates by activation) are computed once per key (the run's config without seed, policy, run and
+    # logger, its task/layer/SAE identity, the baseline settings, CRL's commit: AnalyzeConfig.shared_baselines), so
+    # the seeds of one (task, layer) share them; analyze.shared_baselines=null computes them in every cell.
+    analyze: list[str] = param(factory=lambda: ["branch_points=false", "forced_effects=false"])
     # Report. budget: the rollouts at which the methods are compared (val accuracy, best so far); null: per task, the
     # fewest rollouts any of its CRL cells spent, so CRL is read at its full budget and every baseline gets as many.
     budget: int | None = param(None, ge=1)

@@ -117,6 +117,7 @@ def test_launcher_jobs_baselines_and_a_failed_cell(tmp_path):
     phases = set(load_run(cell).phases)
     assert {"baseline:none:test", "baseline:static:test", "baseline:prompting:test"} <= phases  # env=true ran
     assert (cell / "analysis" / "baseline_selection.csv").exists()
+    assert (out / "shared").is_dir() and not (cell / "analysis" / "branch_points.csv").exists()  # study defaults
     html = (out / "report.html").read_text()
     assert "cell planted-L5-s0 is left out: not started" in html
     assert "planted: at " in html and "(L0 " in html and "no interval: one seed" in html  # CRL vs each baseline
@@ -136,6 +137,29 @@ def test_a_new_cell_trains_with_the_study_defaults_first():
         "seed=2",
         "hydra.run.dir=runs/study-a/cells/planted-L1-s2",
     ]
+
+
+def test_each_cells_analyze_shares_baselines_and_skips_the_per_cell_sections_by_default(tmp_path):
+    """Every cell's `crl analyze` gets shared_baselines=<out>/shared, then branch_points=false forced_effects=false
+    (StudyConfig.analyze), then the command line's analyze.<key> overrides, which win."""
+    from crl.config.compose import compose_config
+    from crl.logs.reader import REQUIRED_FILES
+
+    cfg = compose_config("study", [f"out={tmp_path / 's'}"])
+    out, plan = study.make_plan(cfg, study.split_argv(["analyze.branch_points=true"]), "crl study")
+    assert plan["analyze"] == ["branch_points=false", "forced_effects=false", "branch_points=true"]
+    cell = Cell("planted", 0, 1)
+    path = cell.path(out)
+    path.mkdir(parents=True)
+    for name in REQUIRED_FILES:  # trained, no baselines yet: the cell gets only `crl analyze`
+        (path / name).write_text("")
+    seen: list[list[str]] = []
+    assert study.run_cell(out, plan, cell, lambda argv: (seen.append(argv), (0, None))[1]) is None
+    shared = f"shared_baselines={out / 'shared'}"
+    assert seen == [["analyze", f"run_dir={path}", "env=true", shared, *plan["analyze"]]]
+    analyze = compose_config("analyze", seen[0][1:])
+    assert analyze.shared_baselines == str(out / "shared") and analyze.branch_points and not analyze.forced_effects
+    assert (path / MARK_FILE).exists()
 
 
 @pytest.mark.parametrize(

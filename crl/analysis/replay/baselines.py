@@ -21,6 +21,10 @@ a method's budget is their sum (`BaselineResult.budgets`; none and random: 0). T
 rank static's and corr's candidates counts for each of them (row stage `activations@<split>`), as each would pay it
 alone. `crl.analysis.offline.budget` turns the rows into accuracy-vs-rollouts curves.
 
+Shared (`run_baselines(cache=...)`, `crl.analysis.replay.shared`): what depends on neither the run's seed nor its
+policy (random, corr, prompting, letter_prior, the unsteered pass, the scores of static's candidates by activation) can
+come from a store another run filled; the rows are those this run would have computed.
+
 Ties are broken by well-formed rate, then by the lower feature id / smaller coefficient. With greedy decoding the
 deterministic methods (none, static, corr, prompting, letter_prior, crl) give the same episodes for every seed, so
 they run once (seed = the first seed) unless `repeat_deterministic`; random runs once per seed.
@@ -28,10 +32,12 @@ they run once (seed = the first seed) unless `repeat_deterministic`; random runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -93,6 +99,54 @@ class BaselineResult:
                 steps.append(s)
         return pd.concat(eps, ignore_index=True), pd.concat(steps, ignore_index=True)
 
+    def rows(self) -> BaselineRows:
+        """What `write_rows` writes: each phase's log rows (episode ids from 0, no run name yet), the selection rows,
+        what was chosen and the notes."""
+        phases: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        for phase, episodes in self.episodes.items():
+            inter, eps = [], []
+            for seed in sorted(set(self.seeds[phase])):
+                sel = [e for e, s in zip(episodes, self.seeds[phase], strict=True) if s == seed]
+                i, e = episode_rows(sel, "", phase, first_episode=len(eps), seed=seed, prompt_id=base_id)
+                inter += i
+                eps += e
+            phases[phase] = (inter, eps)
+        return BaselineRows(phases, selection_records(self.selection), dict(self.chosen), list(self.notes))
+
+
+@dataclass
+class BaselineRows:
+    """Baselines as rows, ready for a run's logs (`write_rows`): computed here (`BaselineResult.rows`) or read from a
+    shared store (`crl.analysis.replay.shared`)."""
+
+    phases: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]  # phase -> (interventions, episodes)
+    selection: list[dict[str, Any]]  # analysis/baseline_selection.csv, one dict a row (absent columns left out)
+    chosen: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def selection_records(selection: pd.DataFrame) -> list[dict[str, Any]]:
+    """The selection table's rows as plain dicts: a column a row does not have (NaN) left out, numpy scalars as Python
+    ones, so that `pd.DataFrame(records)` gives the table back."""
+    out = []
+    for rec in selection.to_dict("records"):
+        row = {}
+        for k, v in rec.items():
+            v = v.item() if isinstance(v, np.generic) else v
+            if not (isinstance(v, float) and np.isnan(v)):
+                row[k] = v
+        out.append(row)
+    return out
+
+
+class BaselineCache(Protocol):
+    """Where `run_baselines` takes what does not depend on the run's policy, computing it (`compute()`) only when it
+    is not stored yet (`crl.analysis.replay.shared.SharedBaselines`)."""
+
+    def activations(self, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]: ...  # `unsteered_summary`
+
+    def static_scores(self, compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]: ...
+
 
 class ActivationRecorder:
     """Never steers; sums the SAE activations the environment computed at each decision, per prompt id."""
@@ -138,6 +192,36 @@ def record_activations(
     return acts, np.array([e.reward for e in episodes], dtype=float), episodes
 
 
+def unsteered_summary(comps: Components, cfg: BaselineConfig, ranked: str = "static and corr") -> dict[str, Any]:
+    """The unsteered pass on the selection split, as much of it as static and corr read: its selection row
+    (`act_row`), the top `n_act` features by mean activation (`by_act`), and corr's feature (`corr`: feature and r)
+    or, when the rewards do not vary, the note that skips corr (`corr_note`)."""
+    sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
+    size = f"{len(sel)} {cfg.select_split} prompts without steering, to rank the {ranked} candidates"
+    with announce.phase("baselines: unsteered activations", size, len(sel)):
+        acts, rewards, unsteered = record_activations(
+            comps, sel, num_envs=cfg.num_envs, progress=f"on {cfg.select_split}"
+        )
+    acc, wf = scores(unsteered)
+    r = correlation_ranking(acts, rewards)
+    act_row = {"stage": f"activations@{cfg.select_split}", "accuracy": acc, "well_formed": wf, "rollouts": len(sel)}
+    out: dict[str, Any] = {
+        "act_row": act_row,
+        "by_act": [int(f) for f in np.argsort(-acts.mean(axis=0), kind="stable")[: cfg.n_act]],
+        "corr": None,
+        "corr_note": None,
+    }
+    if np.all(np.isnan(r)):
+        out["corr_note"] = (
+            f"corr skipped: the unsteered {cfg.select_split} rewards do not vary "
+            f"(all {rewards[0] if len(rewards) else 'none'}), so no correlation is defined"
+        )
+    else:
+        f = int(np.nanargmax(r))
+        out["corr"] = {"feature": f, "r": float(r[f])}
+    return out
+
+
 def correlation_ranking(acts: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     """Pearson r between each feature's pooled activation and the reward; NaN where either is constant."""
     a = acts - acts.mean(axis=0)
@@ -158,19 +242,45 @@ def _check_fixed(comps: Components, feature: int) -> None:
 
 
 def select_static(
-    comps: Components, candidates: list[int], cfg: BaselineConfig, method: str = "static"
+    comps: Components,
+    candidates: list[int],
+    cfg: BaselineConfig,
+    method: str = "static",
+    scored: dict[tuple[int, float], dict[str, Any]] | None = None,
 ) -> tuple[int, float, list[dict[str, Any]]]:
-    """Best candidate feature on the selection split, then its best coefficient on the coef split."""
-    from crl.envs.rollout import FixedFeature
-
+    """Best candidate feature on the selection split, then its best coefficient on the coef split. `scored`: rows
+    of (feature, coefficient) pairs scored already (`score_candidates`), taken as they are."""
     if not candidates:
         raise CRLError(f"no candidate features for the {method} baseline; pass usage features or raise n_act")
+    rows = score_candidates(comps, candidates, cfg, method, scored)
+    best = _best(rows, "feature")
+    feature = int(best["feature"])
+    rows.extend(select_coef(comps, feature, cfg, method, base=float(best["coef"])))
+    coef = float(_best([r for r in rows if r["stage"].startswith("coef")], "coef")["coef"])
+    return feature, coef, rows
+
+
+def score_candidates(
+    comps: Components,
+    candidates: list[int],
+    cfg: BaselineConfig,
+    method: str = "static",
+    scored: dict[tuple[int, float], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One selection row per candidate and coefficient level: accuracy on the selection split with that feature
+    fixed at every token (in candidate order; a (feature, coefficient) in `scored` is not run again)."""
+    from crl.envs.rollout import FixedFeature
+
     sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
+    scored = scored or {}
     rows = []
     for i, f in enumerate(candidates, 1):
         _check_fixed(comps, f)
         for level in _levels(comps):
             c = comps.steering.coef * level
+            if (f, c) in scored:
+                rows.append({**scored[(f, c)], "method": method})
+                continue
             item = f"candidate {i}/{len(candidates)} (feature {f}, level {level:+g}) on {cfg.select_split}"
             eps = rollout(comps, sel, FixedFeature(f), num_envs=cfg.num_envs, progress=item, coef=_as_level0(comps, c))
             acc, wf = scores(eps)
@@ -185,11 +295,7 @@ def select_static(
                     "rollouts": len(sel),
                 }
             )
-    best = _best(rows, "feature")
-    feature = int(best["feature"])
-    rows.extend(select_coef(comps, feature, cfg, method, base=float(best["coef"])))
-    coef = float(_best([r for r in rows if r["stage"].startswith("coef")], "coef")["coef"])
-    return feature, coef, rows
+    return rows
 
 
 def _levels(comps: Components) -> list[float]:
@@ -242,8 +348,11 @@ def run_baselines(
     cfg: BaselineConfig | None = None,
     usage_features: list[int] | None = None,
     policy: Any = None,
+    cache: BaselineCache | None = None,
 ) -> BaselineResult:
-    """Every requested baseline on `cfg.split` (see the module docstring). `policy` is needed for "crl"."""
+    """Every requested baseline on `cfg.split` (see the module docstring). `policy` is needed for "crl". `cache`:
+    where the parts that do not depend on the run's policy come from when another run computed them already (the
+    unsteered pass, the scores of static's candidates by activation; `crl.analysis.replay.shared`)."""
     from crl.envs.rollout import FixedFeature, RandomFeature
 
     cfg = cfg or BaselineConfig()
@@ -266,47 +375,45 @@ def run_baselines(
     n_val = len(comps.splits[cfg.coef_split][: cfg.max_select_prompts])
     if {"static", "corr"} & set(cfg.methods):
         sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
-        ranked = " and ".join(m for m in ("static", "corr") if m in cfg.methods)
-        size = f"{len(sel)} {cfg.select_split} prompts without steering, to rank the {ranked} candidates"
-        with announce.phase("baselines: unsteered activations", size, len(sel)):
-            acts, rewards, unsteered = record_activations(
-                comps, sel, num_envs=cfg.num_envs, progress=f"on {cfg.select_split}"
-            )
-        acc, wf = scores(unsteered)
-        act_row = {"stage": f"activations@{cfg.select_split}", "accuracy": acc, "well_formed": wf, "rollouts": len(sel)}
+        ranked = " and ".join(m for m in ("static", "corr") if m in cfg.methods or cache is not None)  # shared: both
+        compute = partial(unsteered_summary, comps, cfg, ranked)
+        summary = cache.activations(compute) if cache is not None else compute()
+        act_row = summary["act_row"]
         if "static" in cfg.methods:
             selection.append({"method": "static", **act_row})
-            by_act = [int(f) for f in np.argsort(-acts.mean(axis=0), kind="stable")[: cfg.n_act]]
+            by_act = [int(f) for f in summary["by_act"]]
             by_use = [int(f) for f in (usage_features or []) if f >= 0][: cfg.n_usage]
             cands = list(dict.fromkeys(by_use + by_act))
-            n_levels, n_grid = len(_levels(comps)), len(_grid(comps, cfg))
+            scored: dict[tuple[int, float], dict[str, Any]] = {}
+            if cache is not None and by_act:  # the candidates by activation do not depend on the run's policy
+                shared = cache.static_scores(lambda: _score_by_act(comps, by_act, cfg))
+                scored = {(int(r["feature"]), float(r["coef"])): r for r in shared}
+            levels = _levels(comps)
+            n_levels, n_grid = len(levels), len(_grid(comps, cfg))
+            n_new = sum((f, comps.steering.coef * lv) not in scored for f in cands for lv in levels)
             size = (
                 f"{len(cands)} candidates × {n_levels} level{'s' if n_levels > 1 else ''} × {len(sel)} "
                 f"{cfg.select_split} prompts, then {n_grid} coefficients × {n_val} {cfg.coef_split} prompts"
-            )
-            with announce.phase("baselines: static feature", size, len(cands) * n_levels * len(sel) + n_grid * n_val):
-                f, c, rows = select_static(comps, cands, cfg)
+            ) + (f" ({len(cands) * n_levels - n_new} candidate scores shared)" if scored else "")
+            with announce.phase("baselines: static feature", size, n_new * len(sel) + n_grid * n_val):
+                f, c, rows = select_static(comps, cands, cfg, scored=scored)
             fixed["static"] = (f, c)
             selection.extend(rows)
             chosen.update(static_feature=f, static_coef=c, static_candidates=cands)
         if "corr" in cfg.methods:
-            r = correlation_ranking(acts, rewards)
-            if np.all(np.isnan(r)):
-                notes.append(
-                    f"corr skipped: the unsteered {cfg.select_split} rewards do not vary "
-                    f"(all {rewards[0] if len(rewards) else 'none'}), so no correlation is defined"
-                )
+            if summary["corr"] is None:
+                notes.append(summary["corr_note"])
                 announce.say(f"baselines: {notes[-1]}")
             else:
-                f = int(np.nanargmax(r))
+                f, r = int(summary["corr"]["feature"]), float(summary["corr"]["r"])
                 n_grid = len(_grid(comps, cfg))
-                size = f"feature {f} (r = {r[f]:.2f}), {n_grid} coefficients × {n_val} {cfg.coef_split} prompts"
+                size = f"feature {f} (r = {r:.2f}), {n_grid} coefficients × {n_val} {cfg.coef_split} prompts"
                 with announce.phase("baselines: corr (CorrSteer)", size, n_grid * n_val):
                     rows = select_coef(comps, f, cfg, "corr")
                 selection.extend([{"method": "corr", **act_row}, *rows])
                 c = float(_best(rows, "coef")["coef"])
                 fixed["corr"] = (f, c)
-                chosen.update(corr_feature=f, corr_coef=c, corr_r=float(r[f]))
+                chosen.update(corr_feature=f, corr_coef=c, corr_r=r)
 
     prefix: str | None = None
     if "prompting" in cfg.methods:
@@ -369,6 +476,16 @@ def run_baselines(
         budgets[row["method"]] = budgets.get(row["method"], 0) + int(row["rollouts"])
     chosen.update({f"{m}_rollouts": n for m, n in budgets.items()})
     return BaselineResult(episodes, seeds, pd.DataFrame(selection), chosen, notes, budgets)
+
+
+def _score_by_act(comps: Components, by_act: list[int], cfg: BaselineConfig) -> list[dict[str, Any]]:
+    """The selection rows of static's candidates by activation (what `BaselineCache.static_scores` stores)."""
+    sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
+    n_levels = len(_levels(comps))
+    levels = f"{n_levels} level{'s' if n_levels > 1 else ''}"
+    size = f"{len(by_act)} candidates by activation × {levels} × {len(sel)} {cfg.select_split} prompts"
+    with announce.phase("baselines: static feature, shared candidates", size, len(by_act) * n_levels * len(sel)):
+        return score_candidates(comps, by_act, cfg)
 
 
 def _fits(comps: Components, examples: list[Example]) -> bool:
@@ -449,24 +566,30 @@ def usage_from_run(run_dir: str | Path, n: int = 8) -> list[int]:
 def write_baselines(run_dir: str | Path, result: BaselineResult) -> list[str]:
     """Append the baseline phases to the run's logs (phases the run already has are left out) and save
     the selection table to analysis/baseline_selection.csv. Returns the phases written."""
+    return write_rows(run_dir, result.rows())
+
+
+def _own(row: dict[str, Any], run: str, first: int) -> dict[str, Any]:
+    """A stored row as this run's: its name, its episode id counted from `first`."""
+    return {**row, "run": run, "episode": int(row["episode"]) + first}
+
+
+def write_rows(run_dir: str | Path, rows: BaselineRows) -> list[str]:
+    """`write_baselines` for baselines as rows: each phase the run does not have yet is appended with the run's name
+    and its next episode ids; the selection table goes to analysis/baseline_selection.csv. Returns the phases
+    written."""
     run = load_run(run_dir, include_train=False)
     have = set(run.phases)
     next_id = int(run.episodes["episode"].max()) + 1
     written = []
-    for phase, episodes in result.episodes.items():
+    for phase, (inter, eps) in rows.phases.items():
         if phase in have:
             continue
-        inter, eps = [], []
-        for seed in sorted(set(result.seeds[phase])):
-            sel = [e for e, s in zip(episodes, result.seeds[phase], strict=True) if s == seed]
-            i, e = episode_rows(sel, run.name, phase, first_episode=next_id, seed=seed, prompt_id=base_id)
-            next_id += len(sel)
-            inter += i
-            eps += e
-        append_rows(run_dir, inter, eps)
+        append_rows(run_dir, [_own(r, run.name, next_id) for r in inter], [_own(r, run.name, next_id) for r in eps])
+        next_id += len(eps)
         written.append(phase)
     out = Path(run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    if len(result.selection):
-        result.selection.to_csv(out / "baseline_selection.csv", index=False)
+    if rows.selection:
+        pd.DataFrame(rows.selection).to_csv(out / "baseline_selection.csv", index=False)
     return written

@@ -1,10 +1,16 @@
 """Every replay analysis of one finished run (they re-run the model), written where `crl analyze` reads it:
 
-- baseline phases appended to the run's logs (`baselines.write_baselines`) + analysis/baseline_selection.csv;
+- baseline phases appended to the run's logs (`baselines.write_baselines`) + analysis/baseline_selection.csv; with
+  `shared` (a directory), the baselines that do not depend on the run's seed or policy are taken from there when
+  another run stored them, else computed and stored there (`crl.analysis.replay.shared`);
 - analysis/branch_points.csv (branch points) and analysis/branch_trials.csv (every replayed alternative);
 - analysis/effects.csv (forced-feature effect vs no steering, joined into the feature table);
 - analysis/side_effects.csv (KL on neutral prompts for the most used features);
 - summary.json "coef_sweep" (coefficient tolerance).
+
+Branch points and the forced-feature and side effects only feed the run's own report (`run_branch_points`,
+`run_effects`: `crl analyze branch_points=false forced_effects=false`, `crl study`'s default for its cells); its
+sections then say they were not computed and name the command that computes them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from crl.analysis.offline.stats import StatsConfig
-from crl.analysis.replay.baselines import BaselineConfig, run_baselines, usage_from_run, write_baselines
+from crl.analysis.replay.baselines import BaselineConfig, run_baselines, usage_from_run, write_rows
 from crl.analysis.replay.branch_points import BranchConfig, branch_points, find_branch_points
 from crl.analysis.replay.effects import (
     EffectConfig,
@@ -26,6 +32,7 @@ from crl.analysis.replay.effects import (
     write_tables,
 )
 from crl.analysis.replay.runner import load_components
+from crl.errors import CRLError
 from crl.logs.reader import RunDir, load_run
 from crl.logs.schema import NO_STEER, Phase
 
@@ -41,6 +48,7 @@ class ReplayConfig:
     run_branch_points: bool = True
     run_effects: bool = True
     run_sweep: bool = True
+    shared: str | None = None  # a directory of shared baselines (crl.analysis.replay.shared); None: all computed here
     n_boot: int = 2000
     seed: int = 0
 
@@ -48,6 +56,19 @@ class ReplayConfig:
 def _new_baselines(run: RunDir, cfg: ReplayConfig) -> list[str]:
     """The baselines to run: those whose phase the run does not have yet (training logs baseline:none)."""
     return [m for m in cfg.baselines.methods if str(Phase.baseline(m, cfg.baselines.split)) not in run.phases]
+
+
+def _stored(run_dir: str | Path, cfg: ReplayConfig, methods: list[str]) -> list[str]:
+    """The shared methods among `methods` that `cfg.shared` holds for this run already (none when it has no config)."""
+    if cfg.shared is None:
+        return []
+    from crl.analysis.replay.shared import SHARED_METHODS, SharedBaselines
+
+    try:
+        store = SharedBaselines.for_run(cfg.shared, run_dir, cfg.baselines)
+    except (CRLError, OSError, ValueError):
+        return []
+    return [m for m in methods if m in SHARED_METHODS and store.has(m)]
 
 
 def phases(run_dir: str | Path, cfg: ReplayConfig | None = None) -> list[str]:
@@ -58,9 +79,11 @@ def phases(run_dir: str | Path, cfg: ReplayConfig | None = None) -> list[str]:
     if cfg.run_baselines:
         methods = _new_baselines(run, cfg)
         logged = [m for m in cfg.baselines.methods if m not in methods]
+        stored = _stored(run_dir, cfg, methods)
         out.append(
             f"baselines ({', '.join(methods) or 'none to run'}"
             + (f"; {', '.join(logged)} logged already" if logged else "")
+            + (f"; {', '.join(stored)} stored in {cfg.shared}" if stored else "")
             + ")"
         )
     if cfg.run_branch_points:
@@ -91,11 +114,17 @@ def run_replay_analyses(
     if cfg.run_baselines:
         # Phases the run already has (training logs baseline:none) are not re-run.
         bcfg = dataclasses.replace(cfg.baselines, methods=_new_baselines(run, cfg))
-        res = run_baselines(comps, bcfg, usage_from_run(run_dir, cfg.baselines.n_usage), policy)
-        out["baseline_phases"] = write_baselines(run_dir, res)
-        out["baseline_notes"] = res.notes
-        out["baseline_chosen"] = res.chosen
-        static = res.chosen.get("static_feature")
+        usage = usage_from_run(run_dir, cfg.baselines.n_usage)
+        if cfg.shared is None:
+            rows = run_baselines(comps, bcfg, usage, policy).rows()
+        else:
+            from crl.analysis.replay.shared import SharedBaselines, run_shared
+
+            rows = run_shared(comps, bcfg, SharedBaselines.for_run(cfg.shared, run_dir, cfg.baselines), usage, policy)
+        out["baseline_phases"] = write_rows(run_dir, rows)
+        out["baseline_notes"] = rows.notes
+        out["baseline_chosen"] = rows.chosen
+        static = rows.chosen.get("static_feature")
     if cfg.run_branch_points:
         branch = cfg.branch
         if branch.static_feature is None and static is not None:  # also try the selected static feature

@@ -47,7 +47,14 @@ def _replay_config(cfg: AnalyzeConfig):  # -> ReplayConfig (imported late: it pu
     from crl.analysis.replay.precompute import ReplayConfig
 
     baselines = BaselineConfig(split=cfg.split or "test", seeds=list(cfg.env_seeds))
-    return ReplayConfig(baselines=baselines, n_boot=cfg.n_boot, seed=cfg.seed)
+    return ReplayConfig(
+        baselines=baselines,
+        run_branch_points=cfg.branch_points,
+        run_effects=cfg.forced_effects,
+        shared=cfg.shared_baselines,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+    )
 
 
 def _precompute(cfg: AnalyzeConfig, load: SharedComponents) -> None:
