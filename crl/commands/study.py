@@ -5,11 +5,14 @@ crl study tasks=[compare,bbq_offline] layers=[6,24] seeds=[0,1] out=runs/study-a
 crl study out=runs/study-a resume=true               # only the missing, failed or unfinished cells
 crl study launcher=joblib hydra.launcher.n_jobs=2    # cells in parallel (submitit_local; submitit_slurm on a cluster)
 crl study experiment=planted tasks=[planted] layers=[0,1] seeds=[0,1] out=/tmp/s  # bare overrides: every cell
+crl study 'tasks=[compare,compare_family]' 'task_train={compare_family:[experiment=compare_family]}'  # one task's
+crl study 'tasks=[compare,compare_family]' task_train.compare_family=[experiment=compare_family]       # the same
 crl study analyze.n_boot=500 analyze.causal=false   # analyze.<key>: every cell's `crl analyze env=true`
 
 Every (task, layer, seed) is one cell (crl.analysis.offline.study.Cell): `crl train task=T steering.layer=L seed=S`
-into <out>/cells/<T>-L<L>-s<S> (the study's `train=` overrides and the bare ones on the command line first; with
-baselines=true also run.analyze=false, as the next step writes the cell's report), then with baselines=true
+into <out>/cells/<T>-L<L>-s<S> (the study's `train=` overrides and the bare ones on the command line first, then the
+task's own, `task_train.<T>`; with baselines=true also run.analyze=false, as the next step writes the cell's report),
+then with baselines=true
 `crl analyze run_dir=<cell> env=true shared_baselines=<out>/shared` (every baseline, the coefficient sweep, the
 causal check, the side effects off the task; `analyze=` and the analyze.<key> overrides), then the study's mark on the
 cell (analysis/study.json). The plan goes to <out>/study.json first, the report to <out>/report.html last
@@ -32,7 +35,16 @@ Resume (`resume=true`): a complete cell is left alone; one whose baselines are m
 with its identity (run.json, config.yaml) that did not finish or failed gets `crl train resume=<cell>` (from its
 last checkpoint; a run killed before its first one starts again in place); one that holds something but no identity
 is removed and run again; a missing one runs. The keys not given on the command line come from study.json, and the
-cells' train overrides must be the same as when the study began.
+cells' train overrides must be the same as when the study began (`train` and every task's `task_train` entry; a
+task_train entry given on resume is added to the stored ones, so a task new to the study may bring its own).
+
+Per-task overrides (`task_train`, a mapping task -> overrides): two tasks that need different training recipes in one
+study, e.g. compare with its defaults and the compare family as experiment=compare_family. Hydra's grammar refuses an
+unquoted `=` inside a value and a new key of a mapping without `+`, so the study escapes the inner `=` of its
+override-list keys (train, task_train, analyze) and adds task_train's `++` itself: 'task_train={T:[a=1,b=2]}',
+task_train.T=[a=1,b=2] and +task_train.T=[a=1,b=2] all work. An override that holds brackets or a comma needs quotes:
+'task_train.T=["task.family.ranges=[1digit]"]'. Refused before any cell runs: a task not in tasks=, an override of a
+grid key, and an experiment= that sets another task than its key (conf/experiment/*.yaml: `override /task`).
 
 Where cells run: by default one after another in this process. With `launcher=`, the study is a Hydra multirun of
 itself on that launcher (crl/commands/sweep.py: threads per job, `[job N]` lines, Slurm checks), one job per cell to
@@ -82,12 +94,49 @@ class Args:
     analyze: list[str]  # analyze.<key>=<value>: each cell's `crl analyze env=true` gets <key>=<value>
 
 
+# The study's keys whose values are lists of overrides: the `=` inside them is escaped for Hydra's grammar.
+_OVERRIDE_LISTS = ("train", "task_train", "analyze")
+
+
+def _escape_inner(arg: str) -> str:
+    r"""`arg` with every `=` of its value escaped (`\=`) outside quotes, as Hydra's grammar needs inside a list.
+
+    >>> print(_escape_inner("train=[experiment=planted,'a=b',c\\=d]"))
+    train=[experiment\=planted,'a=b',c\=d]
+    """
+    key, sep, value = arg.partition("=")
+    out: list[str] = []
+    quote, prev = None, ""
+    for ch in value:
+        if quote:
+            quote = None if ch == quote and prev != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "=" and prev != "\\":
+            out.append("\\")
+        out.append(ch)
+        prev = ch
+    return key + sep + "".join(out)
+
+
+def _study_arg(arg: str) -> str:
+    """One of the study's own overrides as Hydra reads it: the inner `=` of an override list escaped, and task_train
+    given `++`, so a new task's entry and the whole mapping are both accepted."""
+    key = _key(arg)
+    if arg.startswith("~") or "=" not in arg or key.split(".")[0] not in _OVERRIDE_LISTS:
+        return arg
+    arg = _escape_inner(arg)
+    return "++" + arg.lstrip("+") if key.split(".")[0] == "task_train" else arg
+
+
 def split_argv(argv: list[str]) -> Args:
-    """Sort a command line (`Args`): an override whose top key is a StudyConfig field is the study's.
+    r"""Sort a command line (`Args`): an override whose top key is a StudyConfig field is the study's.
 
     >>> a = split_argv(["layers=[0,1]", "experiment=planted", "hydra.launcher.n_jobs=2", "analyze.n_boot=200"])
     >>> a.own, a.launcher, a.train, a.analyze
     (['layers=[0,1]'], ['hydra.launcher.n_jobs=2'], ['experiment=planted'], ['n_boot=200'])
+    >>> split_argv(["task_train.compare_family=[experiment=compare_family]"]).own
+    ['++task_train.compare_family=[experiment\\=compare_family]']
     """
     own_keys = {f.name for f in dataclasses.fields(StudyConfig)}
     args = Args([], [], [], [])
@@ -105,7 +154,7 @@ def split_argv(argv: list[str]) -> Args:
         elif key.startswith("analyze.") and "=" in a:
             args.analyze.append(a.split(".", 1)[1])
         elif key.split(".")[0] in own_keys or key.startswith("hydra"):
-            args.own.append(a)
+            args.own.append(_study_arg(a))
         else:
             args.train.append(a)
     return args
@@ -170,11 +219,17 @@ def child_process(argv: list[str]) -> tuple[int, str | None]:
     return proc.wait(), out.last
 
 
+def task_overrides(plan: dict[str, Any], task: str) -> list[str]:
+    """The `crl train` overrides of every cell of `task`: the study's, then the task's own (task_train)."""
+    return [*plan["train"], *plan.get("task_train", {}).get(task, [])]
+
+
 def train_argv(plan: dict[str, Any], cell: Any, path: Path) -> list[str]:
-    """A new cell's `crl train`: the study's own defaults, then the plan's overrides, then the cell's place."""
+    """A new cell's `crl train`: the study's own defaults, then the plan's overrides (the study's, then its task's),
+    then the cell's place."""
     defaults = [f"logger.group={Path(plan['out']).name}"] + (["run.analyze=false"] if plan["baselines"] else [])
     place = [f"task={cell.task}", f"steering.layer={cell.layer}", f"seed={cell.seed}", f"hydra.run.dir={path}"]
-    return ["train", *defaults, *plan["train"], *place]
+    return ["train", *defaults, *task_overrides(plan, cell.task), *place]
 
 
 def shared_dir(out: Path) -> Path:
@@ -259,6 +314,15 @@ def _given(own: list[str]) -> set[str]:
     return {_key(a).split(".")[0] for a in own if "=" in a and not a.startswith("-")}
 
 
+def _refuse_grid_keys(overrides: list[str], where: str = "") -> None:
+    clash = [a for a in overrides if _key(a) in GRID_KEYS or a.startswith("-")]
+    if clash:
+        raise CRLError(
+            f"{where}{clash[0]} cannot go to the cells: tasks=, layers= and seeds= set each cell's task, layer and "
+            "seed, and the study names their directories itself"
+        )
+
+
 def make_plan(cfg: StudyConfig, args: Args, command: str) -> tuple[Path, dict[str, Any]]:
     """The study's directory and plan: a new study's from `cfg`; a resumed one's from its study.json, with the keys
     given on the command line replacing it. One-line errors for a clash with what is on disk."""
@@ -266,12 +330,10 @@ def make_plan(cfg: StudyConfig, args: Args, command: str) -> tuple[Path, dict[st
 
     given = _given(args.own) | ({"analyze"} if args.analyze else set())
     train, analyze = [*cfg.train, *args.train], [*cfg.analyze, *args.analyze]
-    clash = [a for a in train if _key(a) in GRID_KEYS or a.startswith("-")]
-    if clash:
-        raise CRLError(
-            f"{clash[0]} cannot go to the cells: tasks=, layers= and seeds= set each cell's task, layer and seed, and "
-            "the study names their directories itself"
-        )
+    task_train = {task: list(overrides) for task, overrides in cfg.task_train.items()}
+    _refuse_grid_keys(train)
+    for task, overrides in task_train.items():
+        _refuse_grid_keys(overrides, f"task_train.{task}: ")
     if cfg.cell is not None:
         raise CRLError("cell= is set by the study for its launcher's jobs; leave it out")
     if cfg.resume:
@@ -290,6 +352,15 @@ def make_plan(cfg: StudyConfig, args: Args, command: str) -> tuple[Path, dict[st
         for key in ("tasks", "layers", "seeds"):
             if key in given:
                 plan[key] = list(getattr(cfg, key))
+        stored = old.get("task_train", {})
+        changed = [t for t in old["tasks"] if task_train.get(t, stored.get(t, [])) != stored.get(t, [])]
+        if changed:
+            t = changed[0]
+            raise CRLError(
+                f"the {t} cells of {out} were trained with task_train.{t}={stored.get(t, [])}, not {task_train[t]}; "
+                "resume with the same overrides (or none, to use theirs), or start another study in another out="
+            )
+        plan["task_train"] = {**stored, **task_train}
         if "baselines" in given:
             plan["baselines"] = cfg.baselines
         if "analyze" in given:
@@ -300,7 +371,13 @@ def make_plan(cfg: StudyConfig, args: Args, command: str) -> tuple[Path, dict[st
             raise CRLError(f"{out} already holds a study; resume=true continues it, or pass another out=")
         plan = {"train": train, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         plan.update(tasks=list(cfg.tasks), layers=list(cfg.layers), seeds=list(cfg.seeds))
-        plan.update(baselines=cfg.baselines, analyze=analyze)
+        plan.update(task_train=task_train, baselines=cfg.baselines, analyze=analyze)
+    unknown = [t for t in task_train if t not in plan["tasks"]]
+    if unknown:
+        raise CRLError(
+            f"task_train.{unknown[0]} is not for a task of the study (tasks={','.join(plan['tasks'])}); name one of "
+            "its tasks, or add the task to tasks="
+        )
     plan.update(out=str(out), command=command)
     return out, plan
 
@@ -313,14 +390,40 @@ def check_cells(plan: dict[str, Any], devices: bool = True) -> None:
     check = check_command if devices else compose_config
     seed = plan["seeds"][0]
     for task in plan["tasks"]:
+        overrides = task_overrides(plan, task)
+        _check_experiment_task(task, plan.get("task_train", {}).get(task, []), overrides)
         for layer in plan["layers"]:
             place = [f"task={task}", f"steering.layer={layer}", f"seed={seed}"]
             try:
-                check("train", [*plan["train"], *place])
+                check("train", [*overrides, *place])
             except CRLError as e:
                 raise CRLError(f"cell {task}-L{layer}: {e}") from None
     if plan["baselines"]:
         compose_config("analyze", ["run_dir=x", "env=true", *plan["analyze"]])
+
+
+def _check_experiment_task(task: str, own: list[str], overrides: list[str]) -> None:
+    """Refuse an experiment= among `task`'s own overrides (task_train) whose config picks another task (`override
+    /task` in conf/experiment/), which the cell's task= would silently replace while keeping the experiment's task.*
+    values. `overrides`: every override the task's cells get, composed without their task= to see the pick."""
+    experiments = [a for a in own if _key(a) == "experiment"]
+    if not experiments:
+        return
+    from hydra import compose, initialize_config_dir
+
+    from crl.config.apps import register
+
+    register()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            picked = compose("train", overrides=overrides, return_hydra_config=True).hydra.runtime.choices.get("task")
+    except Exception:  # noqa: BLE001 - a bad override: composing the cells says which, in one line
+        return
+    if picked != task:
+        raise CRLError(
+            f"task_train.{task}: {experiments[-1]} sets task={picked}, not {task}; give it to the {picked} cells "
+            f"(tasks=[...,{picked}] task_train.{picked}=[...])"
+        )
 
 
 def run_study(cfg: StudyConfig, args: Args, command: str) -> Path:

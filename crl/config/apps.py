@@ -434,7 +434,7 @@ class StudyConfig:
     ordinary `crl train task=T steering.layer=L seed=S` run directory at <out>/cells/<T>-L<L>-s<S>, then (baselines)
     `crl analyze env=true` on it; then one report, <out>/report.html (crl/analysis/report/study.py). The bare overrides
     on the command line that are none of these keys (experiment=planted, ppo.total_updates=4, ...) go to every cell's
-    `crl train`, and `hydra.launcher.*` ones to the launcher."""
+    `crl train`, `task_train` adds one task's own, and `hydra.launcher.*` ones go to the launcher."""
 
     tasks: list[str] = param(factory=lambda: ["compare"], min_len=1)  # options of conf/task/ (train's default task)
     layers: list[int] = param(factory=lambda: list(SHIPPED_SAE_LAYERS), ge=0, min_len=1)
@@ -449,6 +449,13 @@ class StudyConfig:
     # cluster; `hydra.launcher.n_jobs=2` and the like pass through).
     launcher: Literal["basic", "joblib", "submitit_local", "submitit_slurm"] | None = None
     train: list[str] = param(factory=list)  # overrides for every cell's `crl train` (bare overrides are added here)
+    # Overrides for one task's cells only: a task of `tasks` -> its cells' extra `crl train` overrides, after `train`
+    # and before the cell's place (task=, steering.layer=, seed=), so tasks that need different recipes share one
+    # study: 'tasks=[compare,compare_family]' 'task_train={compare_family:[experiment=compare_family]}', or
+    # task_train.compare_family=[experiment=compare_family] (the study escapes the inner `=` and adds the `++` Hydra
+    # needs for a new key; quote an override holding brackets or commas: 'task_train.T=["task.family.ranges=[1digit]"]'.
+    # Refused: a task not in `tasks`, a grid key, an experiment= that sets another task (its `override /task`).
+    task_train: dict[str, list[str]] = param(factory=dict)
     # Overrides for every cell's `crl analyze env=true` (analyze.n_boot=500 on the command line adds n_boot=500, after
     # these, so analyze.branch_points=true wins). By default the cells skip the branch points and the forced-feature
     # and side effects, which only a cell's own report.html shows (the study's report reads none of them; the cell's

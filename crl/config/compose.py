@@ -125,6 +125,8 @@ def _one_line(exc: Exception, root: type | None, overrides: list[str]) -> CRLErr
             return _bad_syntax(overrides, e)
         full_key = getattr(e, "full_key", None)
         if isinstance(e, OmegaConfBaseException) and full_key and root is not None:
+            if field_type(root, full_key) is None:  # OmegaConf names a new key of a mapping without its parent
+                full_key = next((k for k in given if k.endswith("." + full_key)), full_key)
             value = given.get(full_key, getattr(e, "value", None))
             spec = field_type(root, full_key)
             if spec is None or isinstance(e, ConfigKeyError | ConfigAttributeError):

@@ -6,8 +6,9 @@ that tie fields together), and turns the first bad value into one line:
 
     <key>=<value> is invalid: <why>; valid: <range or choices>
 
-OmegaConf types ints, floats, bools, strings, lists and nested dataclasses, but not `Literal`; `omegaconf_schema`
-gives Hydra a twin of a schema with each `Literal` replaced by its value type, and `validate` checks the choices.
+OmegaConf types ints, floats, bools, strings, lists, string-keyed dicts and nested dataclasses, but not `Literal`;
+`omegaconf_schema` gives Hydra a twin of a schema with each `Literal` replaced by its value type, and `validate` checks
+the choices.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def show(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list | tuple):
         return "[" + ",".join(show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{show(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -117,6 +120,8 @@ def describe(tp: Any, meta: Mapping[str, Any] | None = None) -> str:
     if get_origin(tp) is list:
         size = f" of at least {meta['min_len']}" if "min_len" in meta else ""
         return f"a list{size}, each {describe(get_args(tp)[0], meta)}" + tail
+    if get_origin(tp) is dict:
+        return f"a mapping of names to {describe(get_args(tp)[1], meta)}" + tail
     if dataclasses.is_dataclass(tp):
         return "keys " + ", ".join(f.name for f in dataclasses.fields(tp)) + tail
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -131,6 +136,9 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return value in get_args(tp)
     if get_origin(tp) is list:
         return isinstance(value, list) and all(_type_ok(v, get_args(tp)[0]) for v in value)
+    if get_origin(tp) is dict:
+        key, item = get_args(tp)
+        return isinstance(value, Mapping) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
     if tp is float:  # numbers.Real and Integral also take NumPy scalars, as library callers may pass
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if tp is int:
@@ -143,6 +151,8 @@ def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
         return True
     if isinstance(value, list):
         return len(value) >= meta.get("min_len", 0) and all(_in_range(v, meta) for v in value)
+    if isinstance(value, Mapping):
+        return all(_in_range(v, meta) for v in value.values())
     return all(op(value, meta[k]) for k, op in _OPS.items() if k in meta)
 
 
@@ -152,6 +162,8 @@ def why_invalid(value: Any, tp: Any) -> str:
         return "unknown choice"
     if get_origin(inner) is list and isinstance(value, list):
         return "an item has the wrong type"
+    if get_origin(inner) is dict:
+        return "an item has the wrong type" if isinstance(value, Mapping) else "not a mapping"
     return "not a list" if get_origin(inner) is list else _NOT.get(inner, "wrong type")
 
 
@@ -238,6 +250,9 @@ def field_type(cls: type, key: str) -> tuple[Any, Mapping[str, Any]] | None:
     meta: Mapping[str, Any] = {}
     for part in key.split("."):
         tp = _optional(tp)[0]
+        if get_origin(tp) is dict:  # any key of a mapping: its value type
+            tp, meta = get_args(tp)[1], {}
+            continue
         if not dataclasses.is_dataclass(tp):
             return None
         f = {f.name: f for f in dataclasses.fields(tp)}.get(part)
@@ -254,6 +269,8 @@ def _omegaconf_type(tp: Any) -> Any:
         inner = type(get_args(inner)[0])  # the choices are checked by `validate`
     elif get_origin(inner) is list:
         inner = list[_omegaconf_type(get_args(inner)[0])]
+    elif get_origin(inner) is dict:
+        inner = dict[get_args(inner)[0], _omegaconf_type(get_args(inner)[1])]  # type: ignore[misc]
     elif dataclasses.is_dataclass(inner):
         inner = omegaconf_schema(inner)
     return inner | None if nullable else inner

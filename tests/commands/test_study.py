@@ -95,6 +95,44 @@ def test_study_runs_each_cell_then_resume_reruns_only_the_missing_ones(tmp_path,
     assert crl("study", f"out={out}", "resume=true", "n_boot=100") == 0 and calls == []  # nothing left to run
 
 
+def test_two_tasks_with_their_own_recipes_in_one_study(tmp_path, calls):
+    """task_train: the planted cell is experiment=planted with one update, the compare cell the tiny model with an SAE
+    on disk and the study's two updates; each cell's config.yaml says so, and the report shows each task's own."""
+    import torch
+    import yaml
+
+    from crl.backends.hooks import HookPoint
+    from crl.backends.model import tiny_model
+    from crl.backends.sae import sae_from_decoder
+
+    decoder = torch.randn(16, tiny_model().d_model, generator=torch.Generator().manual_seed(0))
+    sae_from_decoder(decoder, HookPoint(1, "post"), "test").sae.save_model(str(tmp_path / "sae"))
+    out = tmp_path / "study"
+    planted = "planted:[experiment=planted,sae.d_sae=16,ppo.total_updates=1]"
+    compare = f"compare:[model=tiny,sae=disk,sae.path={tmp_path / 'sae'},masking=none,policy.obs_stats_prompts=32]"
+    args = ["tasks=[planted,compare]", "layers=[1]", "seeds=[0]", f"out={out}", "baselines=false", "n_boot=100"]
+    shared = ["logger=disabled", "run.analyze=false", *CELL[2:]]  # ppo.total_updates=2 ... (no experiment=planted)
+    shared.remove("sae.d_sae=16")
+    assert crl("study", *args, f"task_train={{{planted},{compare}}}", *shared) == 0
+    assert _cells(calls) == [("train", "planted-L1-s0"), ("train", "compare-L1-s0")]
+    cfg = {
+        c: yaml.safe_load((out / "cells" / f"{c}-L1-s0" / "config.yaml").read_text()) for c in ("planted", "compare")
+    }
+    assert (cfg["planted"]["ppo"]["total_updates"], cfg["compare"]["ppo"]["total_updates"]) == (1, 2)
+    assert (cfg["planted"]["sae"]["source"], cfg["compare"]["sae"]["source"]) == ("planted", "disk")
+    assert cfg["planted"]["model"]["source"] == cfg["compare"]["model"]["source"] == "tiny"
+    assert (cfg["planted"]["task"]["name"], cfg["compare"]["task"]["name"]) == ("planted", "compare")
+    assert cfg["planted"]["ppo"]["learning_rate"] == 0.001 != cfg["compare"]["ppo"]["learning_rate"]  # the experiment
+    assert json.loads((out / "study.json").read_text())["task_train"]["planted"] == [
+        "experiment=planted",
+        "sae.d_sae=16",
+        "ppo.total_updates=1",
+    ]
+    html = (out / "report.html").read_text()
+    assert "this task&#x27;s own (task_train.planted): experiment=planted sae.d_sae=16 ppo.total_updates=1." in html
+    assert "per task (task_train): planted: experiment=planted" in html
+
+
 def test_launcher_jobs_baselines_and_a_failed_cell(tmp_path):
     """joblib runs one job per cell, each `crl train` then `crl analyze env=true` as child processes; the tiny model
     has no layer 5, so that cell fails, the other finishes with its baselines, the report covers it and the study
@@ -139,6 +177,66 @@ def test_a_new_cell_trains_with_the_study_defaults_first():
     ]
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["task_train={compare_family:[experiment=compare_family,ppo.total_updates=1]}"],
+        ["task_train.compare_family=[experiment=compare_family,ppo.total_updates=1]"],
+        ["+task_train.compare_family=[experiment=compare_family,ppo.total_updates=1]"],
+        ['task_train.compare_family=["experiment=compare_family","ppo.total_updates=1"]'],
+    ],
+)
+def test_each_task_gets_its_own_train_overrides_after_the_studys(spelling, tmp_path):
+    """task_train: the compare_family cells get experiment=compare_family (and their own budget), the compare cells
+    only the study's overrides; the task's own come after the study's and before the cell's place. Every spelling on
+    the command line gives the same plan, and the launcher's jobs, which read it from study.json, the same argv."""
+    from crl.analysis.offline.study import read_plan
+    from crl.config.compose import compose_config
+    from crl.logs.atomic import atomic_write_json
+
+    argv = ["tasks=[compare,compare_family]", f"out={tmp_path / 's'}", *spelling, "ppo.num_envs=4"]
+    args = study.split_argv(argv)
+    out, plan = study.make_plan(compose_config("study", args.own), args, "crl study")
+    assert plan["train"] == ["ppo.num_envs=4"]
+    assert plan["task_train"] == {"compare_family": ["experiment=compare_family", "ppo.total_updates=1"]}
+    study.check_cells(plan)  # compare_family with its experiment composes; so does compare without it
+    atomic_write_json(out / "study.json", plan)
+    stored = read_plan(out)
+    assert stored is not None
+    for cell in (Cell("compare", 6, 0), Cell("compare_family", 6, 0)):
+        argv = study.train_argv(stored, cell, cell.path(out))
+        own = ["experiment=compare_family", "ppo.total_updates=1"] if cell.task == "compare_family" else []
+        place = [f"task={cell.task}", "steering.layer=6", "seed=0", f"hydra.run.dir={cell.path(out)}"]
+        assert argv == ["train", "logger.group=s", "run.analyze=false", "ppo.num_envs=4", *own, *place]
+        cfg = compose_config("train", argv[1:])
+        assert cfg.ppo.total_updates == (1 if own else 12) and cfg.task.family.enabled == bool(own)
+        assert cfg.policy.greedy_rule == ("steer_if_likely" if own else "argmax")
+
+
+def test_a_launcher_job_trains_its_cell_with_its_tasks_overrides(tmp_path, monkeypatch):
+    """A launcher job (`crl study cell=<name> out=<out>` in the study's multirun) reads the plan from study.json."""
+    import contextlib
+
+    from crl.commands import sweep
+    from crl.config.compose import compose_config
+    from crl.logs.atomic import atomic_write_json
+
+    argv = ["tasks=[planted,compare]", "layers=[1]", "seeds=[0]", f"out={tmp_path / 's'}", "baselines=false"]
+    argv += ["task_train.planted=[experiment=planted]", "logger=disabled"]
+    args = study.split_argv(argv)
+    out, plan = study.make_plan(compose_config("study", args.own), args, "crl study")
+    atomic_write_json(out / "study.json", plan)
+    seen: list[list[str]] = []
+    monkeypatch.setattr(study, "child_process", lambda a: (seen.append(a), (0, None))[1])
+    monkeypatch.setattr(sweep, "current_job", lambda: sweep.Job(0, out / "launcher"))
+    monkeypatch.setattr(sweep, "tagged_output", lambda job: contextlib.nullcontext())
+    for name in ("planted-L1-s0", "compare-L1-s0"):
+        monkeypatch.setattr(sys, "argv", ["crl study", f"cell={name}", f"out={out}"])
+        study._app()
+    assert [a[2:-4] for a in seen] == [["logger=disabled", "experiment=planted"], ["logger=disabled"]]
+    assert seen[0][-4:-1] == ["task=planted", "steering.layer=1", "seed=0"]
+
+
 def test_each_cells_analyze_shares_baselines_and_skips_the_per_cell_sections_by_default(tmp_path):
     """Every cell's `crl analyze` gets shared_baselines=<out>/shared, then branch_points=false forced_effects=false
     (StudyConfig.analyze), then the command line's analyze.<key> overrides, which win."""
@@ -178,6 +276,20 @@ def test_each_cells_analyze_shares_baselines_and_skips_the_per_cell_sections_by_
         (["OUT", "ppo.num_envs=0"], "cell compare-L6: ppo.num_envs=0 is invalid: out of range"),
         (["OUT", "analyze.n_boot=0"], "n_boot=0 is invalid: out of range"),
         (["OUT", "launcher=slurm"], "launcher=slurm is invalid: unknown choice"),
+        (["OUT", "task_train.bbq_offline=[ppo.num_envs=4]"], "task_train.bbq_offline is not for a task of the study"),
+        (["OUT", "task_train.compare=[seed=3]"], "task_train.compare: seed=3 cannot go to the cells"),
+        (["OUT", "task_train={compare:[task=bbq_offline]}"], "task_train.compare: task=bbq_offline cannot go to"),
+        (["OUT", "task_train.compare=ppo.num_envs"], "task_train.compare=ppo.num_envs is invalid: not a list"),
+        (["OUT", "task_train.compare=[ppo.num_envs=0]"], "cell compare-L6: ppo.num_envs=0 is invalid: out of range"),
+        (
+            ["OUT", "tasks=[compare,compare_family]", "task_train.compare=[experiment=compare_family]"],
+            "task_train.compare: experiment=compare_family sets task=compare_family, not compare; give it to the "
+            "compare_family cells",
+        ),
+        (
+            ["OUT", "tasks=[compare,planted]", "task_train.compare=[experiment=planted]"],
+            "task_train.compare: experiment=planted sets task=planted, not compare",
+        ),
     ],
 )
 def test_bad_studies_are_one_line_before_any_cell_runs(argv, message, tmp_path, calls, capsys):
@@ -201,6 +313,40 @@ def test_a_study_is_started_once_and_resumed_with_its_own_overrides(tmp_path, ca
     assert crl("study", f"out={tmp_path / 'none'}", "resume=true") == 2
     assert "holds no study (no study.json)" in capsys.readouterr().err
     assert calls == []
+
+
+def test_resume_refuses_a_changed_task_train_and_keeps_the_stored_one(tmp_path, calls, capsys):
+    """The planted cells were trained with their own overrides: a resume gives the same (or none, and gets them), and
+    a task new to the study may bring its own."""
+    from crl.config.compose import compose_config
+
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = {"tasks": ["planted"], "layers": [0], "seeds": [0], "train": ["experiment=planted"], "baselines": False}
+    plan["task_train"] = {"planted": ["ppo.total_updates=1"]}
+    (out / "study.json").write_text(json.dumps({**plan, "analyze": [], "out": str(out)}))
+    assert crl("study", f"out={out}", "resume=true", "task_train.planted=[ppo.total_updates=2]") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and (
+            f"the planted cells of {out} were trained with task_train.planted=['ppo.total_updates=1'], not "
+            "['ppo.total_updates=2']; resume with the same overrides (or none, to use theirs)"
+        )
+        in err[0]
+    )
+    assert crl("study", f"out={out}", "resume=true", "task_train={planted:[]}") == 2
+    assert "were trained with task_train.planted=['ppo.total_updates=1'], not []" in capsys.readouterr().err
+    assert calls == []
+
+    def resumed(*argv: str) -> dict:
+        args = study.split_argv([f"out={out}", "resume=true", *argv])
+        return study.make_plan(compose_config("study", args.own), args, "crl study")[1]
+
+    assert resumed()["task_train"] == plan["task_train"]
+    assert resumed("task_train.planted=[ppo.total_updates=1]")["task_train"] == plan["task_train"]
+    added = resumed("tasks=[planted,compare]", "task_train.compare=[model=tiny]")["task_train"]
+    assert added == {"planted": ["ppo.total_updates=1"], "compare": ["model=tiny"]}
 
 
 def test_cfg_job_prints_the_study_config(capsys):

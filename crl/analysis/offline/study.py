@@ -1,7 +1,7 @@
 """`crl study`'s cells and its numbers, read from run directories only (no torch).
 
-The layout: <out>/study.json (the plan: tasks, layers, seeds, the overrides every cell got) and one ordinary run
-directory per (task, layer, seed) at <out>/cells/<task>-L<layer>-s<seed>.
+The layout: <out>/study.json (the plan: tasks, layers, seeds, the overrides every cell got, `train`, and each task's
+own, `task_train`) and one ordinary run directory per (task, layer, seed) at <out>/cells/<task>-L<layer>-s<seed>.
 
 A cell's state (`cell_state`), as `crl.logs.reader` judges a run: **complete** when it holds every file a finished run
 has (summary.json is written last) and no FAILED.json, and, when the study runs baselines, the study's mark

@@ -5,7 +5,9 @@ Per task: accuracy at equal budget (val, best so far, t-intervals over seeds) an
 (mean over seeds of the best so far, with its interval), the held-out table with the format-versus-answer split of
 every difference, the layer table (accuracy, probe headroom, feature diversity, syntactic share, coefficient
 tolerance, no-steer share) with the sentence on the paper's layer claim, and accuracy against the coefficient. Then
-the side effects, where the cells measured them. The summary opens with one verdict sentence per task.
+the side effects, where the cells measured them. The summary opens with one verdict sentence per task, then the
+`crl train` overrides the cells got (study.json: every cell's, `train`, and each task's own, `task_train`), which each
+task's first section repeats for its cells.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from crl.analysis.offline.study import (
     equal_budget,
     heldout,
     load_cells,
+    read_plan,
     side_effects,
     verdict,
 )
@@ -209,6 +212,17 @@ def _layer_section(
     return sentence
 
 
+def _overrides_text(plan: dict[str, Any], task: str | None = None) -> str:
+    """The `crl train` overrides of the study's cells (task None) or of one task's cells, as one sentence."""
+    shared = " ".join(plan.get("train", [])) or "none"
+    per_task = {t: o for t, o in plan.get("task_train", {}).items() if o and t in plan.get("tasks", [])}
+    if task is None:
+        own = "; ".join(f"{t}: {' '.join(o)}" for t, o in per_task.items()) or "none"
+        return f"crl train overrides: every cell: {shared}; per task (task_train): {own}."
+    own = " ".join(per_task.get(task, [])) or "none"
+    return f"Its cells' crl train overrides: the study's: {shared}; this task's own (task_train.{task}): {own}."
+
+
 def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool) -> Result:
     """<out>/report.html over the study's complete cells (module docstring); a CRLError when none is complete."""
     runs, notes = load_cells(out, cells, baselines)
@@ -230,6 +244,7 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
     at, eq = budget_at(cur, budgets), equal_budget(cur, budgets)
     held = heldout(runs, cfg.split, stats)
 
+    plan = read_plan(out) or {}
     rep = Report(f"CRL study: {out.name} ({len(runs)} of {len(cells)} cells)")
     summary = rep.section("Summary")
     verdicts, claims = [], []
@@ -241,6 +256,8 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
         verdicts.append(verdict(task, budget, eq, held))
 
         s = rep.section(f"{task}: accuracy at equal budget")
+        if plan:
+            s.append(para(_overrides_text(plan, task)))
         s.append(para(BUDGET_NOTE, "note"))
         if np.isnan(budget):
             s.append(para("No CRL val curve in these cells (run.eval_every=0?): no budget to compare at.", "warn"))
@@ -292,6 +309,8 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
     summary.extend(para(v) for v in verdicts)
     summary.append(para("Layers, per task:"))
     summary.extend(para(c) for c in claims)
+    if plan:
+        summary.append(para(_overrides_text(plan)))
     rep.add_table(summary, "cells", _cells_table(out, cells, baselines))
     return publish(rep, out, WandbConfig(mode="disabled"), f"study-{out.name}", warnings)
 
