@@ -8,6 +8,7 @@ crl study experiment=planted tasks=[planted] layers=[0,1] seeds=[0,1] out=/tmp/s
 crl study 'tasks=[compare,compare_family]' 'task_train={compare_family:[experiment=compare_family]}'  # one task's
 crl study 'tasks=[compare,compare_family]' task_train.compare_family=[experiment=compare_family]       # the same
 crl study analyze.n_boot=500 analyze.causal=false   # analyze.<key>: every cell's `crl analyze env=true`
+crl study out=runs/study-a report_only=true          # report.html, summary.txt and the summary again; no cell runs
 
 Every (task, layer, seed) is one cell (crl.analysis.offline.study.Cell): `crl train task=T steering.layer=L seed=S`
 into <out>/cells/<T>-L<L>-s<S> (the study's `train=` overrides and the bare ones on the command line first, then the
@@ -16,7 +17,13 @@ then with baselines=true
 `crl analyze run_dir=<cell> env=true shared_baselines=<out>/shared` (every baseline, the coefficient sweep, the
 causal check, the side effects off the task; `analyze=` and the analyze.<key> overrides), then the study's mark on the
 cell (analysis/study.json). The plan goes to <out>/study.json first, the report to <out>/report.html last
-(crl.analysis.report.study).
+(crl.analysis.report.study), then the same numbers as text to stdout and <out>/summary.txt (`summary_text`: per task
+the verdict sentence, accuracy at equal budget and CRL minus each baseline, the held-out table, the per-layer table
+and the layer claim; then the side effects), for a remote shell or the study's log.
+
+Report only (`report_only=true out=<study>`): report.html and summary.txt written again from the cells on disk and the
+summary printed, no cell run, resumed or checked (budget=, n_boot=, split=, probe= apply; tasks=, layers=, seeds=
+report that part of the grid; a cell's override, resume=true or launcher= is refused).
 
 What the cells share and skip by default (StudyConfig.analyze, AnalyzeConfig.shared_baselines):
 - shared: random, corr, prompting and letter_prior, the unsteered pass that ranks static's and corr's candidates and
@@ -426,11 +433,49 @@ def _check_experiment_task(task: str, own: list[str], overrides: list[str]) -> N
         )
 
 
+def write_report(cfg: StudyConfig, out: Path, cells: list[Any], baselines: bool) -> Path:
+    """<out>/report.html, then the same numbers as text (crl.analysis.report.study.summary_text) on stdout and in
+    <out>/summary.txt; returns report.html."""
+    from crl.analysis.report.study import study_numbers, study_report, write_summary
+
+    numbers = study_numbers(cfg, out, cells, baselines)
+    html = study_report(cfg, out, cells, baselines, numbers).html
+    print(f"[crl study] report: {html}")
+    path, text = write_summary(numbers)
+    print("\n" + text, end="")
+    print(f"[crl study] summary: {path}", flush=True)
+    return html
+
+
+def report_only(cfg: StudyConfig, args: Args) -> Path:
+    """`report_only=true`: the report and the summary of the cells on disk, running no cell (module docstring)."""
+    from crl.analysis.offline.study import plan_cells, read_plan
+
+    given = _given(args.own)
+    extra = [*args.train, *args.launcher, *(f"analyze.{a}" for a in args.analyze)]
+    extra += [k for k in ("train", "task_train", "analyze", "launcher") if k in given]
+    if cfg.resume or extra:
+        what = "resume=true" if cfg.resume else extra[0]
+        raise CRLError(f"report_only=true runs no cell, so {what} has nothing to do; drop it (or report_only)")
+    if cfg.out is None:
+        raise CRLError("report_only=true needs out=<the study's directory>")
+    out = Path(cfg.out)
+    plan = read_plan(out)
+    if plan is None:
+        raise CRLError(f"report_only=true: {out} holds no study (no study.json)")
+    for key in ("tasks", "layers", "seeds"):  # a part of the grid, when given
+        if key in given:
+            plan[key] = list(getattr(cfg, key))
+    return write_report(cfg, out, plan_cells(plan), plan["baselines"])
+
+
 def run_study(cfg: StudyConfig, args: Args, command: str) -> Path:
     """The study (module docstring); returns report.html. A CRLError at the end when a cell did not finish."""
     from crl.analysis.offline.study import PLAN_FILE, cell_state, plan_cells
     from crl.logs.atomic import atomic_write_json
 
+    if cfg.report_only:
+        return report_only(cfg, args)
     if args.launcher and cfg.launcher is None:
         raise CRLError(f"{args.launcher[0]} is an option of a launcher; pass launcher=joblib (or another) too")
     out, plan = make_plan(cfg, args, command)
@@ -452,12 +497,7 @@ def run_study(cfg: StudyConfig, args: Args, command: str) -> Path:
                 print(f"[crl study] {problem}", file=sys.stderr)
                 problems.append(problem)
     left = [c for c in cells if cell_state(c.path(out), plan["baselines"])[0] != "complete"]
-    html = None
-    if len(left) < len(cells):
-        from crl.analysis.report.study import study_report
-
-        html = study_report(cfg, out, cells, plan["baselines"]).html
-        print(f"[crl study] report: {html}")
+    html = write_report(cfg, out, cells, plan["baselines"]) if len(left) < len(cells) else None
     if left:
         first = problems[0] if problems else f"{left[0].name}: {cell_state(left[0].path(out), plan['baselines'])[1]}"
         raise CRLError(

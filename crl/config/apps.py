@@ -472,6 +472,9 @@ class StudyConfig:
     split: Split | None = None  # held-out split; default test, then val
     n_boot: int = param(2000, ge=1)  # bootstrap resamples of the held-out CIs
     boot_seed: int = seed_param(0)  # bootstrap seed (seed= goes to the cells, and is refused: seeds= sets it)
+    # Write report.html and summary.txt again from the cells on disk (out= a study) and print the summary, running no
+    # cell; tasks=, layers=, seeds= given with it report that part of the grid, budget=/n_boot=/split= apply.
+    report_only: bool = False
     cell: str | None = None  # set by the launcher's jobs (one cell each); leave it out
 
     def check(self) -> None:

@@ -78,6 +78,10 @@ def test_study_runs_each_cell_then_resume_reruns_only_the_missing_ones(tmp_path,
     assert "planted: layers" in html and re.search(r"Layer claim: (confirmed|refuted|inconclusive): ", html)
     assert ">syntactic_share</th>" in html and ">coef_tolerance</th>" in html and ">no_steer_share</th>" in html
     assert "planted: no baselines in its cells" in html  # the verdict says why there is nothing to compare
+    printed, summary = capsys.readouterr().out, (out / "summary.txt").read_text()
+    assert "planted: no baselines in its cells" in summary and summary in printed  # the same text, printed
+    assert re.search(r"^  1 +1 +\d\.\d{3} ", summary, re.M) and "Layer claim: " in summary  # the per-layer row
+    assert printed.rstrip().endswith(f"[crl study] summary: {out / 'summary.txt'}")
 
     # Damage: one cell deleted, one killed after its last checkpoint (no summary.json); the third is left alone.
     kept = out / "cells" / "planted-L0-s0"

@@ -8,11 +8,19 @@ tolerance, no-steer share) with the sentence on the paper's layer claim, and acc
 the side effects, where the cells measured them. The summary opens with one verdict sentence per task, then the
 `crl train` overrides the cells got (study.json: every cell's, `train`, and each task's own, `task_train`), which each
 task's first section repeats for its cells.
+
+The numbers are computed once (`study_numbers`: the dataframes of every table) and shown twice: in the HTML
+(`study_report`) and as plain text (`summary_text`, `write_summary`: <out>/summary.txt, which `crl study` also
+prints): per task the verdict sentence, the equal-budget and CRL-minus-baseline tables, the held-out and per-layer
+tables and the layer claim, then the side effects; numbers at 3 decimals, "-" where there is none (one seed's
+interval).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +52,10 @@ from crl.analysis.report.document import Report, para
 from crl.analysis.report.plots import _empty, _figure, _save
 from crl.config import StudyConfig, WandbConfig
 from crl.errors import CRLError
+from crl.logs.atomic import atomic_write_bytes
 from crl.logs.reader import RunDir
 
+SUMMARY_FILE = "summary.txt"  # <out>/summary.txt: `summary_text`
 HELD_COLUMNS = [
     "layer",
     "method",
@@ -178,38 +188,36 @@ def _cells_table(out: Path, cells: list[Cell], baselines: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _layer_section(
-    rep: Report,
-    task: str,
-    runs: list[RunDir],
-    cfg: StudyConfig,
-    stats: StatsConfig,
-    probes: dict[str, dict[str, Any]],
-    figures: Path,
-    key: str,
-) -> str:
-    """The layer table, the claim sentence and accuracy against the coefficient; returns the sentence."""
-    s = rep.section(f"{task}: layers")
+def _layer_numbers(
+    runs: list[RunDir], cfg: StudyConfig, stats: StatsConfig, probes: dict[str, dict[str, Any]]
+) -> tuple[pd.DataFrame, str, bool]:
+    """One task's layer table (with the probe's headroom), the sentence on the layer claim, and whether a `crl probe`
+    record was found. A CRLError when the cells cannot be compared (e.g. two models)."""
     lcfg = LayerConfig(split=cfg.split)
-    s.append(para(CLAIM.format(m=lcfg.min_share_change), "note"))
-    lt = layer_table(runs, lcfg, stats)
     record = probes.get(runs[0].task)
-    lt = add_probe(lt, record)
-    if record is None:
+    lt = add_probe(layer_table(runs, lcfg, stats), record)
+    _, sentence = layer_claim(lt, lcfg.min_share_change)
+    return lt, sentence, record is not None
+
+
+def _layer_section(rep: Report, t: TaskNumbers, figures: Path) -> None:
+    """The layer table, the claim sentence and accuracy against the coefficient."""
+    s = rep.section(f"{t.task}: layers")
+    s.append(para(CLAIM.format(m=LayerConfig().min_share_change), "note"))
+    if t.layer_table is None:
+        return
+    if not t.has_probe:
         s.append(
             para("No `crl probe` record of this task (probe=<probe.json>, or one under out): no headroom.", "note")
         )
-    _, sentence = layer_claim(lt, lcfg.min_share_change)
-    s.append(para(f"Layer claim: {sentence}."))
-    rep.add_table(s, f"{key}_layers", lt, columns=LAYER_COLUMNS, tips=LAYER_TIPS)
-    rep.add_image(s, f"{key}_layers", plots.layer_comparison(lt, figures / f"{key}_layers.png"))
-    cc = coef_curve(runs)
-    if cc.empty:
+    s.append(para(f"Layer claim: {t.claim}."))
+    rep.add_table(s, f"{t.key}_layers", t.layer_table, columns=LAYER_COLUMNS, tips=LAYER_TIPS)
+    rep.add_image(s, f"{t.key}_layers", plots.layer_comparison(t.layer_table, figures / f"{t.key}_layers.png"))
+    if t.coef.empty:
         s.append(para("No cell has a coefficient sweep (summary.json coef_sweep; `crl analyze env=true`).", "note"))
     else:
         s.append(para("Accuracy and well-formed rate against the coefficient (mean over the seeds that swept it):"))
-        rep.add_table(s, f"{key}_coef", cc)
-    return sentence
+        rep.add_table(s, f"{t.key}_coef", t.coef)
 
 
 def _overrides_text(plan: dict[str, Any], task: str | None = None) -> str:
@@ -223,8 +231,43 @@ def _overrides_text(plan: dict[str, Any], task: str | None = None) -> str:
     return f"Its cells' crl train overrides: the study's: {shared}; this task's own (task_train.{task}): {own}."
 
 
-def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool) -> Result:
-    """<out>/report.html over the study's complete cells (module docstring); a CRLError when none is complete."""
+@dataclass
+class TaskNumbers:
+    """One task's numbers: what its sections of report.html and its part of summary.txt show."""
+
+    task: str
+    key: str  # t0, t1, ...: the names of its tables and figures in the report
+    layers: list[int]
+    budget: float  # NaN: no CRL val curve
+    verdict: str  # crl.analysis.offline.study.verdict
+    curves: pd.DataFrame  # its rows of `curves`
+    at: pd.DataFrame  # accuracy at the budget per (layer, method): budget_at, without the task column
+    per_cell: pd.DataFrame  # each cell at the budget (cells_at, without task; empty without a budget)
+    eq: pd.DataFrame  # CRL minus each baseline per layer: equal_budget, without task
+    held: pd.DataFrame  # its rows of `heldout`
+    layer_table: pd.DataFrame | None  # layer_table + add_probe; None when the cells cannot be compared (a warning)
+    claim: str | None  # the sentence on the layer claim (layer_claim)
+    has_probe: bool  # a `crl probe` record of the task was found
+    coef: pd.DataFrame  # accuracy against the coefficient (coef_curve)
+
+
+@dataclass
+class StudyNumbers:
+    """Everything the study's report and its text summary show, computed once (`study_numbers`)."""
+
+    out: Path
+    cells: list[Cell]  # the grid
+    n_complete: int  # the cells read
+    plan: dict[str, Any]  # study.json ({} without one)
+    budget_given: bool  # budget= was set (else each task's fewest CRL rollouts)
+    tasks: list[TaskNumbers]
+    side: pd.DataFrame  # side_effects
+    warnings: list[str]  # cells left out, probe records, tasks without a layer comparison
+
+
+def study_numbers(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool) -> StudyNumbers:
+    """The study's numbers over its complete cells (module docstring); a CRLError when none is complete. Each
+    warning is printed to stderr as it is found."""
     runs, notes = load_cells(out, cells, baselines)
     if not runs:
         raise CRLError(f"no cell of the study in {out} is complete, so there is nothing to report; `crl study "
@@ -233,7 +276,6 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
     for n in notes:
         warn(n, warnings)
     stats = StatsConfig(n_boot=cfg.n_boot, seed=cfg.boot_seed)
-    figures = out / "figures"
     tasks = list(dict.fromkeys(c.task for c in cells if c in runs))
     probes, probe_notes = find_probes(out, list(cfg.probe))
     for n in probe_notes:
@@ -243,49 +285,73 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
     budgets = default_budgets(cur, cfg.budget)
     at, eq = budget_at(cur, budgets), equal_budget(cur, budgets)
     held = heldout(runs, cfg.split, stats)
-
-    plan = read_plan(out) or {}
-    rep = Report(f"CRL study: {out.name} ({len(runs)} of {len(cells)} cells)")
-    summary = rep.section("Summary")
-    verdicts, claims = [], []
+    numbers = []
     for ti, task in enumerate(tasks):
-        key = f"t{ti}"
-        task_runs = {c: r for c, r in runs.items() if c.task == task}
-        layers = sorted({c.layer for c in task_runs})
+        task_runs = [r for c, r in runs.items() if c.task == task]
         budget = budgets.get(task, float("nan"))
-        verdicts.append(verdict(task, budget, eq, held))
-
-        s = rep.section(f"{task}: accuracy at equal budget")
-        if plan:
-            s.append(para(_overrides_text(plan, task)))
-        s.append(para(BUDGET_NOTE, "note"))
-        if np.isnan(budget):
-            s.append(para("No CRL val curve in these cells (run.eval_every=0?): no budget to compare at.", "warn"))
-        else:
-            how = "given (budget=)" if cfg.budget is not None else "the fewest any CRL cell of the task spent"
-            s.append(para(f"Budget: {budget:g} rollouts ({how})."))
-            rep.add_table(s, f"{key}_budget", at[at["task"] == task].drop(columns="task"))
-            per_cell = cells_at(cur[cur["task"] == task], budgets)
-            s.append(para("Each cell (one per layer and seed) at the budget:"))
-            rep.add_table(s, f"{key}_cells_at_budget", per_cell.drop(columns="task"))
-            if len(eq[eq["task"] == task]):
-                rep.add_table(s, f"{key}_equal_budget", eq[eq["task"] == task].drop(columns="task"))
         tc = cur[cur["task"] == task]
-        rep.add_image(s, f"{key}_curves", _curves_plot(tc, layers, figures / f"{key}_curves.png", task, budget))
-
-        s = rep.section(f"{task}: held-out accuracy, format versus answer")
-        s.append(para(HELD_NOTE + FORMAT_NOTE, "note"))
-        rep.add_table(s, f"{key}_heldout", held[held["task"] == task], columns=HELD_COLUMNS)
-
+        lt, claim, has_probe, coef = None, None, False, pd.DataFrame()
         try:
-            claims.append(f"{task}: " + _layer_section(rep, task, list(task_runs.values()), cfg, stats, probes,
-                                                       figures, key))  # fmt: skip
+            lt, claim, has_probe = _layer_numbers(task_runs, cfg, stats, probes)
+            coef = coef_curve(task_runs)
         except CRLError as e:
             warn(f"{task}: no layer comparison: {e}", warnings)
+        numbers.append(
+            TaskNumbers(
+                task=task,
+                key=f"t{ti}",
+                layers=sorted({c.layer for c in runs if c.task == task}),
+                budget=budget,
+                verdict=verdict(task, budget, eq, held),
+                curves=tc,
+                at=at[at["task"] == task].drop(columns="task"),
+                per_cell=cells_at(tc, budgets).drop(columns="task", errors="ignore"),
+                eq=eq[eq["task"] == task].drop(columns="task"),
+                held=held[held["task"] == task],
+                layer_table=lt,
+                claim=claim,
+                has_probe=has_probe,
+                coef=coef,
+            )
+        )
+    plan = read_plan(out) or {}
+    return StudyNumbers(out, cells, len(runs), plan, cfg.budget is not None, numbers, side_effects(runs), warnings)
+
+
+def study_report(
+    cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool, numbers: StudyNumbers | None = None
+) -> Result:
+    """<out>/report.html over the study's complete cells (module docstring); a CRLError when none is complete.
+    `numbers`: `study_numbers`' (computed here when not given)."""
+    n = numbers or study_numbers(cfg, out, cells, baselines)
+    figures = out / "figures"
+    rep = Report(f"CRL study: {out.name} ({n.n_complete} of {len(cells)} cells)")
+    summary = rep.section("Summary")
+    for t in n.tasks:
+        s = rep.section(f"{t.task}: accuracy at equal budget")
+        if n.plan:
+            s.append(para(_overrides_text(n.plan, t.task)))
+        s.append(para(BUDGET_NOTE, "note"))
+        if np.isnan(t.budget):
+            s.append(para("No CRL val curve in these cells (run.eval_every=0?): no budget to compare at.", "warn"))
+        else:
+            how = "given (budget=)" if n.budget_given else "the fewest any CRL cell of the task spent"
+            s.append(para(f"Budget: {t.budget:g} rollouts ({how})."))
+            rep.add_table(s, f"{t.key}_budget", t.at)
+            s.append(para("Each cell (one per layer and seed) at the budget:"))
+            rep.add_table(s, f"{t.key}_cells_at_budget", t.per_cell)
+            if len(t.eq):
+                rep.add_table(s, f"{t.key}_equal_budget", t.eq)
+        path = figures / f"{t.key}_curves.png"
+        rep.add_image(s, f"{t.key}_curves", _curves_plot(t.curves, t.layers, path, t.task, t.budget))
+
+        s = rep.section(f"{t.task}: held-out accuracy, format versus answer")
+        s.append(para(HELD_NOTE + FORMAT_NOTE, "note"))
+        rep.add_table(s, f"{t.key}_heldout", t.held, columns=HELD_COLUMNS)
+        _layer_section(rep, t, figures)
 
     s = rep.section("Side effects (off the task)")
-    se = side_effects(runs)
-    if se.empty:
+    if n.side.empty:
         s.append(
             para(
                 "No cell measured side effects (analysis/offtask.json: `crl analyze` writes it unless offtask=false).",
@@ -303,16 +369,156 @@ def study_report(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: bool
                 "note",
             )
         )
-        rep.add_table(s, "side_effects", se, columns=SIDE_COLUMNS)
+        rep.add_table(s, "side_effects", n.side, columns=SIDE_COLUMNS)
 
     summary.append(para("Verdict, per task:"))
-    summary.extend(para(v) for v in verdicts)
+    summary.extend(para(t.verdict) for t in n.tasks)
     summary.append(para("Layers, per task:"))
-    summary.extend(para(c) for c in claims)
-    if plan:
-        summary.append(para(_overrides_text(plan)))
+    summary.extend(para(f"{t.task}: {t.claim}") for t in n.tasks if t.claim is not None)
+    if n.plan:
+        summary.append(para(_overrides_text(n.plan)))
     rep.add_table(summary, "cells", _cells_table(out, cells, baselines))
-    return publish(rep, out, WandbConfig(mode="disabled"), f"study-{out.name}", warnings)
+    return publish(rep, out, WandbConfig(mode="disabled"), f"study-{out.name}", list(n.warnings))
 
 
-__all__ = ["REPORT_FILE", "find_probes", "study_report"]
+# -- the text summary: the same numbers, for a terminal and <out>/summary.txt -------------------------------------
+WIDTH = 120
+
+
+def _missing(x: Any) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, (float, np.floating)) and np.isnan(x))
+
+
+def _num(x: Any, signed: bool = False) -> str:
+    """A number at 3 decimals ("-" when missing).
+
+    >>> _num(0.12345), _num(-0.5, signed=True), _num(float("nan"))
+    ('0.123', '-0.500', '-')
+    """
+    return "-" if _missing(x) else f"{float(x):+.3f}" if signed else f"{float(x):.3f}"
+
+
+def _ci(lo: Any, hi: Any, signed: bool = False) -> str:
+    """An interval "[lo, hi]", "-" when either end is missing (one seed)."""
+    return "-" if _missing(lo) or _missing(hi) else f"[{_num(lo, signed)}, {_num(hi, signed)}]"
+
+
+def _int(x: Any) -> str:
+    return "-" if _missing(x) else str(int(x))
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Columns padded to their widest cell, two spaces apart."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+
+
+def _wrap(text: str, indent: str = "  ") -> list[str]:
+    return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+
+
+def _task_text(t: TaskNumbers) -> list[str]:
+    lines = [f"== {t.task} ==", *_wrap(t.verdict)]
+    if np.isnan(t.budget):
+        lines.append("No CRL val curve: no budget to compare at.")
+    else:
+        lines.append(f"Accuracy at equal budget, {t.budget:g} rollouts (val, best so far; 95% t-interval over seeds):")
+        rows = [
+            [_int(r["layer"]), str(r["method"]), _int(r["n_seeds"]), _num(r["accuracy"]), _ci(r["lo"], r["hi"])]
+            for r in t.at.to_dict("records")
+        ]
+        lines += _table(["layer", "method", "n_seeds", "accuracy", "95% interval"], rows)
+        if len(t.eq):
+            lines.append("CRL minus baseline, paired by seed:")
+            rows = [
+                [
+                    _int(r["layer"]),
+                    str(r["baseline"]),
+                    _int(r["n_seeds"]),
+                    _num(r["diff"], signed=True),
+                    _ci(r["lo"], r["hi"], signed=True),
+                    str(r["outcome"]) + (f" (first point {r['first_point']:g})" if r["outcome"] == "unreached" else ""),
+                ]
+                for r in t.eq.to_dict("records")
+            ]
+            lines += _table(["layer", "baseline", "n_seeds", "diff", "95% interval", "outcome"], rows)
+    lines.append("Held out (accuracy: mean over seeds, bootstrap 95% CI; diff: CRL minus the method):")
+    if "accuracy" in t.held.columns and len(t.held):
+        get = lambda r, k: r.get(k, float("nan"))  # noqa: E731 - format_share: only with well-formed columns
+        rows = [
+            [
+                _int(r["layer"]),
+                str(r["method"]),
+                _num(r["accuracy"]),
+                _ci(r["acc_lo"], r["acc_hi"]),
+                _num(get(r, "diff_vs_ref"), signed=True),
+                _ci(get(r, "diff_lo"), get(r, "diff_hi"), signed=True),
+                _num(get(r, "format_share")),
+            ]
+            for r in t.held.to_dict("records")
+        ]
+        lines += _table(["layer", "method", "accuracy", "[lo, hi]", "diff", "[lo, hi]", "format_share"], rows)
+    else:
+        lines.append("  none")
+    if t.layer_table is None:
+        lines.append("Layers: no comparison (see the notes).")
+    else:
+        lines.append("Per layer (held out):")
+        rows = [
+            [
+                _int(r["layer"]),
+                _int(r["n_seeds"]),
+                _num(r["accuracy"]),
+                _ci(r["acc_lo"], r["acc_hi"]),
+                _int(r["distinct_features"]),
+                _num(r["syntactic_share"]),
+                _num(r["coef_tolerance"]),
+                _num(r["no_steer_share"]),
+            ]
+            for r in t.layer_table.to_dict("records")
+        ]
+        header = ["layer", "n_seeds", "accuracy", "[lo, hi]", "distinct", "syntactic", "coef_tol", "no_steer"]
+        lines += _table(header, rows)
+        lines += _wrap(f"Layer claim: {t.claim}.")
+    return lines
+
+
+def summary_text(n: StudyNumbers) -> str:
+    """The study's headline numbers as plain text (what `crl study` prints and writes to <out>/summary.txt): per
+    task its verdict sentence, the accuracy at equal budget and CRL minus each baseline, the held-out table, the
+    per-layer table and the layer claim; then the side effects and the notes. Numbers at 3 decimals, "-" for none."""
+    lines = [f"CRL study: {n.out.name} ({n.n_complete} of {len(n.cells)} cells complete)"]
+    for t in n.tasks:
+        lines += ["", *_task_text(t)]
+    lines += ["", "== side effects (off the task; mean over the seeds that measured it) =="]
+    if n.side.empty:
+        lines.append("  none measured (analysis/offtask.json)")
+    else:
+        rows = [
+            [str(r["task"]), _int(r["layer"]), _int(r["n_seeds"])] + [_num(r[c]) for c in SIDE_COLUMNS[3:]]
+            for r in n.side.to_dict("records")
+        ]
+        lines += _table(SIDE_COLUMNS, rows)
+    if n.warnings:
+        lines += ["", "Notes:", *(w for note in n.warnings for w in _wrap(f"- {note}"))]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(n: StudyNumbers) -> tuple[Path, str]:
+    """<out>/summary.txt (`summary_text`), written atomically; returns its path and text."""
+    text = summary_text(n)
+    path = n.out / SUMMARY_FILE
+    atomic_write_bytes(path, text.encode())
+    return path, text
+
+
+__all__ = [
+    "REPORT_FILE",
+    "SUMMARY_FILE",
+    "StudyNumbers",
+    "find_probes",
+    "study_numbers",
+    "study_report",
+    "summary_text",
+    "write_summary",
+]

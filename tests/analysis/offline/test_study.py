@@ -12,6 +12,7 @@ fixes, 8 answer fixes and 1 format break, so format is 7/15 = 47% of the gain.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -33,12 +34,13 @@ from crl.analysis.offline.study import (
     load_cells,
     verdict,
 )
-from crl.analysis.report.study import study_report
+from crl.analysis.report.study import SUMMARY_FILE, study_numbers, study_report, write_summary
 from crl.config import StudyConfig
 from crl.errors import CRLError
 from crl.logs.schema import EpisodeRow
 from tests.analysis.checks import FAST, assert_png
 from tests.analysis.synthetic import SyntheticSpec, write_run_dir
+from tests.run.helpers import crl
 
 SYNTACTIC = (".", ",", "\n", " 4", "<|im_end|>")
 SEMANTIC = ("Paris", " is", " big", " city", " here")
@@ -218,6 +220,110 @@ def test_the_study_report_on_synthetic_cells(study):
     assert_png(study / "figures" / "t0_curves.png")
 
 
+def _block(text: str, start: str, end: str) -> list[str]:
+    """The lines of `text` after the line starting with `start`, up to the next starting with `end`."""
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    j = next(k for k in range(i + 1, len(lines)) if lines[k].startswith(end))
+    return lines[i + 1 : j]
+
+
+def _interval(text: str) -> tuple[float, float]:
+    lo, hi = text.strip("[]").split(", ")
+    return float(lo), float(hi)
+
+
+def test_the_text_summary_holds_the_reports_numbers(study):
+    """summary.txt (and what `crl study` prints) reads the report's own tables: the verdict sentence, a row per
+    (layer, method) at equal budget and per (layer, baseline) of CRL minus it, the held-out and the layer tables."""
+    cells = grid(["arith"], [6, 24], [0, 1, 2])
+    numbers = study_numbers(StudyConfig(n_boot=200), study, cells, True)
+    res = study_report(StudyConfig(n_boot=200), study, cells, True, numbers)
+    path, text = write_summary(numbers)
+    assert path == study / SUMMARY_FILE and path.read_text() == text
+    assert max(len(line) for line in text.splitlines()) <= 120
+    t = numbers.tasks[0]
+    assert t.verdict.startswith("arith: at 80 rollouts") and t.verdict in " ".join(text.split())
+    assert html.escape(t.verdict, quote=False) in res.html.read_text()
+
+    at = res.report.tables["t0_budget"]  # the HTML's table
+    rows = _block(text, "Accuracy at equal budget, 80 rollouts", "CRL minus baseline")
+    assert len(rows) == 1 + len(at) == 7  # header, then 2 layers x crl, none, static
+    for line, r in zip(rows[1:], at.to_dict("records"), strict=True):
+        layer, method, n_seeds, acc, ci = line.split(maxsplit=4)
+        assert (int(layer), method, int(n_seeds)) == (r["layer"], r["method"], r["n_seeds"])
+        assert float(acc) == pytest.approx(r["accuracy"], abs=5e-4)
+        assert _interval(ci) == pytest.approx((r["lo"], r["hi"]), abs=5e-4)
+    assert rows[1].split()[:4] == ["6", "crl", "3", "0.800"]
+
+    eq = res.report.tables["t0_equal_budget"]
+    rows = _block(text, "CRL minus baseline", "Held out")
+    assert len(rows) == 1 + len(eq) == 5
+    for line, r in zip(rows[1:], eq.to_dict("records"), strict=True):
+        layer, base, n_seeds, diff, rest = line.split(maxsplit=4)
+        ci, outcome = rest.rsplit("  ", 1)
+        assert (int(layer), base, outcome.strip()) == (r["layer"], r["baseline"], r["outcome"])
+        assert float(diff) == pytest.approx(r["diff"], abs=5e-4)
+        assert _interval(ci.strip()) == pytest.approx((r["lo"], r["hi"]), abs=5e-4)
+    assert rows[1].split()[:4] == ["6", "none", "3", "+0.400"] and rows[1].endswith("better")
+
+    held = res.report.tables["t0_heldout"].set_index(["layer", "method"])
+    rows = _block(text, "Held out", "Per layer")
+    assert rows[0].split() == ["layer", "method", "accuracy", "[lo,", "hi]", "diff", "[lo,", "hi]", "format_share"]
+    none6 = next(line.split() for line in rows if line.split()[:2] == ["6", "none"])
+    assert float(none6[2]) == pytest.approx(held.loc[(6, "none"), "accuracy"], abs=5e-4)
+    assert float(none6[5]) == pytest.approx(held.loc[(6, "none"), "diff_vs_ref"], abs=5e-4)
+    assert float(none6[-1]) == pytest.approx(7 / 15, abs=5e-4)
+
+    layers = res.report.tables["t0_layers"].set_index("layer")
+    rows = _block(text, "Per layer", "Layer claim")
+    assert [line.split()[0] for line in rows[1:]] == ["6", "24"]
+    l24 = rows[2].split()
+    assert int(l24[1]) == 3 and float(l24[2]) == pytest.approx(layers.loc[24, "accuracy"], abs=5e-4)
+    assert float(l24[-3]) == layers.loc[24, "syntactic_share"] == 0.0
+    assert float(l24[-2]) == layers.loc[24, "coef_tolerance"] == 8.0
+    assert f"Layer claim: {t.claim}." in " ".join(text.split()) and t.claim.startswith("confirmed: ")
+    assert "none measured (analysis/offtask.json)" in text  # the side effects
+
+
+def test_report_only_prints_the_summary_and_runs_no_cell(tmp_path, capsys, monkeypatch):
+    """`crl study out=<study> report_only=true`: report.html and summary.txt again from the cells on disk, the
+    summary printed, no cell run or touched; a cell's override given with it is refused."""
+    import crl.commands.study as command
+
+    out = tmp_path / "s"
+    for c in grid(["arith"], [6, 24], [0, 1]):
+        write_cell(out, c)
+    plan = {"tasks": ["arith"], "layers": [6, 24], "seeds": [0, 1], "train": [], "baselines": True, "analyze": []}
+    (out / "study.json").write_text(json.dumps({**plan, "out": str(out)}))
+    before = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")}
+
+    def no_cell(argv: list[str]) -> tuple[int, str | None]:
+        raise AssertionError(f"a cell ran: {argv}")
+
+    monkeypatch.setattr(command, "in_process", no_cell)
+    monkeypatch.setattr(command, "child_process", no_cell)
+    assert crl("study", f"out={out}", "report_only=true", "n_boot=100") == 0
+    printed = capsys.readouterr().out
+    text = (out / SUMMARY_FILE).read_text()
+    assert printed.splitlines()[0] == f"[crl study] report: {out / 'report.html'}"
+    assert text in printed and printed.rstrip().endswith(f"[crl study] summary: {out / SUMMARY_FILE}")
+    assert "arith: at 80 rollouts" in text and "cannot be told apart from none" not in text  # 2 seeds: intervals
+    rows = _block(text, "Accuracy at equal budget", "CRL minus baseline")
+    crl6 = next(line.split() for line in rows if line.split()[:2] == ["6", "crl"])
+    assert crl6[2] == "2" and float(crl6[3]) == pytest.approx((0.8 + 0.85) / 2, abs=5e-4)
+    assert (out / "report.html").exists()
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*")} == before  # no new or changed file
+
+    assert crl("study", f"out={out}", "report_only=true", "seeds=[0]", "n_boot=100") == 0  # a part of the grid
+    rows = _block(capsys.readouterr().out, "Accuracy at equal budget", "CRL minus baseline")
+    assert next(line.split() for line in rows if line.split()[:2] == ["6", "crl"])[2:4] == ["1", "0.800"]
+    assert crl("study", f"out={out}", "report_only=true", "ppo.total_updates=2") == 2
+    assert "report_only=true runs no cell, so ppo.total_updates=2 has nothing to do" in capsys.readouterr().err
+    assert crl("study", f"out={tmp_path / 'none'}", "report_only=true") == 2
+    assert "holds no study (no study.json)" in capsys.readouterr().err
+
+
 def test_a_study_with_no_complete_cell_has_no_report(tmp_path):
     with pytest.raises(CRLError, match="no cell of the study"):
         study_report(StudyConfig(), tmp_path, grid(["arith"], [6], [0]), True)
@@ -228,7 +334,9 @@ def test_doctests():
 
     import crl.analysis.offline.layers
     import crl.analysis.offline.study
+    import crl.analysis.report.study
     import crl.commands.study
 
-    for module in (crl.analysis.offline.study, crl.analysis.offline.layers, crl.commands.study):
+    modules = (crl.analysis.offline.study, crl.analysis.offline.layers, crl.analysis.report.study, crl.commands.study)
+    for module in modules:
         assert doctest.testmod(module).failed == 0, module.__name__
