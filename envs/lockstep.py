@@ -62,6 +62,10 @@ class DecodeSpec:
     temperature: float = 1.0
     use_cache: bool = True
     add_special_tokens: bool = False  # chat-templated prompts already hold their special tokens
+    # Per row, a token id whose probability at the first generated token (after the allowed-token mask, before any
+    # temperature) is kept in `LockstepDecoder.first_prob`: constrained multiple choice's gold letter, for
+    # task.reward=letter_prob. None: nothing is computed (one extra transfer per batch when set).
+    score_token_ids: list[int] | None = None
 
 
 def encode_prompts(
@@ -80,7 +84,8 @@ class LockstepDecoder:
     """Drive with `start(prompts)` then `send(deltas)` until it returns None.
 
     After each `send`, `last_tokens` maps row -> token generated at that step and `finished` lists
-    the rows that ended at that step. `completions[row]` holds the generated token ids.
+    the rows that ended at that step. `completions[row]` holds the generated token ids; with
+    `DecodeSpec.score_token_ids`, `first_prob[row]` the probability of the row's scored token at the first step.
     """
 
     def __init__(self, lm: FrozenLM, hook_name: str, generator: torch.Generator | None = None):
@@ -94,6 +99,7 @@ class LockstepDecoder:
         self.last_tokens: dict[int, int] = {}
         self.finished: list[int] = []
         self.stop_reason: dict[int, str] = {}
+        self.first_prob: dict[int, float] = {}
         self._worker_id: int | None = None
 
     # -- caller side ------------------------------------------------------------------------------
@@ -101,7 +107,7 @@ class LockstepDecoder:
         self.close()
         self._to_main, self._from_main = queue.Queue(), queue.Queue()
         self.completions = [[] for _ in prompts]
-        self.last_tokens, self.finished, self.stop_reason = {}, [], {}
+        self.last_tokens, self.finished, self.stop_reason, self.first_prob = {}, [], {}, {}
         self._thread = threading.Thread(target=self._run, args=(prompts, spec), daemon=True)
         self._thread.start()
         return self._next()
@@ -161,6 +167,7 @@ class LockstepDecoder:
         allowed = self._allowed_mask(spec, len(prompts), device)
         # Only the last position's logits are read: skip the (tokens x vocab) head matmul for the rest.
         extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        score = spec.score_token_ids
         with residual_hook(self.lm.layers, self.hook_name, self._hook):
             out = model(
                 input_ids=ids,
@@ -174,6 +181,10 @@ class LockstepDecoder:
                 logits = out.logits[:, -1, :].float()
                 if allowed is not None:
                     logits = logits.masked_fill(~allowed, float("-inf"))
+                if score is not None:  # the first step only: every row is still in the batch, in order
+                    probs = torch.softmax(logits, dim=-1).gather(1, torch.tensor(score, device=device)[:, None])
+                    self.first_prob = dict(zip(h_rows, probs[:, 0].tolist(), strict=True))
+                    score = None
                 nxt = self._pick(logits, spec)
                 keep: list[int] = []  # positions in the active batch of the rows that go on
                 for i, (r, t) in enumerate(zip(h_rows, nxt.tolist(), strict=True)):  # the one sync per token

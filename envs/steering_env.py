@@ -11,7 +11,10 @@ token as it is fed back in. So there is exactly one decision per generated token
 an episode is never fed back. Prompt tokens before the last are never steered.
 
 Episodes end at EOS, a stop string, or `max_new_tokens`; the only reward is terminal, from the task's
-verifier. Autoreset is DISABLED: finished rows stay finished (zero observation, zero reward, ignored
+verifier (`reward="exact"`), or with `reward="letter_prob"` (task.reward, for `crl train`'s training env only) the
+probability of the gold letter, softmax over the option letters' logits at the answer token of constrained multiple
+choice, read by the decoder from the steered forward; `correct` is the verifier's 0/1 verdict either way.
+Autoreset is DISABLED: finished rows stay finished (zero observation, zero reward, ignored
 actions) until `reset()`, which starts a fresh lockstep batch.
 
 `info` per step: `action_mask` (N, n_actions) from the masking logic, `active`, `step`, `prompt_id`, and
@@ -93,6 +96,7 @@ class SteeringVecEnv(VectorEnv):
         num_envs: int,
         seed: int = 0,
         masker: ActionMasker | None = None,
+        reward: str = "exact",
     ):
         check_compatible(sae, lm.d_model, lm.n_layers, lm.name)
         if not examples:
@@ -101,6 +105,9 @@ class SteeringVecEnv(VectorEnv):
         self.lm, self.sae, self.task, self.examples, self.cfg = lm, sae, task, examples, cfg
         self.num_envs = num_envs
         self.masker = masker
+        if reward not in ("exact", "letter_prob"):
+            raise CRLError(f"task.reward={reward} is unknown; use exact or letter_prob")
+        self.reward = reward
         self.d_sae = sae.d_sae
         self.levels = [float(c) * float(cfg.coef) for c in cfg.coef_levels]  # action id = level * d_sae + feature
         self.n_steer = self.d_sae * len(self.levels)
@@ -176,11 +183,13 @@ class SteeringVecEnv(VectorEnv):
         self._on_device = bool((options or {}).get("on_device", False))
         self._log, self._first_empty = [], None
         tok = self.lm.tokenizer
+        allowed = [self.task.allowed_token_ids(tok, e) for e in batch]
         spec = DecodeSpec(
             max_new_tokens=self.max_new_tokens,
             eos_ids=set() if self.cfg.fixed_length else self._eos,
             stop_strings=[] if self.cfg.fixed_length else self.task.stop_strings(),
-            allowed_token_ids=[self.task.allowed_token_ids(tok, e) for e in batch],
+            allowed_token_ids=allowed,
+            score_token_ids=self._gold_ids(batch, allowed) if self.reward == "letter_prob" else None,
             greedy=self.cfg.greedy,
             temperature=self.cfg.temperature,
             use_cache=self.cfg.use_cache,
@@ -322,6 +331,15 @@ class SteeringVecEnv(VectorEnv):
         if log:
             self._log_records(log)
 
+    def _gold_ids(self, batch: list[Example], allowed: list[list[int] | None]) -> list[int]:
+        """The gold option letter's token id per example (letter_prob): its place among the allowed letters."""
+        if self.max_new_tokens != 1 or any(a is None for a in allowed):
+            raise CRLError(
+                f"task.reward=letter_prob needs one-token constrained multiple choice; task '{self.task.name}' "
+                "is not (set task.mode=constrained on a multiple-choice task, or task.reward=exact)"
+            )
+        return [ids[list(ex.meta["options"]).index(ex.answer)] for ex, ids in zip(batch, allowed, strict=True)]
+
     def _empty_mask_error(self, row: int) -> CRLError:
         return CRLError(
             f"the action mask leaves no valid action for row {row}; relax masking (lower masking.threshold, "
@@ -335,13 +353,14 @@ class SteeringVecEnv(VectorEnv):
             if s in text:
                 text = text[: text.index(s)]
         cols = {k: [v[0]] for k, v in self.task.columns([ex]).items()}
-        reward = float(self.task.reward([self._prompts[r]], [text], **cols)[0])
+        verdict = float(self.task.reward([self._prompts[r]], [text], **cols)[0])
+        reward = self._decoder.first_prob[r] if self.reward == "letter_prob" else verdict
         self._done[r] = True
         return {
             "prompt_id": ex.id,
             "completion": text,
             "reward": reward,
-            "correct": reward >= 1.0,
+            "correct": verdict >= 1.0,
             "well_formed": bool(self.task.well_formed(text)),
             "n_steps": int(self._steps[r]),
             "stop_reason": self._decoder.stop_reason.get(r, ""),

@@ -62,6 +62,9 @@ class TrainConfig:
             raise ConfigError("init_from", self.init_from, why, "null with resume=, or a new run without resume=")
         if self.sae.source == "planted" and self.task.name != "planted":
             raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
+        if self.task.reward == "letter_prob" and self.steering.max_new_tokens not in (None, 1):
+            why = "task.reward=letter_prob scores the one answer token of constrained multiple choice"
+            raise ConfigError("steering.max_new_tokens", self.steering.max_new_tokens, why, "null or 1")
         if self.steering.steer_steps is not None and not self.steering.allow_noop:
             why = "later tokens are forced to no steering, which needs the no-op"
             raise ConfigError(
@@ -99,6 +102,9 @@ class GRPOTrainConfig:
         if self.model.weights is not None:
             why = "`crl grpo` tunes the model itself; starting from tuned weights is not supported"
             raise ConfigError("model.weights", self.model.weights, why, "null")
+        if self.task.reward != "exact":
+            why = "`crl grpo` trains on the verifier's 0/1 reward; task.reward applies to `crl train`"
+            raise ConfigError("task.reward", self.task.reward, why, "exact")
 
 
 @dataclass

@@ -110,6 +110,13 @@ class TaskConfig:
     n_test: int = param(128, ge=-1)
     seed: int = seed_param(0)
     mode: Literal["free", "constrained"] = "free"  # constrained: multiple choice scores one option-letter token
+    # The reward PPO trains on (`crl train` only). exact: the verifier's 0/1 verdict. letter_prob: the probability the
+    # steered model puts on the gold letter, softmax over the option letters' logits at the answer token (a float in
+    # [0, 1] that moves with every action, even where the argmax letter does not); only for constrained multiple choice
+    # (task.mode=constrained). It changes the TRAINING reward only: the logs' `correct`, val/test accuracy, model
+    # selection, every evaluation and every reported accuracy stay the 0/1 verdict (ppo.advantage=unsteered's reference
+    # rollouts, part of the training reward, use letter_prob too).
+    reward: Literal["exact", "letter_prob"] = "exact"
     max_new_tokens: int = param(16, ge=1)  # arith: the model restates "a + b = c" (~12 tokens); "\n" stops it
     chat_template: bool = True  # apply the tokenizer's chat template (instruct models)
     subset: str | None = None  # e.g. bbq condition "ambiguous"/"disambiguated"; each task lists its own
@@ -123,6 +130,9 @@ class TaskConfig:
         if self.family.enabled and self.subset is not None:
             why = "task.family picks the variants (compare: family.directions), not task.subset"
             raise ConfigError("subset", self.subset, why, "null with task.family.enabled=true")
+        if self.reward == "letter_prob" and self.mode != "constrained":
+            why = "the gold letter's probability is read over a multiple-choice task's option letters (constrained)"
+            raise ConfigError("reward", self.reward, why, "exact, or letter_prob with task.mode=constrained")
 
 
 # The task of `crl train` (conf/task/compare.yaml says the same; tests/test_config.py checks that they agree). Why

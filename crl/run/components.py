@@ -61,9 +61,12 @@ class Components:
         masker: FeatureMasker | None = None,
         seed: int = 0,
         num_envs: int | None = None,
+        reward: str = "exact",
         **steering_overrides: Any,
     ) -> SteeringVecEnv:
-        """An env over a split (by name) or a list of examples; steering fields (e.g. coef) may be overridden."""
+        """An env over a split (by name) or a list of examples; steering fields (e.g. coef) may be overridden.
+        `reward`: the episodes' reward (task.reward; only `crl train`'s training rollouts pass it, evaluations keep
+        the verifier's 0/1)."""
         steering = dataclasses.replace(self.steering, **steering_overrides)
         return SteeringVecEnv(
             self.lm,
@@ -74,6 +77,7 @@ class Components:
             num_envs or self.ppo.num_envs,
             seed=seed,
             masker=masker,
+            reward=reward,
         )
 
     def masker(self, for_eval: bool = False) -> FeatureMasker:

@@ -30,11 +30,13 @@ def evaluate(
     agent: ActionPolicy | None,
     seed: int,
     progress: str | None = None,
+    reward: str = "exact",
 ) -> list[Episode]:
     """Every example of `split` (a split name or a list) once with `agent` (None: no steering), eval masking.
-    `progress`: the phase's name in progress lines on stderr (none when None)."""
+    `progress`: the phase's name in progress lines on stderr (none when None). `reward`: the episodes' reward
+    (task.reward; evaluations keep the default, the verifier's 0/1)."""
     examples = comps.splits[split] if isinstance(split, str) else split
-    env = comps.env(examples, comps.masker(for_eval=True), seed)
+    env = comps.env(examples, comps.masker(for_eval=True), seed, reward=reward)
     try:
         return rollouts(env, examples, agent if agent is not None else NoSteer(env), progress)
     finally:

@@ -144,7 +144,7 @@ def train(
         # update 0: the untrained policy (no steering under its prior), or with init_from the source's policy
         if ckpt is None and exp.eval_every:
             logger.log(sel.evaluate(comps, net, 0, writer, run_name, seed), step=0)
-        env = comps.env("train", masker, seed)
+        env = comps.env("train", masker, seed, reward=cfg.task.reward)  # task.reward: the training reward only
         agent = PolicyAgent(net)
         t_loop = time.time()
         for update in range(start_update, ppo.total_updates):
@@ -240,10 +240,11 @@ def train_sample(comps: Components, exp: RunConfig) -> list[Example]:
 
 
 def unsteered_rewards(comps: Components, batch: list[Example], cache: dict[str, float], seed: int) -> None:
-    """Fill `cache` with the reward of each new prompt's unsteered greedy rollout (once per prompt)."""
+    """Fill `cache` with the reward of each new prompt's unsteered greedy rollout (once per prompt), the training
+    reward's kind (task.reward), so the advantage compares like with like."""
     todo = list({e.id: e for e in batch if e.id not in cache}.values())
     if todo:
-        for ep in evaluate(comps, todo, None, seed):
+        for ep in evaluate(comps, todo, None, seed, reward=comps.task.cfg.reward):
             cache[ep.example.id] = ep.reward
 
 

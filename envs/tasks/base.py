@@ -46,6 +46,11 @@ class Task:
         """Fail on bad settings before any data is read."""
         cfg = self.cfg
         validate(cfg, "task.")
+        if cfg.reward == "letter_prob" and not self.supports_constrained:
+            raise CRLError(
+                f"task '{self.name}' is not multiple choice, so task.reward=letter_prob (the gold option letter's "
+                "probability) does not apply; use task.reward=exact"
+            )
         if cfg.mode == "constrained" and not self.supports_constrained:
             raise CRLError(
                 f"task '{self.name}' is not multiple choice, so task.mode=constrained does not "
