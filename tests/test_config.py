@@ -33,6 +33,7 @@ NEEDS = {
     ("sae", "disk"): ["sae.path=/some/sae"],
     ("sae", "pretrained"): ["sae.release=r", "sae.sae_id=i"],
     ("sae", "planted"): ["task=planted"],
+    ("masking", "fixed"): ["masking.features=[1591,652]"],
 }
 
 # The acceptance cases: (override, the key the error must name).
@@ -219,6 +220,10 @@ def test_validation_imports_nothing_heavy():
         (["seed=-1"], "seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
         (["task.seed=4294967296"], "task.seed=4294967296 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
         (["model.seed=-2"], "model.seed=-2 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
+        (["masking=fixed"], "masking.features=null is invalid: masking=fixed steers only the listed features"),
+        (["masking=fixed", "masking.features=[-3]"], "masking.features=[-3] is invalid: out of range; valid: a list"),
+        (["masking=fixed", "masking.features=[5,5]"], "masking.features=[5,5] is invalid: feature 5 is listed twice"),
+        (["masking.features=[5]"], "masking.features=[5] is invalid: masking.features is only used with masking=fixed"),
     ],
 )
 def test_train_errors_name_key_value_and_valid_range(argv, message):
@@ -246,6 +251,13 @@ def test_train_errors_name_key_value_and_valid_range(argv, message):
 def test_other_apps_validate_too(name, override, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check_command(name, [override])
+
+
+def test_bench_policy_checks_fixed_features_against_its_narrowest_width():
+    message = "masking.features=[3,20] is invalid: feature 20 is not in the 16-feature SAE of bench.widths"
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_command("bench_policy", ["masking=fixed", "masking.features=[3,20]", "bench.widths=[64,16]"])
+    check_command("bench_policy", ["masking=fixed", "masking.features=[3,15]", "bench.widths=[64,16]"])
 
 
 def _seed_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dict]]:

@@ -13,19 +13,27 @@ mean over the episode's decisions so far.
                 is a cap that relaxes from rho_0 = `max_share` to 1 (no pressure) over U = `relax_updates`
                 PPO updates. Over-used features are masked early, so the policy keeps discovering
                 alternatives, and the pressure is gone by the end of training.
+- ``fixed``:    C_t = F, the listed features (`features`), at every decision of every episode, training and
+                evaluation alike; threshold, top_k and the share cap do not apply. A diagnostic: when the probe and
+                the oracle show headroom but PPO over thousands of actions does not learn, restrict the action set to
+                a few features known to move the answer and see whether the policy then learns *when* to steer.
 
 "No steering" is always allowed when `steering.allow_noop`. The policy still picks one feature per token.
 
 The running means live on the device of the activations (the model's), so a decision's mask is computed there with no
 transfer to the host; the selection shares (updated once per PPO update) stay on the host, with a device copy of the
-over-cap features made once per update.
+over-cap features made once per update. ``fixed`` keeps one bool row (its features and the no-op) on that device,
+made once, and repeats it over a decision's rows.
+
+Each mask is over features (n, d_sae + noop); the environment repeats its feature columns over the coefficient levels
+(action id = level * d_sae + feature), so every level of a candidate feature is a valid action.
 """
 
 from __future__ import annotations
 
 import torch
 
-from crl.config import MaskingConfig, check_some_action, validate
+from crl.config import ConfigError, MaskingConfig, check_some_action, validate
 
 
 class FeatureMasker:
@@ -41,6 +49,16 @@ class FeatureMasker:
         self._count: torch.Tensor | None = None
         self._rows: int | None = None
         self._over: torch.Tensor | None = None  # the over-cap features' ids on the activations' device (cached)
+        self._fixed: torch.Tensor | None = None  # mode=fixed: the one mask row (d_sae + noop,), on the host
+        if cfg.mode == "fixed":
+            features = list(cfg.features or [])
+            for f in features:
+                if f >= d_sae:
+                    why = f"feature {f} is not in the SAE, which has {d_sae} features"
+                    raise ConfigError("masking.features", features, why, f"ids in 0..{d_sae - 1}")
+            self._fixed = torch.zeros(d_sae + int(allow_noop), dtype=torch.bool)
+            self._fixed[features] = True
+            self._fixed[d_sae:] = True  # the no-op, when there is one
 
     def begin(self, n_rows: int) -> None:
         """Start fresh running means for `n_rows` rows (allocated on the device of the first activations)."""
@@ -53,6 +71,10 @@ class FeatureMasker:
     def __call__(self, acts: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         # O(n * d_sae) elementwise work, no Python loop over features: at 131k it is a small share of a decision.
         n, device = acts.shape[0], acts.device
+        if self._fixed is not None:  # the same row at every decision: moved to the device once, then repeated
+            if self._fixed.device != device:
+                self._fixed = self._fixed.to(device)
+            return self._fixed.expand(n, -1).clone()
         out = torch.ones(n, self.d_sae + int(self.allow_noop), dtype=torch.bool, device=device)
         if self.cfg.mode != "none":
             feats = out[:, : self.d_sae]  # a view: written in place, the no-op column stays True

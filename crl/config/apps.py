@@ -249,6 +249,11 @@ class BenchPolicyConfig:
 
     def check(self) -> None:
         check_some_action(self.masking, self.steering.allow_noop)
+        narrowest = min(self.bench.widths)
+        for f in self.masking.features or []:
+            if f >= narrowest:  # else each width's process would fail after its setup
+                why = f"feature {f} is not in the {narrowest}-feature SAE of bench.widths"
+                raise ConfigError("masking.features", self.masking.features, why, f"ids in 0..{narrowest - 1}")
 
 
 @dataclass
@@ -353,7 +358,8 @@ class ProbeConfig:
     sae: SAEConfig = group(SAEConfig)
     task: TaskConfig = group(TaskConfig, **TRAIN_TASK)
     steering: SteeringConfig = group(SteeringConfig)  # coef, coef_mode, levels: the actions the oracle tries
-    masking: MaskingConfig = group(MaskingConfig)  # the eval masking at step 0 is the action set (none: every feature)
+    # The eval masking at step 0 is the action set (none: every feature; fixed: the listed ones, masking.features).
+    masking: MaskingConfig = group(MaskingConfig)
     # The SAE layers probed (each needs an SAE: shipped, built, or planted). A `steering.layer=L` override without
     # `layers=` probes L alone; null: steering.layer.
     layers: list[int] | None = param(factory=lambda: list(SHIPPED_SAE_LAYERS), ge=0, min_len=1)

@@ -244,21 +244,37 @@ class PPOConfig:
 class MaskingConfig:
     """Adaptive Feature Masking; the definition and formula are in crl/agent/masking.py."""
 
-    mode: Literal["none", "active", "adaptive"] = "adaptive"
+    mode: Literal["none", "active", "adaptive", "fixed"] = "adaptive"
     threshold: float = 0.0  # tau: running-mean activation above which a feature counts as active
     top_k: int = param(16, ge=0)  # K: the current token's top-K features are always candidates (0: off)
     max_share: float = param(0.25, gt=0, le=1)  # rho_0: initial cap on a feature's recent share of selections
     share_decay: float = param(0.8, ge=0, le=1)  # EMA decay of selection shares, per update
     relax_updates: int = param(10, ge=0)  # U: updates over which the cap relaxes to 1
+    # mode=fixed only: the SAE feature ids that are the candidates at every decision (threshold, top_k and the share
+    # cap do not apply); checked against the SAE's width when the masking is built (crl/agent/masking.py).
+    features: list[int] | None = param(None, ge=0)
 
     def check(self) -> None:
-        if self.mode != "none" and self.top_k == 0 and self.threshold < 0:
+        if self.mode in ("active", "adaptive") and self.top_k == 0 and self.threshold < 0:
             raise ConfigError("top_k", 0, "with a negative threshold every feature is active", "top_k >= 1")
+        if self.mode == "fixed" and not self.features:
+            why = "masking=fixed steers only the listed features"
+            raise ConfigError("features", self.features, why, "a list of feature ids, e.g. '[1591,652]'")
+        if self.mode != "fixed" and self.features is not None:
+            why = "masking.features is only used with masking=fixed"
+            raise ConfigError("features", self.features, why, "null, or masking=fixed")
+        if self.features:
+            seen: set[int] = set()
+            for f in self.features:
+                if f in seen:
+                    raise ConfigError("features", self.features, f"feature {f} is listed twice", "distinct ids")
+                seen.add(f)
 
 
 def check_some_action(masking: MaskingConfig, allow_noop: bool) -> None:
     """A masking whose candidate set can be empty (no top-K, a threshold nothing reaches) needs the no-op."""
-    if masking.mode != "none" and masking.top_k == 0 and masking.threshold >= 1e6 and not allow_noop:
+    active = masking.mode in ("active", "adaptive")  # none: every feature; fixed: its (non-empty) list
+    if active and masking.top_k == 0 and masking.threshold >= 1e6 and not allow_noop:
         why = f"with masking.threshold={masking.threshold} and no no-op this masking leaves no valid action"
         raise ConfigError("masking.top_k", 0, why, ">= 1, or a lower threshold, or steering.allow_noop=true")
 

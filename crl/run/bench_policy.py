@@ -368,6 +368,7 @@ def bench_policy(cfg: BenchPolicyConfig, log: Callable[[str], None] | None = Non
         "hidden": cfg.policy.hidden,
         "compact_min_d_sae": cfg.policy.compact_min_d_sae,
         "masking": cfg.masking.mode,
+        "masking_features": cfg.masking.features,  # mode=fixed: the candidates at every decision; else null
         "top_k": cfg.masking.top_k,
         "l0": cfg.bench.l0,
         "steps": cfg.bench.steps,
@@ -385,11 +386,17 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _masking(result: dict[str, Any]) -> str:
+    """The masking as an override names it: `fixed` with its features."""
+    features = result.get("masking_features")
+    return result["masking"] + (f" features=[{','.join(map(str, features))}]" if features else "")
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The result as a plain table: one line per width and batch size, then one per width for PPO and memory."""
     head = (
         f"crl bench policy: d_model={result['d_model']} levels={result['levels']} head={result['head']} "
-        f"masking={result['masking']} l0={result['l0']} device={result['device']} threads={result['threads']} "
+        f"masking={_masking(result)} l0={result['l0']} device={result['device']} threads={result['threads']} "
         f"load={_fmt(result['load_avg_1m'], '.2f')}"
     )
     cols = ["d_sae", "batch", "dec/s", "mask ms", "policy ms", "encode ms", "valid/row", "scored", "full ms", "speedup"]

@@ -94,6 +94,7 @@ def train(
     # a model), and the policy's initialisation must not depend on whether the model cache was warm.
     seed_everything(seed)
     run_name = run_dir.name
+    masker = comps.masker()  # before run.json: a masking.features id the SAE lacks leaves nothing behind
     net = comps.new_policy()
     if init is not None:  # before run.json is written: a source of another model or SAE leaves nothing behind
         start_from(init, comps, net)  # the optimizer below starts fresh
@@ -104,7 +105,6 @@ def train(
         info.write(run_dir)
         atomic_write_bytes(run_dir / schema.CONFIG_YAML, config_yaml(cfg))
 
-    masker = comps.masker()
     optimizer = torch.optim.Adam(net.parameters(), lr=ppo.learning_rate, eps=1e-5)
     batch_rng = np.random.default_rng(seed)
     mb_gen = torch.Generator().manual_seed(seed)

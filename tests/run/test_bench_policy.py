@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
-from crl.config import BenchPolicyConfig, PolicyBenchConfig, PolicyConfig, PPOConfig
+from crl.config import BenchPolicyConfig, MaskingConfig, PolicyBenchConfig, PolicyConfig, PPOConfig
 from crl.errors import CRLError
 from crl.run.bench_policy import ZipfActivations, bench_policy, format_table, measure_width
 
@@ -77,6 +78,12 @@ def test_zipf_activations_have_l0_features_and_shared_frequent_ones():
     assert ((acts > 0).sum(-1) == 10).all()
     counts = (acts > 0).sum(0)
     assert counts.max() > 50 > counts.float().median()  # a frequent feature fires on many tokens, most rarely
+
+
+def test_masking_fixed_scores_only_its_features():
+    cfg = dataclasses.replace(tiny(full_repeats=0), masking=MaskingConfig(mode="fixed", features=[299, 5]))
+    row = measure_width(cfg, 300)["batches"]["3"]
+    assert row["valid_per_row"] == 2 * 2 + 1 and row["scored_features"] == 2  # 2 features x 2 levels, the no-op
 
 
 def test_the_table_has_a_line_per_width_and_batch():

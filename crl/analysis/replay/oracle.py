@@ -21,7 +21,8 @@ residual alone). Two ways to score an action:
 Besides each prompt's own actions, `suffix` scores every level of the `n_static` features found in the most prompts'
 action sets on every prompt, which gives the best single static action among them (the one that makes the most
 prompts right when applied to all of them; chosen and scored on the same prompts, so an upper bound for a static
-intervention). `rollout` gives it only where every prompt tried every action (masking=none).
+intervention). `rollout` gives it only where every prompt tried every action (masking=none, or masking=fixed: every
+prompt's set is the listed features).
 
 Reading it: on a two-option task one action that moves every answer to the other letter, together with no steering,
 already reaches 1.0; the oracle then says the levers exist, not that a policy can tell when to pull them (the probe

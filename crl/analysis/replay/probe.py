@@ -506,6 +506,7 @@ def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict
             "coef_levels": list(comps.steering.coef_levels),
             "allow_noop": comps.steering.allow_noop,
             "masking": cfg.masking.mode,
+            "masking_features": cfg.masking.features,  # masking=fixed: the oracle's features; else null
         },
         "settings": {
             k: getattr(cfg, k) for k in ("probe_train", "n_oracle", "oracle_static", "l2", "folds", "n_boot", "seed")

@@ -108,10 +108,12 @@ def format_table(record: dict[str, Any]) -> str:
         else "whether the unsteered model is right (AUROC)"
     )
     st = record["steering"]
+    fixed = st.get("masking_features")  # absent from records written before masking=fixed
+    masking = st["masking"] + (f" [{','.join(map(str, fixed))}]" if fixed else "")
     head = [
         f"crl probe: task {record['task']}, {record['model']}; the probe reads {target} from the residual at the "
         f"decision position ({record['n_train']} train / {record['n_test']} test prompts)",
-        f"oracle actions: each unmasked feature (masking={st['masking']}, eval) x levels {st['coef_levels']} at coef "
+        f"oracle actions: each unmasked feature (masking={masking}, eval) x levels {st['coef_levels']} at coef "
         f"{st['coef']:g} ({st['coef_mode']})" + (", plus no steering" if st["allow_noop"] else ""),
     ]
     if record.get("none_applies"):

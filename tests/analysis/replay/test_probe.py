@@ -184,6 +184,13 @@ def test_the_oracle_uses_each_prompts_own_action_set_and_static_uses_the_union(o
     assert (one.correct[one.scored] == grid.correct[:, same][one.scored]).all()
 
 
+def test_the_oracle_with_masking_fixed_tries_the_listed_features_on_every_prompt(one_thread):
+    comps = dataclasses.replace(_mc_world(), masking=MaskingConfig(mode="fixed", features=[7, 3]))
+    grid = suffix_grid(comps, comps.splits["test"])
+    assert [(a.feature, a.level) for a in grid.actions] == [(3, 0), (7, 0), (3, 1), (7, 1)]  # level-major, as the env
+    assert grid.own.all() and grid.scored.all()  # every prompt's own set: so the best static is among them
+
+
 # -- free-form: the correct target -----------------------------------------------------------------------------------
 def test_a_number_task_probes_correctness_and_says_why_nothing_applies(tmp_path, one_thread):
     decoder = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
@@ -280,6 +287,8 @@ def test_the_report_shows_what_was_not_measured(tmp_path):
     }
     text = report_mod.format_table(record)
     assert "none applies" in text and "whether the unsteered model is right (AUROC)" in text
+    fixed = {**record, "steering": {**record["steering"], "masking": "fixed", "masking_features": [7, 3]}}
+    assert "each unmasked feature (masking=fixed [7,3], eval)" in report_mod.format_table(fixed)
     assert report_mod.table(record).iloc[0]["oracle"] == "-"
     paths = report_mod.write_probe(tmp_path, record)
     assert json.loads(paths["json"].read_text())["task"] == "arith" and paths["png"].exists()
