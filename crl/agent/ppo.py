@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crl.agent.policy import ActionScores, ActorCritic, Candidates
+from crl.agent.policy import MASK_FILL, ActionScores, ActorCritic, Candidates
 from crl.agent.value_metrics import explained_variance
 from crl.config import PPOConfig
 from crl.envs.rollout import Episode
@@ -91,12 +91,15 @@ class PolicyAgent:
         return action, extras
 
     def _alternatives(self, scores: ActionScores, action: torch.Tensor) -> torch.Tensor:
-        """The best-scored actions other than the chosen one, at most `k` per row (n, <= k), best first, padded with
-        -1, on the device: the top k + 1 without the chosen action (else without the last) and a compact row's
-        padding."""
+        """The best-scored valid actions other than the chosen one, at most `k` per row (n, <= k), best first, padded
+        with -1, on the device: the top k + 1 without the chosen action (else without the last), a compact row's
+        padding and masked actions. A row with fewer than k + 1 valid actions (masking=fixed's short list, a forced or
+        abstained step) lists fewer, down to none."""
         k = min(self.k + 1, scores.logits.shape[-1])
-        top = scores.actions(scores.logits.topk(k, dim=-1).indices)  # -1: a compact row's padding
-        drop = (top == action[:, None]) | (top < 0)
+        values, columns = scores.logits.topk(k, dim=-1)
+        top = scores.actions(columns)  # -1: a compact row's padding
+        masked = ~(values > MASK_FILL)  # the mask's fill value (or -inf, NaN): not an action the policy could take
+        drop = (top == action[:, None]) | (top < 0) | masked
         order = torch.argsort(drop.to(torch.uint8), dim=1, stable=True)  # kept first, in score order
         return top.gather(1, order).masked_fill(drop.gather(1, order), -1)[:, : self.k]
 

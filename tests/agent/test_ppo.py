@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crl.agent.policy import ActorCritic
+from crl.agent.policy import MASK_FILL, ActionScores, ActorCritic
 from crl.agent.ppo import PolicyAgent, compute_advantages, kl_to_no_steer, normalize, ppo_update
 from crl.config import PolicyConfig, PPOConfig
 from crl.envs.rollout import Episode
@@ -48,6 +48,42 @@ def test_agent_reports_logprob_value_and_alternatives(greedy):
     if greedy:
         logits = net.logits(torch.from_numpy(obs), torch.from_numpy(mask))
         assert actions.tolist() == logits.argmax(-1).tolist()
+
+
+def test_alternatives_leave_out_masked_actions():
+    # Known answer: the scores' top 4 hold masked actions (MASK_FILL), which are no alternatives; order is kept.
+    agent = PolicyAgent.__new__(PolicyAgent)
+    agent.k = 3
+    logits = torch.tensor([[MASK_FILL, 2.0, MASK_FILL, 1.0, MASK_FILL], [MASK_FILL] * 4 + [0.5]])
+    got = agent._alternatives(ActionScores(logits), torch.tensor([1, 4])).tolist()
+    assert got == [[3, -1, -1], [-1, -1, -1]]  # row 0: only 3 is left besides the chosen 1; row 1: only the no-op
+    ids = torch.tensor([[7, 9, -1, 12], [7, 9, -1, 12]])  # a compact row: padding (-1) and a masked candidate (9)
+    logits = torch.tensor([[0.5, MASK_FILL, MASK_FILL, 1.0], [0.5, MASK_FILL, MASK_FILL, 1.0]])
+    got = agent._alternatives(ActionScores(logits, ids), torch.tensor([12, 7])).tolist()
+    assert got == [[7, -1, -1], [12, -1, -1]]
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+@pytest.mark.parametrize("greedy", [True, False])
+def test_two_valid_actions_give_one_alternative(greedy, on_device):
+    # masking=fixed-like: 2 of 7 actions valid and k = 3 asked: the other valid one is the only alternative.
+    torch.manual_seed(0)
+    net = ActorCritic(8, torch.randn(6, 8), allow_noop=True, cfg=PolicyConfig(hidden=16))
+    obs = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    mask = np.zeros((4, 7), dtype=bool)
+    mask[:, [2, 5]] = True
+    mask[3] = False
+    mask[3, 6] = True  # a forced step: only the no-op
+    agent = PolicyAgent(net, greedy=greedy, n_alternatives=3)
+    if on_device:
+        actions, extras = agent.act(torch.from_numpy(obs), {"action_mask": torch.from_numpy(mask)})
+        alts = [[f for f in row if f >= 0] for row in extras["top_alternatives"].tolist()]  # -1 padded, as rollout
+    else:
+        actions, extras = agent.act(obs, {"action_mask": mask})
+        alts = extras["top_alternatives"]
+    actions = actions.tolist()
+    assert all(a in (2, 5) for a in actions[:3]) and actions[3] == 6
+    assert alts == [[7 - a] for a in actions[:3]] + [[]]
 
 
 def test_leave_one_out_and_unsteered_baselines():

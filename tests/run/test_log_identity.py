@@ -7,7 +7,9 @@ Discrete fields (ints, strings, bools, lists of token ids / features) must be eq
 tolerance (`close`), so a last-bit difference from another CPU's kernels does not fail the test, while a changed
 choice, token, reward or loss does. After a deliberate change of what the logs hold, re-record with
 `CRL_RECORD_LOG_REFERENCE=1 pytest tests/run/test_log_identity.py` and say why in the commit (the reference then
-comes from that commit, no longer from e39b62f)."""
+comes from that commit, no longer from e39b62f). One deliberate change was edited into wide.json.gz instead, its floats
+kept from e39b62f: a decision whose only valid action is the no-op (past steer_steps, or abstained) logs no
+`top_alternatives` (it logged three masked actions, the top-k's pick among equal fill values)."""
 
 from __future__ import annotations
 
