@@ -168,7 +168,9 @@ class InterventionRow:
     value: float
     feature_act: float  # the chosen feature's SAE activation at this position before steering
     resid_norm: float
-    top_alternatives: list[int] = field(default_factory=list)  # policy's next-best features (for branch points)
+    # The policy's next-best valid actions, best first (for branch points): action ids, not feature ids: level index *
+    # d_sae + feature (steering.coef_levels), the no-op the last id (n_levels * d_sae) when steering.allow_noop.
+    top_alternatives: list[int] = field(default_factory=list)
     reward: float = 0.0  # final episode reward, filled when the episode ends
     correct: bool = False
     well_formed: bool = False

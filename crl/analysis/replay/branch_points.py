@@ -2,11 +2,17 @@
 
 For each eval prompt the trained policy's greedy episode is replayed: at step t the policy's own actions are
 kept for steps < t (greedy decoding makes that the same state), one alternative is taken at t, and the
-policy decides again from t+1 on. Alternatives at t: no steering, the policy's next-best features at t
-(`top_alternatives`, as logged), and optionally the best static feature. A *branch point* is a (prompt, t)
-where some alternative flips final correctness: "to_incorrect" when the policy was right and the
-alternative wrong (the policy's choice mattered), "to_correct" when the policy was wrong and the alternative
-right (a missed fix). `prefix_match` checks that the replay reproduced the original tokens before t.
+policy decides again from t+1 on. Alternatives at t: no steering, the policy's next-best actions at t
+(`top_alternatives`, as logged), and optionally the best static feature (at the run's level nearest the coefficient
+it was selected with). A *branch point* is a (prompt, t) where some alternative flips final correctness:
+"to_incorrect" when the policy was right and the alternative wrong (the policy's choice mattered), "to_correct" when
+the policy was wrong and the alternative right (a missed fix). `prefix_match` checks that the replay reproduced the
+original tokens before t.
+
+Actions are the environment's ids in the run's own layout (`runner.action_id`, `runner.action_parts`): level index *
+d_sae + feature, the no-op last, so a feature is replayed at the level the policy chose. The tables show an action
+as `runner.action_label` writes it ("+12", "−12", "no steer"); `feature` is the policy's feature id (NO_STEER for
+no steering), for the report's labels and card links.
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ import pandas as pd
 
 from crl.analysis.offline.features import SYNTACTIC_TYPES, token_type
 from crl.analysis.replay import announce
-from crl.analysis.replay.runner import base_id, rollout, tagged
+from crl.analysis.replay.runner import action_id, action_label, base_id, noop_action, rollout, tagged
 from crl.errors import CRLError
-from crl.logs.schema import NO_STEER
 
 if TYPE_CHECKING:
     from crl.envs.rollout import Episode
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
 
 
 # Columns of the trial table (`find_branch_points`) and of the branch-point table (`branch_points`).
-_STEP_COLUMNS = ["prompt_id", "step", "position", "token", "token_type", "feature"]
+_STEP_COLUMNS = ["prompt_id", "step", "position", "token", "token_type", "feature", "action"]
 TRIAL_COLUMNS = [
     *_STEP_COLUMNS,
     "alternative",
@@ -46,31 +51,38 @@ BRANCH_COLUMNS = [*_STEP_COLUMNS, "flip", "alternatives"]
 @dataclass
 class BranchConfig:
     split: str = "test"
-    n_alternatives: int = 2  # policy's next-best features tried per step
+    n_alternatives: int = 2  # policy's next-best actions tried per step
     include_noop: bool = True
     static_feature: int | None = None
+    static_coef: float | None = None  # the coefficient it was selected with: replayed at the nearest level (None: 0)
     max_steps: int = 16  # steps per episode that are branched
     max_prompts: int = 64
     num_envs: int | None = None
 
 
-def _action(comps: Components, feature: int) -> int:
-    # Logged features use NO_STEER (-1); the environment's no-op action is d_sae.
-    return comps.sae.d_sae if feature == NO_STEER else int(feature)
+def _own(comps: Components, rec: dict[str, Any]) -> int:
+    """The action id the policy took at a step, from its record's feature and coefficient."""
+    return action_id(comps, rec["feature"], rec["coef"])
 
 
-def _feature(comps: Components, action: int) -> int:
-    return NO_STEER if action == comps.sae.d_sae else int(action)
+def _static_action(comps: Components, cfg: BranchConfig) -> int:
+    """The static feature's action id: at the run's level whose coefficient is nearest `static_coef` (level 0
+    without one)."""
+    level = 0
+    if cfg.static_coef is not None:
+        coefs = [float(comps.steering.coef) * float(lv) for lv in comps.steering.coef_levels]
+        level = min(range(len(coefs)), key=lambda i: abs(coefs[i] - float(cfg.static_coef)))
+    return level * comps.sae.d_sae + int(cfg.static_feature)
 
 
 def _alternatives(comps: Components, rec: dict[str, Any], cfg: BranchConfig) -> list[tuple[int, str]]:
-    own = _action(comps, rec["feature"])
+    own = _own(comps, rec)
     alts: list[tuple[int, str]] = []
     if cfg.include_noop and comps.steering.allow_noop:
-        alts.append((comps.sae.d_sae, "no_steer"))
+        alts.append((noop_action(comps), "no_steer"))
     alts += [(int(a), "next_best") for a in list(rec.get("top_alternatives") or [])[: cfg.n_alternatives]]
     if cfg.static_feature is not None:
-        alts.append((int(cfg.static_feature), "static"))
+        alts.append((_static_action(comps, cfg), "static"))
     seen, out = {own}, []
     for a, kind in alts:
         if a not in seen:
@@ -84,8 +96,8 @@ def find_branch_points(
 ) -> pd.DataFrame:
     """Every (prompt, step, alternative) trial; see the module docstring. Filter `flipped` for branch points.
 
-    Columns: prompt_id, step, position, token, token_type, feature, alternative, alt_kind, policy_correct,
-    alt_correct, flipped, flip, prefix_match.
+    Columns: prompt_id, step, position, token, token_type, feature, action, alternative, alt_kind, policy_correct,
+    alt_correct, flipped, flip, prefix_match; actions and alternatives as `runner.action_label` writes them.
     """
     cfg = cfg or BranchConfig()
     if not comps.steering.greedy:
@@ -113,7 +125,7 @@ def _trials(
     scripts: dict[str, list[int]] = {}
     trials: dict[str, dict[str, Any]] = {}
     for ex, ep in zip(examples, originals, strict=True):
-        prefix = [_action(comps, s["feature"]) for s in ep.steps]
+        prefix = [_own(comps, s) for s in ep.steps]
         for t, rec in enumerate(ep.steps[: cfg.max_steps]):
             for alt, kind in _alternatives(comps, rec, cfg):
                 (v,) = tagged([ex], f"t{t}a{alt}")
@@ -125,7 +137,8 @@ def _trials(
                     "position": rec["position"],
                     "token": rec["token"],
                     "feature": rec["feature"],
-                    "alternative": _feature(comps, alt),
+                    "action": action_label(comps, prefix[t]),
+                    "alternative": action_label(comps, alt),
                     "alt_kind": kind,
                     "policy_correct": bool(ep.correct),
                     "_orig": ep,
@@ -170,6 +183,7 @@ def branch_points(trials: pd.DataFrame) -> pd.DataFrame:
         token=("token", "first"),
         token_type=("token_type", "first"),
         feature=("feature", "first"),
+        action=("action", "first"),
         flip=("flip", "first"),
         alternatives=("alternative", lambda s: ", ".join(str(a) for a in s)),
     )

@@ -110,7 +110,7 @@ def run_replay_analyses(
     steps = run.steps_of(phase)
     stats_cfg = StatsConfig(n_boot=cfg.n_boot, seed=cfg.seed)
     out: dict[str, Any] = {}
-    static = None
+    static = static_coef = None
     if cfg.run_baselines:
         # Phases the run already has (training logs baseline:none) are not re-run.
         bcfg = dataclasses.replace(cfg.baselines, methods=_new_baselines(run, cfg))
@@ -124,11 +124,12 @@ def run_replay_analyses(
         out["baseline_phases"] = write_rows(run_dir, rows)
         out["baseline_notes"] = rows.notes
         out["baseline_chosen"] = rows.chosen
-        static = rows.chosen.get("static_feature")
+        static, static_coef = rows.chosen.get("static_feature"), rows.chosen.get("static_coef")
     if cfg.run_branch_points:
         branch = cfg.branch
         if branch.static_feature is None and static is not None:  # also try the selected static feature
-            branch = dataclasses.replace(branch, static_feature=int(static))
+            coef = float(static_coef) if static_coef is not None else None
+            branch = dataclasses.replace(branch, static_feature=int(static), static_coef=coef)
         trials = find_branch_points(comps, policy, branch)
         out["tables"] = write_tables(run_dir, branch_points=branch_points(trials), branch_trials=trials)
     if cfg.run_effects and len(steps):

@@ -150,6 +150,37 @@ def action_id(comps: Components, feature: int, coef: float) -> int:
     return i * comps.sae.d_sae + int(feature)
 
 
+def action_parts(comps: Components, action: int) -> tuple[int, int | None]:
+    """(feature, level index) of an environment action id, the inverse of `action_id`: level index * d_sae +
+    feature; (NO_STEER, None) for the no-op (`noop_action`). An id outside the run's actions is refused."""
+    d, n_levels = comps.sae.d_sae, len(comps.steering.coef_levels)
+    a = int(action)
+    if comps.steering.allow_noop and a == noop_action(comps):
+        return NO_STEER, None
+    if not 0 <= a < d * n_levels:
+        raise CRLError(
+            f"action {a} is not one of the run's actions: 0..{d * n_levels - 1} (level * d_sae + feature, d_sae={d}, "
+            f"{n_levels} level{'s' if n_levels > 1 else ''})"
+            + (f", {d * n_levels} no steering" if comps.steering.allow_noop else "")
+        )
+    return a % d, a // d
+
+
+def action_label(comps: Components, action: int) -> str:
+    """An action id as the tables show it: "no steer", else the feature with its level's sign ("+12" amplifies,
+    "−12" suppresses, as in `crl compare`'s groups), and its multiplier after "×" where two of the run's levels
+    share a sign (levels [1, 2]: "+12×1", "+12×2")."""
+    feature, level = action_parts(comps, action)
+    if level is None:
+        return "no steer"
+    levels = [float(x) for x in comps.steering.coef_levels]
+    lv = levels[level]
+    text = f"{'−' if lv < 0 else '+'}{feature}"
+    if len({x < 0 for x in levels}) < len(levels):
+        text += f"×{abs(lv):g}"
+    return text
+
+
 def tagged(examples: list[Example], tag: str) -> list[Example]:
     """Copies with ids `<id>#<tag>`, so several variants of one prompt can share a batch (`Scripted` is
     keyed by prompt id). `base_id` recovers the original."""

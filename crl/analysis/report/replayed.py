@@ -3,6 +3,7 @@ effects, read from their precomputed tables; a note says how to compute them whe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from crl.analysis.replay.branch_points import aggregate as branch_aggregate
@@ -12,12 +13,28 @@ from crl.analysis.report.common import read_precomputed, replay_hint
 from crl.analysis.report.document import Report, para
 from crl.logs.reader import RunDir
 
+_SIGNED = re.compile(r"([+−])(\d+)(×\S+)?")  # `runner.action_label`: "+12", "−12", "+12×2"
+
+
+def _alternative(text: str, refs: FeatureRefs) -> str:
+    """One alternative with its feature's label: "−12" -> "−12 ≈'x' → 'y'"; "no steer" as it is; a bare id (tables
+    written before actions carried their sign; -1 is no steering) as `refs.describe` writes it."""
+    text = text.strip()
+    m = _SIGNED.fullmatch(text)
+    if m is not None:
+        f = int(m[2])
+        return m[1] + str(f) + (m[3] or "") + refs.describe(f)[len(str(f)) :]
+    try:
+        return refs.describe(int(float(text)))
+    except ValueError:
+        return text
+
 
 def _alternatives(text: object, refs: FeatureRefs) -> str:
-    """Each alternative feature with its label: "12, -1" -> "12 ≈'x' → 'y' · no steer"."""
+    """Each alternative with its label: "+12, no steer" -> "+12 ≈'x' → 'y' · no steer"."""
     if not isinstance(text, str) or not text.strip():
         return "" if not isinstance(text, (int, float)) else refs.describe(text)
-    return " · ".join(refs.describe(int(float(a))) for a in text.split(","))
+    return " · ".join(_alternative(a, refs) for a in text.split(","))
 
 
 def branch_section(

@@ -117,8 +117,9 @@ def _replay_tables(d: Path) -> None:
             "token": ["A", "B"],
             "token_type": ["capitalized"] * 2,
             "feature": [MAIN, NO_STEER],
+            "action": [f"+{MAIN}", "no steer"],
             "flip": ["to_incorrect", "to_correct"],
-            "alternatives": [f"{NO_STEER}, {OTHER}", str(STATIC)],
+            "alternatives": [f"no steer, −{OTHER}", str(STATIC)],  # a table before actions had signs: bare ids
         }
     ).to_csv(a / "branch_points.csv", index=False)
     pd.DataFrame(
@@ -173,8 +174,9 @@ def test_report_labels_every_feature_and_links_it_to_a_card_that_exists(tmp_path
     assert len(names) >= 5
     html = res.html.read_text()
     assert "Feature labels (≈) are heuristic" in html and f'href="{INDEX_PAGE}"' in html
-    # alternatives in a branch-point cell carry labels too
-    assert f"no steer · {OTHER} {HEURISTIC_MARK}{shipped.label(OTHER)}" in html.replace("&#x27;", "'")
+    # alternatives in a branch-point cell carry labels too, after their sign
+    assert f"no steer · −{OTHER} {HEURISTIC_MARK}{shipped.label(OTHER)}" in html.replace("&#x27;", "'")
+    assert f"{STATIC} {HEURISTIC_MARK}{shipped.label(STATIC)}" in html.replace("&#x27;", "'")
     assert res.report.tables["feature_usage"].set_index("feature").loc[MAIN, "label"] == shipped.label(MAIN)
     assert {"label", "card"} <= set(res.report.tables["token_types"].columns)
     cards_html = (out / CARDS_PAGE).read_text()
