@@ -227,19 +227,27 @@ class FixedFeature:
 
 
 class RandomFeature:
-    """A uniformly random valid feature each token (no-op excluded), seeded."""
+    """A uniformly random action of the policy's action set (any valid feature, either sign), each token, seeded:
+    the random baseline, a null for "the policy's choices matter".
 
-    def __init__(self, n_features: int, seed: int = 0):
-        self.n_features = n_features
+    `n_steer` is the env's number of steering actions, n_levels * d_sae (`SteeringVecEnv.n_steer`; action id =
+    level index * d_sae + feature, the no-op after them), so every level of every feature the action mask allows
+    is equally likely (with the default levels [1, -1] a feature amplified or suppressed) and the no-op never is.
+    A row whose mask allows no steering action (past `steering.steer_steps`) takes the no-op, its only valid action.
+    """
+
+    def __init__(self, n_steer: int, seed: int = 0):
+        self.n_steer = n_steer
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-        mask = info["action_mask"][:, : self.n_features]
-        out = np.zeros(len(obs), dtype=np.int64)
-        for r in range(len(obs)):
-            valid = np.flatnonzero(mask[r])
-            out[r] = self.rng.choice(valid) if len(valid) else 0
-        return out, {}
+        mask = np.asarray(info["action_mask"], dtype=bool)
+        valid = mask[:, : self.n_steer]
+        counts = valid.sum(axis=1)
+        k = self.rng.integers(0, np.maximum(counts, 1))  # the k-th valid action of each row, one draw a row
+        out = (valid.cumsum(axis=1) > k[:, None]).argmax(axis=1).astype(np.int64)
+        fallback = self.n_steer if mask.shape[1] > self.n_steer else 0  # the no-op, where the env has one
+        return np.where(counts > 0, out, fallback), {}
 
 
 class Scripted:

@@ -176,7 +176,7 @@ def test_same_seed_same_records(lm, sae, task, examples):
     def run(seed: int) -> list[list[dict]]:
         env = SteeringVecEnv(lm, sae, task, examples, cfg, num_envs=3, seed=seed)
         obs, info = env.reset(seed=seed)
-        policy = RandomFeature(D_SAE, seed=seed)
+        policy = RandomFeature(env.n_steer, seed=seed)
         out: list[list[dict]] = [[] for _ in range(3)]
         while info["active"].any():
             obs, _, _, _, info = env.step(policy.act(obs, info)[0])

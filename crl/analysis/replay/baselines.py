@@ -1,7 +1,8 @@
 """Baselines on the held-out split, with the same prompts and decoding as the trained policy.
 
 - none: no steering.
-- random: a uniformly random feature at every token (seeded per seed).
+- random: a uniformly random action of the policy's action set (any valid feature, either sign), each token
+  (seeded per seed): every level of every feature, not only level 0.
 - static: one fixed feature at every token. Candidates = the top `n_usage` features by the policy's usage
   (given, e.g. from the run's logs) plus the top `n_act` features by mean SAE activation at the unsteered
   decisions on the selection split. The (feature, sign) with the best accuracy on `select_split` (train) at the
@@ -45,7 +46,7 @@ import pandas as pd
 from crl.analysis.replay import announce
 from crl.analysis.replay.letter_prior import accuracy_of, fit_letter_prior, letter_logits, prior_episodes
 from crl.analysis.replay.prompting import SHOTS, PromptCandidate, apply_prefix, candidates, score_pools, select_prompt
-from crl.analysis.replay.runner import append_rows, base_id, batch_env, episode_frames, rollout, scores
+from crl.analysis.replay.runner import append_rows, base_id, batch_env, episode_frames, noop_action, rollout, scores
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from crl.logs.rows import episode_rows
@@ -451,7 +452,7 @@ def run_baselines(
                 if method == "none":
                     eps = rollout(comps, test, None, seed=s, num_envs=cfg.num_envs, progress=item)
                 elif method == "random":
-                    random_ = RandomFeature(comps.sae.d_sae, seed=s)
+                    random_ = RandomFeature(noop_action(comps), seed=s)  # every level
                     eps = rollout(comps, test, random_, seed=s, num_envs=cfg.num_envs, progress=item)
                 elif method == "crl":
                     masker = comps.masker(for_eval=True)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from crl.run.components import Components
 
 SHARED_METHODS = ("random", "corr", "prompting", "letter_prior")  # the baselines shared whole, in run order
-ENTRY_FORMAT = 1  # raised when an entry's content changes, so older entries are not read
+ENTRY_FORMAT = 2  # raised when an entry's content changes, so older entries are not read (2: random at every level)
 
 # The key: sha256 of the JSON (sorted keys) of
 # - "config": the run's config.yaml (the whole resolved `crl train` config) without what cannot change these baselines:
