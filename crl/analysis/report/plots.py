@@ -187,6 +187,11 @@ def layer_comparison(layers: pd.DataFrame, path: str | Path) -> Path:
     axes[2].set_ylim(0, 1.05)
     axes[2].set_ylabel("syntactic/format token share")
     axes[3].plot(x, layers["coef_tolerance"], marker="o")
+    if "coef_at_ceiling" in layers:  # at the sweep's largest |coef|: a lower bound, drawn as an upward triangle
+        up = layers["coef_at_ceiling"].fillna(False).astype(bool).to_numpy()
+        axes[3].plot(x[up], layers["coef_tolerance"].to_numpy(float)[up], "^", ms=10, label=">= (sweep max)")
+        if up.any():
+            axes[3].legend(fontsize=8)
     axes[3].set_ylabel("coef tolerance")
     for ax in axes:
         ax.set_xlabel("layer")

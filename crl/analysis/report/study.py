@@ -89,6 +89,7 @@ LAYER_COLUMNS = [
     "effective_features",
     "syntactic_share",
     "coef_tolerance",
+    "coef_at_ceiling",
     "no_steer_share",
     "well_formed",
 ]
@@ -97,6 +98,7 @@ LAYER_TIPS = {
     "oracle_headroom": "`crl probe`: best single action per prompt - no steering, on the oracle's prompts",
     "syntactic_share": "share of steered decisions at punctuation, whitespace, newline, digit or special tokens",
     "coef_tolerance": "largest |coef| with it and every smaller one keeping the well-formed rate >= 0.9 x unsteered",
+    "coef_at_ceiling": "the tolerance is the sweep's largest |coef| (in some seed): a lower bound, not a value",
     "no_steer_share": "share of the eval's decisions that chose no steering",
 }
 BUDGET_NOTE = (
@@ -403,6 +405,17 @@ def _ci(lo: Any, hi: Any, signed: bool = False) -> str:
     return "-" if _missing(lo) or _missing(hi) else f"[{_num(lo, signed)}, {_num(hi, signed)}]"
 
 
+def _tolerance(row: dict[str, Any]) -> str:
+    """A layer's coefficient tolerance at 3 decimals, ">=" before it at the sweep's ceiling (a lower bound).
+
+    >>> _tolerance({"coef_tolerance": 4.0, "coef_at_ceiling": True}), _tolerance({"coef_tolerance": 1.0})
+    ('>=4.000', '1.000')
+    """
+    at_ceiling = row.get("coef_at_ceiling")
+    ceiling = not _missing(at_ceiling) and bool(at_ceiling) and not _missing(row["coef_tolerance"])
+    return (">=" if ceiling else "") + _num(row["coef_tolerance"])
+
+
 def _int(x: Any) -> str:
     return "-" if _missing(x) else str(int(x))
 
@@ -472,7 +485,7 @@ def _task_text(t: TaskNumbers) -> list[str]:
                 _ci(r["acc_lo"], r["acc_hi"]),
                 _int(r["distinct_features"]),
                 _num(r["syntactic_share"]),
-                _num(r["coef_tolerance"]),
+                _tolerance(r),
                 _num(r["no_steer_share"]),
             ]
             for r in t.layer_table.to_dict("records")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from crl.analysis.offline.layers import LayerConfig, coef_tolerance, layer_claim, layer_table
+from crl.analysis.offline.layers import (
+    LayerConfig,
+    coef_sweep_max,
+    coef_tolerance,
+    constrained,
+    format_tolerance,
+    layer_claim,
+    layer_table,
+)
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.report import plots
 from crl.analysis.report.document import Report, para
@@ -30,12 +38,21 @@ def coef_section(rep: Report, run: RunDir, baselines: dict[str, str], out: Path)
     tol = coef_tolerance(sweep, r0, LayerConfig().tolerance_frac)
     sw = pd.DataFrame(sweep)
     rep.add_table(s, "coef_sweep", sw)
+    ceiling = tol > 0 and tol == coef_sweep_max(sweep)  # a lower bound: "coefficient tolerance >= 4 (sweep max)"
     s.append(
         para(
-            f"coefficient tolerance = {tol:g} (largest |coef| with it and every smaller one keeping the "
-            "well-formed rate >= 0.9 x unsteered)"
+            f"coefficient tolerance {'' if ceiling else '= '}{format_tolerance(tol, ceiling)} (largest |coef| with it "
+            "and every smaller one keeping the well-formed rate >= 0.9 x unsteered)"
         )
     )
+    if constrained(run.config_text):
+        s.append(
+            para(
+                "On a constrained task outputs are well-formed by construction, so tolerance by well-formed rate "
+                "does not apply.",
+                "note",
+            )
+        )
     rep.add_image(s, "coef_sweep", plots.coef_sweep_plot(sw, out / "coef_sweep.png", tol))
 
 

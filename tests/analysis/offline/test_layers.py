@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crl.analysis.offline.layers import add_probe, coef_tolerance, layer_claim, layer_table
+from crl.analysis.offline.layers import (
+    SWEEP_KEY,
+    add_probe,
+    coef_sweep_max,
+    coef_tolerance,
+    layer_claim,
+    layer_table,
+)
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from tests.analysis.checks import FAST
@@ -55,6 +62,105 @@ def test_layer_table_orders_layers_and_reads_token_types(tmp_path):
     other = load_run(write_run_dir(tmp_path / "t", SyntheticSpec(run="t", task="mmlu")))
     with pytest.raises(CRLError, match="one task"):
         layer_table([*runs, other])
+
+
+def _ceiling_sweep(tolerated: float) -> list[dict[str, float]]:
+    """The sweep of a real study (0, 0.5, 1, 2, 4) whose tolerance is `tolerated`; 4 is its ceiling."""
+    return [{"coef": c, "accuracy": 0.5, "well_formed_rate": 1.0 if c <= tolerated else 0.5} for c in (0, 0.5, 1, 2, 4)]
+
+
+def test_layer_table_marks_the_sweeps_ceiling_and_a_constrained_task(tmp_path):
+    """A tolerance equal to the sweep's largest |coef| is flagged (a lower bound); the numeric column stays numeric;
+    task.mode=constrained in a run's config.yaml sets `constrained`."""
+    specs = {
+        (6, 0): _ceiling_sweep(1.0),
+        (6, 1): _ceiling_sweep(1.0),
+        (24, 0): _ceiling_sweep(4.0),
+        (24, 1): _ceiling_sweep(4.0),
+        (15, 0): _ceiling_sweep(4.0),  # one seed at the ceiling, one at 2: the mean 3 is a lower bound
+        (15, 1): _ceiling_sweep(2.0),
+    }
+    runs = []
+    for (layer, seed), sweep in specs.items():
+        spec = SyntheticSpec(run=f"l{layer}s{seed}", layer=layer, seed=seed, coef_sweep=sweep)
+        runs.append(load_run(write_run_dir(tmp_path / spec.run, spec)))
+    lt = layer_table(runs, stats_cfg=FAST).set_index("layer")
+    assert coef_sweep_max(_ceiling_sweep(1.0)) == 4 and coef_tolerance(_ceiling_sweep(4.0), None) == 4
+    assert lt["coef_tolerance"].tolist() == [1.0, 3.0, 4.0] and lt["coef_tolerance"].dtype == float
+    assert lt["coef_sweep_max"].tolist() == [4.0, 4.0, 4.0]
+    assert lt["coef_at_ceiling"].tolist() == [False, True, True]
+    assert not lt["constrained"].any()
+    claim = layer_claim(lt.reset_index())[1]
+    assert "layer 24 tolerates at least 4, larger than layer 6's 1" in claim
+
+    for r in runs:  # the same runs, on constrained multiple choice
+        (r.path / "config.yaml").write_text("task:\n  name: arith\n  mode: constrained\n  max_new_tokens: 1\n")
+    lt = layer_table([load_run(r.path) for r in runs], stats_cfg=FAST)
+    assert lt["constrained"].all()
+    assert "well-formed by construction" in layer_claim(lt)[1]
+
+
+def _ceiling_layers(tolerance: list[float], at_ceiling: list[bool], constrained: bool = False) -> pd.DataFrame:
+    """Two layers (6, 24) with a flat syntactic share, as measured on the real compare study, and a sweep up to 4."""
+    return pd.DataFrame(
+        {
+            "layer": [6, 24],
+            "syntactic_share": [0.0, 0.0],
+            "coef_tolerance": tolerance,
+            "coef_sweep_max": [4.0, 4.0],
+            "coef_at_ceiling": at_ceiling,
+            "constrained": [constrained, constrained],
+        }
+    )
+
+
+SYN_FLAT = "the syntactic share barely changes (0.00 at layer 6, 0.00 at layer 24; a change under 0.1 counts as none)"
+
+
+def test_layer_claim_every_layer_at_the_ceiling_is_not_measurable():
+    verdict, text = layer_claim(_ceiling_layers([4.0, 4.0], [True, True]))
+    assert verdict == "inconclusive" and "stays at" not in text
+    assert text == (
+        f"inconclusive: {SYN_FLAT}; the tolerated coefficient is not measurable: every layer keeps its outputs "
+        f"well-formed up to the sweep's largest coefficient (4); widen the sweep ({SWEEP_KEY}) to measure tolerance"
+    )
+
+
+def test_layer_claim_compares_a_ceiling_only_where_the_bound_decides():
+    verdict, text = layer_claim(_ceiling_layers([1.0, 4.0], [False, True]))  # 4 late is at least 4 > 1: rises
+    assert verdict == "inconclusive"  # the syntactic half is flat
+    assert text == (
+        f"inconclusive: {SYN_FLAT}; the tolerated coefficient rises: layer 24 tolerates at least 4, larger than "
+        "layer 6's 1 (4 is the sweep's largest coefficient, a lower bound)"
+    )
+    confirmed = _ceiling_layers([1.0, 4.0], [False, True]).assign(syntactic_share=[0.8, 0.3])
+    assert layer_claim(confirmed)[0] == "confirmed"
+    verdict, text = layer_claim(_ceiling_layers([4.0, 1.0], [True, False]))  # at least 4 early, 1 late: falls
+    assert verdict == "refuted" and text.endswith(
+        "the tolerated coefficient falls: layer 24 tolerates 1, less than layer 6's at least 4 (4 is the sweep's "
+        "largest coefficient, a lower bound)"
+    )
+    verdict, text = layer_claim(_ceiling_layers([3.0, 4.0], [True, True]))  # a seed at 4, a seed at 2 at layer 6
+    both = (
+        "the tolerated coefficient is not measurable: layer 6 tolerates at least 3 and layer 24 at least 4, both at "
+        f"the sweep's ceiling; widen the sweep ({SWEEP_KEY}) to measure tolerance"
+    )
+    assert verdict == "inconclusive" and "stays at" not in text and text.endswith(both)
+    below = _ceiling_layers([4.0, 4.0], [False, True]).assign(coef_sweep_max=[8.0, 4.0])  # 4 of 8 vs at least 4
+    assert layer_claim(below)[1].endswith(
+        "the tolerated coefficient cannot be compared: layer 24 tolerates at least 4, layer 6 4 (4 is the sweep's "
+        f"largest coefficient, a lower bound); widen the sweep ({SWEEP_KEY}) to measure tolerance"
+    )
+
+
+def test_layer_claim_on_a_constrained_task():
+    """The real 3-layer compare study: every output one option letter, every tolerance the sweep's ceiling."""
+    verdict, text = layer_claim(_ceiling_layers([4.0, 4.0], [True, True], constrained=True))
+    assert verdict == "inconclusive" and "stays at" not in text
+    assert text == (
+        f"inconclusive: {SYN_FLAT}; on a constrained task outputs are well-formed by construction, so tolerance by "
+        "well-formed rate does not apply"
+    )
 
 
 def _layers(share: list[float], tolerance: list[float]) -> pd.DataFrame:

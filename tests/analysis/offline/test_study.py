@@ -203,13 +203,15 @@ def test_the_study_report_on_synthetic_cells(study):
     assert "arith: at 80 rollouts" in html and "CRL beats none at layer 6" in html
     claim = (
         "arith: confirmed: the syntactic share falls from 1.00 at layer 6 to 0.00 at layer 24 and the tolerated "
-        "coefficient rises from 2 at layer 6 to 8 at layer 24"
+        "coefficient rises: layer 24 tolerates at least 8, larger than layer 6's 2 (8 is the sweep's largest "
+        "coefficient, a lower bound)"
     )
-    assert claim in html
+    assert claim.replace("'", "&#x27;") in html  # the report escapes quotes
     layers = res.report.tables["t0_layers"].set_index("layer")
     assert layers.loc[6, ["probe_headroom", "oracle_headroom"]].tolist() == pytest.approx([0.5, 0.3])
     assert np.isnan(layers.loc[24, "oracle_headroom"]) and layers.loc[24, "probe_verdict"] == "levers missing"
     assert layers.loc[6, "syntactic_share"] == 1.0 and layers.loc[24, "coef_tolerance"] == 8.0
+    assert layers["coef_at_ceiling"].tolist() == [False, True]  # 8 is the sweep's largest coefficient
     assert layers["n_seeds"].tolist() == [3, 3]
     per_cell = res.report.tables["t0_cells_at_budget"].set_index(["layer", "seed"])
     assert list(per_cell.columns) == ["crl", "none", "static"] and per_cell.loc[(6, 1), "crl"] == pytest.approx(0.85)
@@ -281,7 +283,8 @@ def test_the_text_summary_holds_the_reports_numbers(study):
     l24 = rows[2].split()
     assert int(l24[1]) == 3 and float(l24[2]) == pytest.approx(layers.loc[24, "accuracy"], abs=5e-4)
     assert float(l24[-3]) == layers.loc[24, "syntactic_share"] == 0.0
-    assert float(l24[-2]) == layers.loc[24, "coef_tolerance"] == 8.0
+    assert l24[-2] == ">=8.000" and layers.loc[24, "coef_tolerance"] == 8.0  # the sweep's ceiling: a lower bound
+    assert rows[1].split()[-2] == "2.000"
     assert f"Layer claim: {t.claim}." in " ".join(text.split()) and t.claim.startswith("confirmed: ")
     assert "none measured (analysis/offtask.json)" in text  # the side effects
 

@@ -46,7 +46,11 @@ def test_replay_analyses_feed_the_report_end_to_end(comps, tmp_path):
     budget = tables["budget_table"].set_index(["method", "budget"])
     assert {"none", "static", "prompting"} <= set(budget.index.get_level_values(0))  # no val evals: no crl curve
     html = res.html.read_text()
-    assert "coefficient tolerance = 4" in html and "Planted task" in html and "100.0% of 8 episodes" in html
+    assert (
+        "coefficient tolerance &gt;= 4 (sweep max)" in html
+        and "Planted task" in html
+        and "100.0% of 8 episodes" in html
+    )
     assert not re.search(r"""src\s*=\s*["']?https?:""", html) and "<script" not in html
     for png in (d / "analysis").glob("*.png"):
         with Image.open(png) as im:

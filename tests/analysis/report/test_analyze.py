@@ -56,4 +56,25 @@ def test_analyze_writes_pngs_and_a_self_contained_report(tmp_path):
         "Side effects",
     ):
         assert title in html
-    assert "policy limit" in html and "coefficient tolerance = 4" in html
+    assert "policy limit" in html and "coefficient tolerance &gt;= 4 (sweep max)" in html
+
+
+def test_the_runs_coefficient_section_marks_the_ceiling_and_a_constrained_task(tmp_path):
+    from crl.analysis.report.document import Report
+    from crl.analysis.report.sweeps import coef_section
+    from crl.logs.reader import load_run
+
+    def text(sweep: list[dict], config: str | None = None) -> str:
+        d = write_run_dir(tmp_path / str(len(list(tmp_path.iterdir()))), SyntheticSpec(coef_sweep=sweep))
+        if config is not None:
+            (d / "config.yaml").write_text(config)
+        rep = Report("t")
+        coef_section(rep, load_run(d), {}, tmp_path)
+        return " ".join(rep.sections[0][1])
+
+    sweep = [{"coef": c, "accuracy": 0.5, "well_formed_rate": 1.0 if c <= 2 else 0.5} for c in (0, 1, 2, 4)]
+    assert "coefficient tolerance = 2 (largest" in text(sweep)  # 2 of a sweep up to 4: a value
+    top = [{**e, "well_formed_rate": 1.0} for e in sweep]
+    assert "coefficient tolerance &gt;= 4 (sweep max) (largest" in text(top)  # the ceiling: a lower bound
+    constrained = text(top, "task:\n  name: compare\n  mode: constrained\n")
+    assert "outputs are well-formed by construction, so tolerance by well-formed rate does not apply" in constrained
