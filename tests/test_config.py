@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from crl import cli
-from crl.config import APPS, GROUPS, ConfigError, PPOConfig, TrainConfig, load, param, validate
+from crl.config import APPS, GROUPS, AnalyzeConfig, ConfigError, PPOConfig, TrainConfig, load, param, validate
 from crl.config.compose import check_command, compose_config
 from crl.config.core import describe, omegaconf_schema
 from crl.paths import CONF_DIR
@@ -245,12 +245,33 @@ def test_train_errors_name_key_value_and_valid_range(argv, message):
         ("bench_rollout", "bench.seed=-1", "bench.seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
         ("eval", "seed=-1", "seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1] or null"),
         ("analyze", "env_seeds=[0,-1]", "env_seeds=[0,-1] is invalid: out of range; valid: a list of at least 1, each"),
+        ("analyze", "coef_sweep=[-1]", "coef_sweep=[-1.0] is invalid: out of range; valid: a list of at least 1, each"),
+        ("analyze", "coef_sweep=[]", "coef_sweep=[] is invalid: out of range; valid: a list of at least 1, each"),
         ("sae_build", "build.seed=-1", "build.seed=-1 is invalid: out of range; valid: an integer in [0, 2**32-1]"),
     ],
 )
 def test_other_apps_validate_too(name, override, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check_command(name, [override])
+
+
+def test_analyze_coef_sweep_is_positive_multipliers_that_env_true_runs():
+    """coef_sweep: the coefficient sweep's multiples of steering.coef, default 0.5, 1, 2, 4; each > 0, at least one;
+    a sweep other than the default needs env=true, the only mode that runs it (else it would do nothing)."""
+    assert compose_config("analyze", []).coef_sweep == [0.5, 1.0, 2.0, 4.0]
+    cfg = compose_config("analyze", ["env=true", "coef_sweep=[0.5,1,2,4,8,16]"])
+    assert cfg.coef_sweep == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert compose_config("analyze", ["coef_sweep=[4,2,1,0.5]"]).coef_sweep == [4.0, 2.0, 1.0, 0.5]  # the default
+    for bad, why in (("[-1]", "out of range"), ("[]", "out of range"), ("[0.5,0]", "out of range")):
+        with pytest.raises(ConfigError, match="^" + re.escape("coef_sweep=")) as err:
+            check_command("analyze", ["env=true", f"coef_sweep={bad}"])
+        assert why in str(err.value) and "\n" not in str(err.value)
+    message = "coef_sweep=[1.0,8.0] is invalid: the coefficient sweep runs with env=true only"
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_command("analyze", ["run_dir=/nonexistent", "coef_sweep=[1,8]"])
+    for bad in ([0.5, -2.0], []):  # the library's way in (crl.analysis.api) is checked the same
+        with pytest.raises(ConfigError, match=re.escape("valid: a list of at least 1, each a number > 0")):
+            load(AnalyzeConfig, {"env": True, "coef_sweep": bad})
 
 
 def test_bench_policy_checks_fixed_features_against_its_narrowest_width():

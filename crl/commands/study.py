@@ -38,7 +38,8 @@ What the cells share and skip by default (StudyConfig.analyze, AnalyzeConfig.sha
   which only a cell's own report.html shows; its sections say so and name `crl analyze run_dir=<cell> env=true`, which
   adds them. analyze.branch_points=true analyze.forced_effects=true computes them in every cell.
 
-Resume (`resume=true`): a complete cell is left alone; one whose baselines are missing gets only `crl analyze`; one
+Resume (`resume=true`): a complete cell is left alone; one whose baselines are missing, or whose `crl analyze` ran
+another coefficient sweep than the plan's analyze.coef_sweep (its mark records it), gets only `crl analyze`; one
 with its identity (run.json, config.yaml) that did not finish or failed gets `crl train resume=<cell>` (from its
 last checkpoint; a run killed before its first one starts again in place); one that holds something but no identity
 is removed and run again; a missing one runs. The keys not given on the command line come from study.json, and the
@@ -244,13 +245,37 @@ def shared_dir(out: Path) -> Path:
     return out / SHARED_DIR
 
 
+def analyze_sweep(plan: dict[str, Any]) -> list[float] | None:
+    """The coefficient sweep every cell's `crl analyze` runs: the last coef_sweep= among the plan's analyze overrides,
+    else AnalyzeConfig's; None without baselines. Read from the overrides (checked by `check_cells`), not composed: a
+    launcher's job runs inside Hydra's app, where Hydra composes no other config.
+
+    >>> analyze_sweep({"baselines": True, "analyze": ["n_boot=100", "coef_sweep=[0.5,1,2,4,8,16]"]})
+    [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    >>> analyze_sweep({"baselines": True, "analyze": []}), analyze_sweep({"baselines": False, "analyze": []})
+    ([0.5, 1.0, 2.0, 4.0], None)
+    """
+    if not plan["baselines"]:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from crl.config import AnalyzeConfig
+
+    sweep = AnalyzeConfig().coef_sweep
+    for o in OverridesParser.create().parse_overrides(list(plan["analyze"])):
+        if o.key_or_group == "coef_sweep":
+            sweep = AnalyzeConfig().coef_sweep if o.is_delete() else o.value()
+    return [float(m) for m in sweep]
+
+
 def run_cell(out: Path, plan: dict[str, Any], cell: Any, runner: Runner, label: str = "") -> str | None:
     """Bring one cell to complete (module docstring); None when it is, else its one-line problem. `label` goes
     before the cell's name in its progress line (e.g. "2/9 ")."""
     from crl.analysis.offline.study import cell_state, mark_analyzed, unmark
 
     path = cell.path(out)
-    state, why = cell_state(path, plan["baselines"])
+    sweep = analyze_sweep(plan)
+    state, why = cell_state(path, plan["baselines"], sweep)
     if state == "complete":
         return None
     if state == "running":
@@ -269,7 +294,7 @@ def run_cell(out: Path, plan: dict[str, Any], cell: Any, runner: Runner, label: 
         code, error = runner(argv)
         if code != 0:
             return f"{cell.name}: crl analyze env=true failed: {error or f'exit status {code}'}"
-        mark_analyzed(path, shlex.join(["crl", *argv]))
+        mark_analyzed(path, shlex.join(["crl", *argv]), sweep)
     return None
 
 
@@ -483,7 +508,8 @@ def run_study(cfg: StudyConfig, args: Args, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PLAN_FILE, plan)
     cells = plan_cells(plan)
-    states = {c: cell_state(c.path(out), plan["baselines"])[0] for c in cells}
+    sweep = analyze_sweep(plan)  # a cell analyzed with another coefficient sweep is analyzed again
+    states = {c: cell_state(c.path(out), plan["baselines"], sweep)[0] for c in cells}
     todo = [c for c in cells if states[c] != "complete"]
     counts = {s: sum(v == s for v in states.values()) for s in dict.fromkeys(states.values())}
     print(f"[crl study] {out}: {len(cells)} cells (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
@@ -496,10 +522,12 @@ def run_study(cfg: StudyConfig, args: Args, command: str) -> Path:
             if problem:
                 print(f"[crl study] {problem}", file=sys.stderr)
                 problems.append(problem)
-    left = [c for c in cells if cell_state(c.path(out), plan["baselines"])[0] != "complete"]
+    left = [c for c in cells if cell_state(c.path(out), plan["baselines"], sweep)[0] != "complete"]
     html = write_report(cfg, out, cells, plan["baselines"]) if len(left) < len(cells) else None
     if left:
-        first = problems[0] if problems else f"{left[0].name}: {cell_state(left[0].path(out), plan['baselines'])[1]}"
+        first = (
+            problems[0] if problems else f"{left[0].name}: {cell_state(left[0].path(out), plan['baselines'], sweep)[1]}"
+        )
         raise CRLError(
             f"{len(left)} of {len(cells)} cells did not finish (first: {first}); `crl study out={out} resume=true` "
             "runs them again"

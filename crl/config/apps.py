@@ -270,6 +270,10 @@ class AnalyzeConfig:
     n_bins: int = param(10, ge=1)  # calibration bins
     env: bool = False  # first run the model-dependent analyses (baselines, branch points, effects, coef sweep)
     env_seeds: list[int] = param(factory=lambda: [0, 1, 2], ge=0, le=SEED_MAX, min_len=1)  # baseline seeds (env=true)
+    # env=true: the coefficient sweep's coefficients as multiples of steering.coef (no steering, coef 0, is always
+    # added), stored as summary.json coef_sweep. The layer table's coefficient tolerance is the largest |coef| that
+    # keeps outputs well-formed; at the sweep's largest it is only a lower bound, so widen it, e.g. [0.5,1,2,4,8,16].
+    coef_sweep: list[float] = param(factory=lambda: [0.5, 1.0, 2.0, 4.0], gt=0, min_len=1)
     # env=true: a directory where the baselines that depend on neither the run's seed nor its policy (random, corr,
     # prompting, letter_prior whole; the unsteered pass that ranks static's and corr's candidates; the scores of
     # static's candidates by activation) are taken from when a run with the same key stored them, else computed and
@@ -318,6 +322,11 @@ class AnalyzeConfig:
     offtask_prompts: int = param(16, ge=1)  # safe prompts at most (refusal_offline's test split holds 33)
     offtask_tokens: int = param(16, ge=1)  # tokens generated (or fed back) per prompt; a refusal shows in ~10
     wandb: WandbConfig = group(WandbConfig, mode="disabled")  # publish the report to W&B
+
+    def check(self) -> None:
+        if not self.env and sorted(set(self.coef_sweep)) != sorted(set(AnalyzeConfig().coef_sweep)):
+            why = "the coefficient sweep runs with env=true only (without it the stored sweep is shown)"
+            raise ConfigError("coef_sweep", self.coef_sweep, why, "env=true as well")
 
 
 @dataclass

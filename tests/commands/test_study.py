@@ -156,6 +156,7 @@ def test_launcher_jobs_baselines_and_a_failed_cell(tmp_path):
     assert f"`crl study out={out} resume=true` runs them again" in last
     cell = out / "cells" / "planted-L0-s0"
     assert (cell / "summary.json").exists() and (cell / MARK_FILE).exists()
+    assert json.loads((cell / MARK_FILE).read_text())["coef_sweep"] == [0.5, 1.0, 2.0, 4.0]  # read in a launcher job
     phases = set(load_run(cell).phases)
     assert {"baseline:none:test", "baseline:static:test", "baseline:prompting:test"} <= phases  # env=true ran
     assert (cell / "analysis" / "baseline_selection.csv").exists()
@@ -264,6 +265,42 @@ def test_each_cells_analyze_shares_baselines_and_skips_the_per_cell_sections_by_
     assert (path / MARK_FILE).exists()
 
 
+def test_resume_with_a_wider_coefficient_sweep_analyzes_the_complete_cells_again(tmp_path, capsys):
+    """`crl study out=<s> resume=true 'analyze.coef_sweep=[...]'` (the layer claim's advice when every tolerance is at
+    the sweep's ceiling): each cell whose mark records another sweep gets `crl analyze` again, with the new sweep."""
+    from crl.analysis.offline.study import PLAN_FILE
+    from crl.config.compose import compose_config
+    from crl.logs.atomic import atomic_write_json
+    from crl.logs.reader import REQUIRED_FILES
+
+    out = tmp_path / "s"
+    out, plan = study.make_plan(compose_config("study", [f"out={out}"]), study.split_argv([]), "crl study")
+    atomic_write_json(out / PLAN_FILE, plan)
+    cell = Cell("planted", 0, 1)
+    path = cell.path(out)
+    path.mkdir(parents=True)
+    for name in REQUIRED_FILES:  # trained, no baselines yet
+        (path / name).write_text("")
+    seen: list[list[str]] = []
+    runner = lambda argv: (seen.append(argv), (0, None))[1]  # noqa: E731
+    assert study.run_cell(out, plan, cell, runner) is None and len(seen) == 1
+    assert json.loads((path / MARK_FILE).read_text())["coef_sweep"] == [0.5, 1.0, 2.0, 4.0]
+    assert study.run_cell(out, plan, cell, runner) is None and len(seen) == 1  # complete: left alone
+
+    wide = "coef_sweep=[0.5,1,2,4,8,16]"
+    resume = compose_config("study", [f"out={out}", "resume=true"])
+    _, plan = study.make_plan(resume, study.split_argv([f"analyze.{wide}"]), "crl study")
+    assert plan["analyze"][-1] == wide and study.analyze_sweep(plan) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    capsys.readouterr()
+    assert study.run_cell(out, plan, cell, runner) is None and len(seen) == 2
+    assert "analyze (its coefficient sweep was [0.5,1,2,4], analyze.coef_sweep is [0.5,1,2,4,8,16])" in (
+        capsys.readouterr().out
+    )
+    assert seen[1][-1] == wide and compose_config("analyze", seen[1][1:]).coef_sweep[-1] == 16.0
+    assert json.loads((path / MARK_FILE).read_text())["coef_sweep"] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert study.run_cell(out, plan, cell, runner) is None and len(seen) == 2  # swept as asked: complete
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -279,6 +316,8 @@ def test_each_cells_analyze_shares_baselines_and_skips_the_per_cell_sections_by_
         (["OUT", "tasks=[nope]"], "cell nope-L6: task=nope is invalid: no such option in config group 'task'"),
         (["OUT", "ppo.num_envs=0"], "cell compare-L6: ppo.num_envs=0 is invalid: out of range"),
         (["OUT", "analyze.n_boot=0"], "n_boot=0 is invalid: out of range"),
+        (["OUT", "analyze.coef_sweep=[-1]"], "coef_sweep=[-1.0] is invalid: out of range"),
+        (["OUT", "analyze.coef_sweep=[]"], "coef_sweep=[] is invalid: out of range"),
         (["OUT", "launcher=slurm"], "launcher=slurm is invalid: unknown choice"),
         (["OUT", "task_train.bbq_offline=[ppo.num_envs=4]"], "task_train.bbq_offline is not for a task of the study"),
         (["OUT", "task_train.compare=[seed=3]"], "task_train.compare: seed=3 cannot go to the cells"),

@@ -47,8 +47,12 @@ from crl.errors import CRLError
 from crl.logs.reader import RunDir
 from crl.logs.schema import NO_STEER, Phase
 
-# Where the coefficient sweep's coefficients are set (named by `layer_claim` when the sweep is too narrow to measure).
-SWEEP_KEY = "ReplayConfig.sweep_multipliers, multiples of steering.coef, in crl/analysis/replay/precompute.py"
+# How to set the coefficient sweep's coefficients from the command line (named by `layer_claim` when the sweep is too
+# narrow to measure): AnalyzeConfig.coef_sweep, multiples of steering.coef; a study's resume sweeps its cells again.
+SWEEP_KEY = (
+    "`crl analyze env=true 'coef_sweep=[...]'`, multiples of steering.coef; "
+    "in a study `resume=true 'analyze.coef_sweep=[...]'`"
+)
 
 
 @dataclass

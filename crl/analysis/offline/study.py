@@ -5,7 +5,8 @@ own, `task_train`) and one ordinary run directory per (task, layer, seed) at <ou
 
 A cell's state (`cell_state`), as `crl.logs.reader` judges a run: **complete** when it holds every file a finished run
 has (summary.json is written last) and no FAILED.json, and, when the study runs baselines, the study's mark
-(analysis/study.json, written once `crl analyze env=true` succeeded on it); **analyze** when only the mark is missing;
+(analysis/study.json, written once `crl analyze env=true` succeeded on it, with the coefficient sweep it ran);
+**analyze** when only the mark is missing, or when the study resumes with another analyze.coef_sweep than the mark's;
 **resume** when it has its identity (run.json, config.yaml) but did not finish or failed (`crl train resume=` continues
 it from its last checkpoint, or starts it again in place when it never wrote one); **restart** when it holds something
 but no identity (a failure before the run began: nothing to keep); **new** when it holds nothing of a run (missing, or
@@ -35,7 +36,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ from crl.logs.schema import CONFIG_YAML, FAILED, RUN_JSON, Phase
 
 PLAN_FILE = "study.json"
 CELLS_DIR = "cells"
-MARK_FILE = "analysis/study.json"  # in a cell: its baselines are done
+MARK_FILE = "analysis/study.json"  # in a cell: its baselines are done (and which coefficient sweep ran)
+# The coefficient sweep of a mark that does not record one (written before marks did): the only sweep there was then.
+UNRECORDED_SWEEP = (0.5, 1.0, 2.0, 4.0)
 REPORT_FILE = "report.html"
 STATES = ("complete", "analyze", "resume", "restart", "new", "running")
 _CELL = re.compile(r"^(?P<task>[\w-]+)-L(?P<layer>\d+)-s(?P<seed>\d+)$")
@@ -122,8 +125,24 @@ def _locked(path: Path) -> bool:
     return False
 
 
-def cell_state(path: str | Path, baselines: bool) -> tuple[str, str]:
-    """(state, why) of a cell's directory (module docstring); why is "" for a complete cell."""
+def _sweep_text(multipliers: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(m):g}" for m in multipliers) + "]"
+
+
+def analyzed_sweep(path: str | Path) -> list[float] | None:
+    """The coefficient sweep (multiples of steering.coef) the study's `crl analyze` ran on a marked cell; a mark
+    written before marks recorded it holds the only sweep there was then; None without a readable mark."""
+    try:
+        mark = json.loads((Path(path) / MARK_FILE).read_text(encoding="utf-8"))
+        return [float(m) for m in mark.get("coef_sweep", UNRECORDED_SWEEP)]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def cell_state(path: str | Path, baselines: bool, coef_sweep: Sequence[float] | None = None) -> tuple[str, str]:
+    """(state, why) of a cell's directory (module docstring); why is "" for a complete cell. `coef_sweep`: the
+    coefficient sweep the study's `crl analyze` runs (analyze.coef_sweep); a cell marked with another one is in state
+    analyze, so its sweep runs again (None: not compared)."""
     path = Path(path)
     if not path.is_dir() or not foreign_entries(path):
         return "new", "not started"
@@ -133,6 +152,11 @@ def cell_state(path: str | Path, baselines: bool) -> tuple[str, str]:
     if not failed and all((path / f).exists() for f in REQUIRED_FILES):
         if baselines and not (path / MARK_FILE).exists():
             return "analyze", "trained; its baselines (`crl analyze env=true`) are missing"
+        if baselines and coef_sweep is not None:
+            swept = analyzed_sweep(path)
+            if swept is None or sorted(set(swept)) != sorted({float(m) for m in coef_sweep}):
+                was = "unknown" if swept is None else _sweep_text(swept)
+                return "analyze", f"its coefficient sweep was {was}, analyze.coef_sweep is {_sweep_text(coef_sweep)}"
         return "complete", ""
     why = f"failed ({_failure(path / FAILED)})" if failed else "stopped before summary.json"
     if (path / RUN_JSON).exists() and (path / CONFIG_YAML).exists():
@@ -140,10 +164,13 @@ def cell_state(path: str | Path, baselines: bool) -> tuple[str, str]:
     return "restart", f"{why}; no run.json, so nothing to resume"
 
 
-def mark_analyzed(path: str | Path, command: str) -> None:
-    """Mark a cell's baselines done (after `crl analyze env=true` succeeded on it)."""
+def mark_analyzed(path: str | Path, command: str, coef_sweep: Sequence[float] | None = None) -> None:
+    """Mark a cell's baselines done (after `crl analyze env=true` succeeded on it), with the coefficient sweep run."""
+    mark: dict[str, Any] = {"baselines": True, "command": command}
+    if coef_sweep is not None:
+        mark["coef_sweep"] = [float(m) for m in coef_sweep]
     (Path(path) / MARK_FILE).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(path) / MARK_FILE, {"baselines": True, "command": command})
+    atomic_write_json(Path(path) / MARK_FILE, mark)
 
 
 def unmark(path: str | Path) -> None:

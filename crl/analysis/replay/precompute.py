@@ -42,7 +42,7 @@ class ReplayConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     branch: BranchConfig = field(default_factory=BranchConfig)
     effects: EffectConfig = field(default_factory=EffectConfig)
-    sweep_multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # x the run's coef
+    sweep_multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # x coef (analyze coef_sweep=)
     sweep_split: str = "val"
     run_baselines: bool = True
     run_branch_points: bool = True

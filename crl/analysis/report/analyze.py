@@ -51,6 +51,7 @@ def _replay_config(cfg: AnalyzeConfig):  # -> ReplayConfig (imported late: it pu
         baselines=baselines,
         run_branch_points=cfg.branch_points,
         run_effects=cfg.forced_effects,
+        sweep_multipliers=[float(m) for m in cfg.coef_sweep],
         shared=cfg.shared_baselines,
         n_boot=cfg.n_boot,
         seed=cfg.seed,

@@ -115,6 +115,22 @@ def _ceiling_layers(tolerance: list[float], at_ceiling: list[bool], constrained:
 
 
 SYN_FLAT = "the syntactic share barely changes (0.00 at layer 6, 0.00 at layer 24; a change under 0.1 counts as none)"
+# The advice names the command-line keys that widen the sweep (AnalyzeConfig.coef_sweep), not a place in the code.
+WIDEN = (
+    "widen the sweep (`crl analyze env=true 'coef_sweep=[...]'`, multiples of steering.coef; in a study "
+    "`resume=true 'analyze.coef_sweep=[...]'`) to measure tolerance"
+)
+
+
+def test_the_keys_the_layer_claim_names_widen_the_sweep():
+    from crl.analysis.report.analyze import _replay_config
+    from crl.commands.study import split_argv
+    from crl.config.compose import compose_config
+
+    assert "coef_sweep=[...]" in SWEEP_KEY and "analyze.coef_sweep=[...]" in SWEEP_KEY
+    cfg = compose_config("analyze", ["run_dir=r", "env=true", "coef_sweep=[0.5,1,2,4,8,16]"])
+    assert _replay_config(cfg).sweep_multipliers == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert split_argv(["resume=true", "analyze.coef_sweep=[0.5,1,2,4,8,16]"]).analyze == ["coef_sweep=[0.5,1,2,4,8,16]"]
 
 
 def test_layer_claim_every_layer_at_the_ceiling_is_not_measurable():
@@ -122,7 +138,7 @@ def test_layer_claim_every_layer_at_the_ceiling_is_not_measurable():
     assert verdict == "inconclusive" and "stays at" not in text
     assert text == (
         f"inconclusive: {SYN_FLAT}; the tolerated coefficient is not measurable: every layer keeps its outputs "
-        f"well-formed up to the sweep's largest coefficient (4); widen the sweep ({SWEEP_KEY}) to measure tolerance"
+        f"well-formed up to the sweep's largest coefficient (4); {WIDEN}"
     )
 
 
@@ -143,13 +159,13 @@ def test_layer_claim_compares_a_ceiling_only_where_the_bound_decides():
     verdict, text = layer_claim(_ceiling_layers([3.0, 4.0], [True, True]))  # a seed at 4, a seed at 2 at layer 6
     both = (
         "the tolerated coefficient is not measurable: layer 6 tolerates at least 3 and layer 24 at least 4, both at "
-        f"the sweep's ceiling; widen the sweep ({SWEEP_KEY}) to measure tolerance"
+        f"the sweep's ceiling; {WIDEN}"
     )
     assert verdict == "inconclusive" and "stays at" not in text and text.endswith(both)
     below = _ceiling_layers([4.0, 4.0], [False, True]).assign(coef_sweep_max=[8.0, 4.0])  # 4 of 8 vs at least 4
     assert layer_claim(below)[1].endswith(
         "the tolerated coefficient cannot be compared: layer 24 tolerates at least 4, layer 6 4 (4 is the sweep's "
-        f"largest coefficient, a lower bound); widen the sweep ({SWEEP_KEY}) to measure tolerance"
+        f"largest coefficient, a lower bound); {WIDEN}"
     )
 
 

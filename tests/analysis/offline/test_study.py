@@ -32,6 +32,7 @@ from crl.analysis.offline.study import (
     grid,
     heldout,
     load_cells,
+    mark_analyzed,
     verdict,
 )
 from crl.analysis.report.study import SUMMARY_FILE, study_numbers, study_report, write_summary
@@ -148,6 +149,32 @@ def test_cell_state_follows_the_run_directory(tmp_path):
     assert cell_state(path, True) == ("resume", "failed (boom)")
     (path / "run.json").unlink()
     assert cell_state(path, True)[0] == "restart"
+
+
+def test_a_cell_analyzed_with_another_coefficient_sweep_is_analyzed_again(tmp_path):
+    """The study's mark records the coefficient sweep its `crl analyze` ran; a mark from before it did holds the only
+    sweep there was then (0.5, 1, 2, 4)."""
+    cell = Cell("arith", 6, 0)
+    path = write_cell(tmp_path, cell, marked=False)
+    wide = [0.5, 1, 2, 4, 8, 16]
+    (path / MARK_FILE).write_text("{}")  # an older mark
+    assert cell_state(path, True, [0.5, 1, 2, 4]) == ("complete", "")
+    assert cell_state(path, True, [4.0, 2.0, 1.0, 0.5]) == ("complete", "")  # the same sweep, in another order
+    assert cell_state(path, True, wide) == (
+        "analyze",
+        "its coefficient sweep was [0.5,1,2,4], analyze.coef_sweep is [0.5,1,2,4,8,16]",
+    )
+    assert cell_state(path, True) == ("complete", "")  # not compared (the report's view)
+    assert cell_state(path, False, wide) == ("complete", "")  # no baselines: no analyze, no sweep
+    mark_analyzed(path, "crl analyze ...", wide)
+    assert json.loads((path / MARK_FILE).read_text())["coef_sweep"] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert cell_state(path, True, wide) == ("complete", "")
+    assert cell_state(path, True, [0.5, 1, 2, 4])[0] == "analyze"
+    (path / MARK_FILE).write_text("[]")  # unreadable as a mark: analyzed again
+    assert cell_state(path, True, wide) == (
+        "analyze",
+        "its coefficient sweep was unknown, analyze.coef_sweep is [0.5,1,2,4,8,16]",
+    )
 
 
 def test_equal_budget_differences_and_the_verdict(study):
