@@ -220,3 +220,17 @@ def test_bad_family_settings_are_one_line(kw, match):
 def test_a_task_without_variants_rejects_the_family():
     with pytest.raises(CRLError, match="task 'gsm8k_offline' has no variants"):
         make_task(TaskConfig(name="gsm8k_offline", family=FamilyConfig(enabled=True)))
+
+
+def test_the_xor_preset_trains_both_directions_on_a_feature_shortlist():
+    cfg = compose_config("train", ["experiment=compare_xor"])
+    narrow = compose_config("train", ["experiment=compare_family"])
+    assert cfg.masking.mode == "fixed" and cfg.masking.features == [1591, 652, 560, 1793]
+    assert (cfg.ppo.total_updates, cfg.ppo.update_epochs, cfg.ppo.learning_rate) == (24, 16, 1e-3)
+    assert cfg.ppo.episodes_per_update == narrow.ppo.episodes_per_update and cfg.policy.noop_init_bias == 1.4
+    task = make_task(cfg.task)
+    trained = task.variants()
+    assert trained == Variants(("plain", "bigger", "pick", "value"), ("larger", "smaller"), ("2digit",))
+    assert {QUESTION_TO[_parts(e.prompt)[0]][1] for e in task.load("train")} == {"larger", "smaller"}
+    specs = task.family_axes.default_specs(cfg.task.family, trained)
+    assert specs == ["direction:larger", "direction:smaller", "wording:option", "wording:than", "range:3digit"]
