@@ -2,8 +2,9 @@
 
 At each layer: a linear probe on the residual at the decision position, the model's own accuracy, the majority
 class, a shuffled-label control and an oracle over every single action of the policy's action set
-(crl.analysis.replay.probe, crl.analysis.replay.oracle). Prints the table and a verdict per layer on stdout, writes
-probe.json, probe.png and probe.html to out_dir (default runs/probe-<task>-<timestamp>). Progress lines go to stderr.
+(crl.analysis.replay.probe, crl.analysis.replay.oracle). Prints the table and a verdict per layer on stdout, with the
+oracle's feature shortlist as a `crl train ... masking=fixed` line to paste; writes probe.json, probe.png and probe.html
+to out_dir (default runs/probe-<task>-<timestamp>). Progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from crl.errors import exit_on_error
 from crl.paths import CONF_DIR
 
 
-def _layer_override() -> bool:
-    """Whether the command line set steering.layer but not layers (then steering.layer alone is probed)."""
+def _overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return list(HydraConfig.get().overrides.task)
+
+
+def _layer_override() -> bool:
+    """Whether the command line set steering.layer but not layers (then steering.layer alone is probed)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in _overrides()}
     return "steering.layer" in keys and "layers" not in keys
 
 
@@ -37,7 +42,7 @@ def main(raw: DictConfig) -> None:
     layers = probe_layers(cfg, _layer_override())
     check_inputs(cfg, layers)  # before the model loads
     out = Path(cfg.out_dir or f"runs/probe-{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    record = headroom(cfg, layers)
+    record = headroom(cfg, layers, overrides=_overrides())
     print(format_table(record), flush=True)
     paths = write_probe(out, record)
     print(f"written: {paths['json']}, {paths['html']} ({record['seconds']} s)")

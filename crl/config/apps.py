@@ -384,6 +384,11 @@ class ProbeConfig:
     # One-token MC: the best static action is chosen among every level of the features in the most prompts' action
     # sets, each scored on every oracle prompt (the oracle itself scores each prompt's own actions only).
     oracle_static: int = param(64, ge=0)
+    # Up to this many features for `crl train masking=fixed 'masking.features=[...]'`, by greedy set cover of the oracle
+    # prompts the unsteered model gets wrong (a feature covers a prompt if any of its levels makes it right; fewer when
+    # no feature covers a new prompt). On the compare family PPO over thousands of actions did not learn the XOR and 4
+    # features did (experiment=compare_xor). 0: no shortlist.
+    shortlist_k: int = param(4, ge=0)
     # Free-form: rollouts at most (the first prompts that fit); each runs up to max_new_tokens (refusal: 48 tokens,
     # ~0.3 s a token for a batch of 64 on 2 CPU cores, so 1024 rollouts take ~4 min).
     oracle_max_episodes: int = param(1024, ge=1)

@@ -24,6 +24,16 @@ prompts right when applied to all of them; chosen and scored on the same prompts
 intervention). `rollout` gives it only where every prompt tried every action (masking=none, or masking=fixed: every
 prompt's set is the listed features).
 
+The shortlist (`shortlist_k` > 0): up to k features for `masking=fixed`, by greedy set cover of the prompts the
+unsteered model gets wrong. A feature covers a prompt when any of its levels, scored there, makes the answer right
+(every scored cell counts, not only the prompt's own action set: under masking=fixed the features are candidates on
+every prompt); each step takes the feature that covers the most prompts not yet covered (ties: the one whose levels
+break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id), and
+it stops early when no feature covers a new prompt. Both ways to score give it: `suffix` from the cells above (own
+actions and the static candidates), `rollout` from each prompt's own actions only (with an adaptive mask a lower
+bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
+and the columns of features that fix one of them.
+
 Reading it: on a two-option task one action that moves every answer to the other letter, together with no steering,
 already reaches 1.0; the oracle then says the levers exist, not that a policy can tell when to pull them (the probe
 says whether the residual holds what it needs). A short oracle means no single action at this layer and coefficient
@@ -254,6 +264,70 @@ def static_candidates(allowed: np.ndarray, n: int) -> np.ndarray:
     return order[: min(n, int((freq > 0).sum()))]
 
 
+def greedy_cover(cover: np.ndarray, breaks: np.ndarray, ids: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+    """Greedy set cover: up to `k` columns of `cover` (prompts x features, bool), each the one covering the most rows
+    not yet covered (ties: fewer `breaks`, then the lower `ids`), stopping when none covers a new row. Returns the
+    chosen columns and how many new rows each covered.
+
+    >>> cover = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=bool)  # A: {0,1,2}, B: {2,3}, C: {0}
+    >>> greedy_cover(cover, np.zeros(3), np.arange(3), 4)
+    ([0, 1], [3, 1])
+    >>> greedy_cover(cover, np.zeros(3), np.arange(3), 1)
+    ([0], [3])
+    >>> greedy_cover(np.array([[1, 1]], dtype=bool), np.array([2, 0]), np.array([3, 4]), 2)  # a tie: fewer breaks
+    ([1], [1])
+    """
+    left = np.ones(cover.shape[0], dtype=bool)
+    picked: list[int] = []
+    new: list[int] = []
+    while len(picked) < k and cover.shape[1]:
+        gain = cover[left].sum(axis=0)
+        best = int(gain.max())
+        if best == 0:
+            break
+        ties = np.flatnonzero(gain == best)
+        j = int(ties[np.lexsort((ids[ties], breaks[ties]))[0]])
+        picked.append(j)
+        new.append(best)
+        left &= ~cover[:, j]
+    return picked, new
+
+
+def feature_shortlist(
+    actions: list[Action], correct: np.ndarray, scored: np.ndarray, unsteered: np.ndarray, k: int
+) -> dict[str, Any]:
+    """Up to `k` features for masking=fixed (module doc): `features`, the prompts each newly covers (`new`), the
+    cumulative share of the unsteered-wrong prompts covered (`cumulative`), `n_wrong` and `covered`. Works on the wrong
+    rows and the columns of features that fix one of them only, so its memory is bounded by the grid's."""
+    wrong = np.flatnonzero(~unsteered)
+    right = np.flatnonzero(unsteered)
+    feat_of = np.array([a.feature for a in actions], dtype=np.int64)
+    fixing = correct[wrong].any(axis=0) if len(wrong) else np.zeros(len(actions), dtype=bool)
+    ids = np.unique(feat_of[fixing])  # the features with a level that fixes some wrong prompt
+    cols = np.flatnonzero(np.isin(feat_of, ids))  # every level of each
+    inv = np.searchsorted(ids, feat_of[cols])
+    order = np.argsort(inv, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0]) if len(cols) else np.zeros(0, dtype=np.int64)
+
+    def per_feature(cells: np.ndarray) -> np.ndarray:  # (rows, cols) -> (rows, features): any level
+        if not len(cols):
+            return np.zeros((cells.shape[0], 0), dtype=bool)
+        return np.logical_or.reduceat(cells[:, order], starts, axis=1)
+
+    cover = per_feature(correct[np.ix_(wrong, cols)])
+    breaks = per_feature(~correct[np.ix_(right, cols)] & scored[np.ix_(right, cols)]).sum(axis=0)
+    picked, new = greedy_cover(cover, breaks, ids, k)
+    n_wrong = len(wrong)
+    return {
+        "k": k,
+        "features": [int(ids[j]) for j in picked],
+        "new": new,
+        "cumulative": [float(c / n_wrong) for c in np.cumsum(new)] if n_wrong else [],
+        "n_wrong": n_wrong,
+        "covered": int(sum(new)),
+    }
+
+
 @dataclass
 class Grid:
     """The (prompt x action) correctness of each prompt's own actions and of the static candidates (`suffix_grid`)."""
@@ -338,9 +412,10 @@ def suffix_oracle(
     max_rows: int = 512,
     n_static: int = 64,
     progress: str | None = None,
+    shortlist_k: int = 0,
 ) -> dict[str, Any]:
     """The oracle of constrained one-token multiple choice (module doc), on `examples` (their unsteered correctness
-    from the environment in `unsteered`, which decides the no-steering action)."""
+    from the environment in `unsteered`, which decides the no-steering action); with `shortlist_k` its shortlist."""
     start = time.perf_counter()
     grid = suffix_grid(comps, examples, max_rows, n_static, progress)
     env = np.asarray(unsteered, dtype=bool)
@@ -354,6 +429,7 @@ def suffix_oracle(
         method="suffix: layers above the SAE's" if grid.fast else "suffix: whole model (fallback)",
         seconds=time.perf_counter() - start,
         extra={"agree_with_env": float(np.mean(grid.unsteered == env)), "max_logit_gap": grid.gap},
+        shortlist_k=shortlist_k,
     )
 
 
@@ -364,6 +440,7 @@ def rollout_oracle(
     resid: torch.Tensor,
     max_episodes: int = 1024,
     progress: str | None = None,
+    shortlist_k: int = 0,
 ) -> dict[str, Any]:
     """The oracle of a free-form task, over the first decision only (module doc): one environment episode per
     (prompt, action of its own action set), at most `max_episodes` in all (the first prompts that fit). `resid`: the
@@ -409,6 +486,7 @@ def rollout_oracle(
         method="rollout: first decision steered, then none",
         seconds=time.perf_counter() - start,
         extra={"max_episodes": max_episodes},
+        shortlist_k=shortlist_k,
     )
 
 
@@ -437,10 +515,12 @@ def _summary(
     seconds: float,
     extra: dict[str, Any],
     top: int = 10,
+    shortlist_k: int = 0,
 ) -> dict[str, Any]:
     """The oracle's record from the (prompts x actions) correctness grid `correct`: `own` marks the actions each
     prompt's own action set holds (what the oracle may use), `scored` the cells measured; the best static action is
-    chosen among the columns scored on every prompt."""
+    chosen among the columns scored on every prompt. With `shortlist_k` > 0 also `shortlist` (`feature_shortlist`, each
+    feature's label beside it)."""
     from crl.cards.store import find_cards
 
     n = len(unsteered)
@@ -486,6 +566,9 @@ def _summary(
             "label": label(actions[j].feature),
             "n_candidates": len(full),
         }
+    if shortlist_k > 0:
+        short = feature_shortlist(actions, correct, scored, unsteered, shortlist_k)
+        record["shortlist"] = {**short, "labels": [label(f) for f in short["features"]]}
     record.update(extra)
     return record
 
@@ -499,8 +582,9 @@ def oracle(
     max_episodes: int = 1024,
     n_static: int = 64,
     progress: str | None = None,
+    shortlist_k: int = 0,
 ) -> dict[str, Any]:
     """`suffix_oracle` where the task is constrained one-token multiple choice, else `rollout_oracle`."""
     if answer_ids(comps, examples) is not None:
-        return suffix_oracle(comps, examples, unsteered, max_rows, n_static, progress)
-    return rollout_oracle(comps, examples, unsteered, resid, max_episodes, progress)
+        return suffix_oracle(comps, examples, unsteered, max_rows, n_static, progress, shortlist_k)
+    return rollout_oracle(comps, examples, unsteered, resid, max_episodes, progress, shortlist_k)

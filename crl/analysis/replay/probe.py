@@ -21,7 +21,8 @@ Three numbers per layer, on the task's held-out test prompts, each with a 95% CI
   the same pass that reads the residuals (a tap on the layers records the prompt forward of every batch).
 - **reachability**: `crl.analysis.replay.oracle`: on the first `n_oracle` test prompts, whether any single action of
   the policy's action set makes the answer right (an upper bound on CRL's first decision), and the best single static
-  action.
+  action; with `shortlist_k` a feature shortlist for `masking=fixed` (greedy set cover of the prompts the model gets
+  wrong) and the `crl train` line that uses it (`train_command`).
 
 The verdict (`verdict`) reads them together: probe at chance -> steering at this layer is unlikely to help; probe
 high and the model already as good -> little room; probe high, model low, oracle reaching the probe -> room, learning
@@ -449,6 +450,42 @@ def check_inputs(cfg: ProbeConfig, layers: list[int]) -> Task:
     return task
 
 
+TRAIN_GROUPS = ("model", "sae", "task", "steering")  # what a probe override and a `crl train` override share
+
+
+def train_overrides(overrides: list[str]) -> list[str]:
+    """The probe's command-line overrides that `crl train` takes as they are: the model, SAE, task and steering
+    (steering.layer and the masking are the shortlist's own; probe-only keys and the seed are left out).
+
+    >>> train_overrides(["task=compare_family", "layers=[15]", "steering.layer=15", "masking=none", "+sae.x=1"])
+    ['task=compare_family', '+sae.x=1']
+    """
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0] in TRAIN_GROUPS and key != "steering.layer":
+            out.append(o)
+    return out
+
+
+def train_command(overrides: list[str], layer: int, features: list[int]) -> str:
+    """The `crl train` line that trains on `features` alone (masking=fixed) at `layer`, after `overrides`
+    (`train_overrides`), quoted for a POSIX shell.
+
+    >>> train_command(["task=compare_family"], 15, [1591, 652])
+    "crl train task=compare_family steering.layer=15 masking=fixed 'masking.features=[1591,652]'"
+    """
+    import shlex
+
+    args = [
+        *overrides,
+        f"steering.layer={layer}",
+        "masking=fixed",
+        f"masking.features=[{','.join(map(str, features))}]",
+    ]
+    return " ".join(["crl", "train", *map(shlex.quote, args)])
+
+
 def _train_config(cfg: ProbeConfig, layer: int) -> Any:
     from crl.config import TrainConfig, WandbConfig
 
@@ -467,9 +504,12 @@ def _labels(target: str, examples: list[Example], episodes: list[Episode]) -> li
     return [e.answer for e in examples] if target == "answer" else [str(int(ep.correct)) for ep in episodes]
 
 
-def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict[str, Any]:
+def headroom(
+    cfg: ProbeConfig, layers: list[int], progress: bool = True, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """The whole probe (module doc) on `layers`: one record with the shared numbers (model, majority) and one entry per
-    layer (probe, shuffled control, oracle, verdict)."""
+    layer (probe, shuffled control, oracle with its shortlist, verdict). `overrides`: the command line's, which the
+    shortlist's `crl train` line repeats where train takes them (`train_overrides`)."""
     from crl.analysis.replay.oracle import oracle
     from crl.run.components import build
 
@@ -509,7 +549,8 @@ def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict
             "masking_features": cfg.masking.features,  # masking=fixed: the oracle's features; else null
         },
         "settings": {
-            k: getattr(cfg, k) for k in ("probe_train", "n_oracle", "oracle_static", "l2", "folds", "n_boot", "seed")
+            k: getattr(cfg, k)
+            for k in ("probe_train", "n_oracle", "oracle_static", "shortlist_k", "l2", "folds", "n_boot", "seed")
         },
         "layers": [],
     }
@@ -549,9 +590,17 @@ def headroom(cfg: ProbeConfig, layers: list[int], progress: bool = True) -> dict
                 cfg.oracle_max_episodes,
                 cfg.oracle_static,
                 say(f"oracle at layer {layer}") if progress else None,
+                cfg.shortlist_k,
             )
             o = entry["oracle"]
             o["ci"] = wilson(o["reached"], o["n"])
+            short = o.get("shortlist")
+            if short is not None:
+                short["command"] = (
+                    train_command(train_overrides(overrides or []), layer, short["features"])
+                    if short["features"]
+                    else None
+                )
             if o["best_static"] is not None:
                 s = o["best_static"]
                 s["ci"] = wilson(round(s["accuracy"] * o["n"]), o["n"])

@@ -51,6 +51,27 @@ def _action(a: dict[str, Any] | None) -> str:
     return f"({a['feature']} @ {a['coef']:+g})"
 
 
+def shortlist_line(short: dict[str, Any] | None) -> str | None:
+    """The oracle's feature shortlist as `crl probe` prints it (None where the record has none: n_oracle=0,
+    shortlist_k=0, or a record from before the shortlist).
+
+    >>> shortlist_line({"features": [5, 2], "covered": 4, "n_wrong": 4, "command": "crl train masking=fixed ..."})
+    'shortlist (covers 4/4 of the prompts the model gets wrong): crl train masking=fixed ...'
+    >>> shortlist_line({"features": [], "covered": 0, "n_wrong": 0, "command": None})
+    'shortlist: none (the model gets every oracle prompt right)'
+    """
+    if short is None:
+        return None
+    if not short["n_wrong"]:
+        return "shortlist: none (the model gets every oracle prompt right)"
+    if not short["features"]:
+        return f"shortlist: none (no single feature fixes any of the {short['n_wrong']} prompts the model gets wrong)"
+    covers = f"covers {short['covered']}/{short['n_wrong']} of the prompts the model gets wrong"
+    features = ",".join(map(str, short["features"]))
+    command = short.get("command") or f"masking=fixed 'masking.features=[{features}]'"  # an oracle record of its own
+    return f"shortlist ({covers}): {command}"
+
+
 def numbers(record: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per layer: each bar's value and CI (None where not measured)."""
     rows = []
@@ -73,6 +94,7 @@ def numbers(record: dict[str, Any]) -> list[dict[str, Any]]:
                 "static_action": s or None,
                 "verdict": e["verdict"],
                 "why": e.get("why", ""),
+                "shortlist": o.get("shortlist"),
             }
         )
     return rows
@@ -119,7 +141,12 @@ def format_table(record: dict[str, Any]) -> str:
     if record.get("none_applies"):
         head.append(record["none_applies"])
     body = table(record).to_string(index=False)
-    verdicts = [f"layer {r['layer']}: {r['verdict']}" + (f" ({r['why']})" if r["why"] else "") for r in numbers(record)]
+    verdicts = []
+    for r in numbers(record):
+        verdicts.append(f"layer {r['layer']}: {r['verdict']}" + (f" ({r['why']})" if r["why"] else ""))
+        line = shortlist_line(r["shortlist"])
+        if line:
+            verdicts.append(f"  {line}")
     return "\n".join([*head, "", body, "", *verdicts])
 
 
@@ -167,6 +194,29 @@ def write_probe(out_dir: str | Path, record: dict[str, Any]) -> dict[str, Path]:
     report.add_table(parts, "headroom", table(record))
     for r in numbers(record):
         parts.append(para(f"layer {r['layer']}: {r['verdict']}" + (f" ({r['why']})" if r["why"] else "")))
+    shortlists = [(e["layer"], (e.get("oracle") or {}).get("shortlist")) for e in record["layers"]]
+    if any(short is not None for _, short in shortlists):
+        section = report.section("Feature shortlist for masking=fixed (oracle)")
+        section.append(
+            para(
+                "Greedy set cover of the oracle prompts the unsteered model gets wrong: each feature covers the "
+                "prompts one of its levels makes right; new: the prompts it adds, cumulative: the share of the wrong "
+                "prompts covered so far.",
+                "note",
+            )
+        )
+        for layer, short in shortlists:
+            if short is None:
+                continue
+            section.append(para(f"layer {layer}: {shortlist_line(short)}"))
+            if short["features"]:
+                rows = {
+                    "feature": short["features"],
+                    "label": short.get("labels") or [None] * len(short["features"]),
+                    "new prompts covered": short["new"],
+                    "cumulative share": [f"{c:.3f}" for c in short["cumulative"]],
+                }
+                report.add_table(section, f"shortlist_{layer}", pd.DataFrame(rows))
     fixers = report.section("Features that fix the most prompts (oracle)")
     for e in record["layers"]:
         o = e.get("oracle")

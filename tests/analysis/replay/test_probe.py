@@ -6,6 +6,8 @@
 - the one-token oracle's batched scoring (the layers above the SAE's, every action of a prompt in one forward with a
   4-D mask) gives exactly the environment's answer for every (prompt, action), relative and raw, resid_post and
   resid_pre, and agrees with the whole model;
+- the oracle's feature shortlist is a greedy set cover of the prompts the model gets wrong, and its printed
+  `crl train` line composes to masking=fixed on exactly those features;
 - a number task gets the `correct` target, and with one outcome only the record says why nothing applies;
 - bad input is one line before any model loads.
 """
@@ -17,6 +19,7 @@ import dataclasses
 import doctest
 import io
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -105,6 +108,81 @@ def test_the_oracle_finds_the_planted_features_and_bounds_the_unsteered_model(pl
     assert layer["verdict"] == ROOM
 
 
+def test_the_shortlist_is_the_planted_features_and_its_line_composes_to_masking_fixed(planted_run):
+    record, stdout, out = planted_run
+    (layer,) = record["layers"]
+    short = layer["oracle"]["shortlist"]
+    assert record["settings"]["shortlist_k"] == 4  # the default
+    # The model gets every test prompt wrong; each planted feature fixes its own class's 16: the four of them, in id
+    # order (equal gains, nothing to break), cover every prompt.
+    assert short["features"] == sorted(layer["planted"]) and short["new"] == [16] * 4
+    assert short["cumulative"] == [0.25, 0.5, 0.75, 1.0] and (short["covered"], short["n_wrong"]) == (64, 64)
+    (line,) = [s.strip() for s in stdout.splitlines() if s.strip().startswith("shortlist")]
+    assert line == f"shortlist (covers 64/64 of the prompts the model gets wrong): {short['command']}"
+    args = shlex.split(line.split(": ", 1)[1])
+    assert args[:2] == ["crl", "train"]
+    train = compose_config("train", args[2:])  # the probe's model, SAE, task and steering, at its layer
+    assert train.masking.mode == "fixed" and train.masking.features == short["features"]
+    assert (train.steering.layer, train.task.name, train.sae.source, train.model.source) == (
+        1,
+        "planted",
+        "planted",
+        "tiny",
+    )
+    html = (out / "probe.html").read_text()
+    assert "Feature shortlist for masking=fixed" in html and "masking.features=[" in html
+
+
+def _grid_summary(correct: np.ndarray, unsteered: list[bool], k: int) -> dict:
+    """The oracle's record of a hand-made grid over the MC world's actions (12 features x 2 levels, level-major),
+    every cell scored."""
+    comps = _mc_world()
+    actions = [Action(f, li) for li in range(2) for f in range(12)]
+    every = np.ones_like(correct)
+    return oracle_mod._summary(
+        comps, actions, correct, every, every, np.array(unsteered), "test", 0.0, {}, shortlist_k=k
+    )
+
+
+def _planted_grid() -> tuple[np.ndarray, list[bool]]:
+    """Prompts 1-4 wrong unsteered (0, 5, 6, 7 right, and no action breaks them). Feature 5 (A) fixes {1, 2, 3} at
+    +1; feature 2 (B) fixes {3} at +1 and {4} at -1; feature 1 (C) fixes {1} at -1."""
+    unsteered = [True, False, False, False, False, True, True, True]
+    correct = np.zeros((8, 24), dtype=bool)
+    correct[np.array(unsteered)] = True
+    for prompt, feature, level in [(1, 5, 0), (2, 5, 0), (3, 5, 0), (3, 2, 0), (4, 2, 1), (1, 1, 1)]:
+        correct[prompt, level * 12 + feature] = True
+    return correct, unsteered
+
+
+def test_the_shortlist_is_a_greedy_set_cover_of_the_wrong_prompts(one_thread):
+    correct, unsteered = _planted_grid()
+    short = _grid_summary(correct, unsteered, 4)["shortlist"]
+    assert short["features"] == [5, 2] and short["new"] == [3, 1]  # A, then B (its -1 level); C never: nothing new
+    assert short["cumulative"] == [0.75, 1.0] and (short["covered"], short["n_wrong"]) == (4, 4)
+    assert _grid_summary(correct, unsteered, 1)["shortlist"]["features"] == [5]
+    assert "shortlist" not in _grid_summary(correct, unsteered, 0)
+    # A tie on new prompts goes to the feature that breaks fewer of the prompts the model gets right: feature 1 now
+    # fixes prompt 4 too, like B, but its +1 level breaks prompt 0.
+    correct[4, 1] = True
+    correct[0, 1] = False
+    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 2]
+    correct[0, 1], correct[0, 2] = True, False  # now B breaks prompt 0 and C does not
+    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 1]
+    correct[0, 2] = True  # neither breaks anything: the lower id
+    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 1]
+
+
+def test_a_shortlist_with_nothing_to_cover_says_so(one_thread):
+    correct, unsteered = _planted_grid()
+    right = _grid_summary(np.ones_like(correct), [True] * 8, 4)["shortlist"]
+    assert right["features"] == [] and right["n_wrong"] == 0 and right["cumulative"] == []
+    assert report_mod.shortlist_line(right) == "shortlist: none (the model gets every oracle prompt right)"
+    none = _grid_summary(correct & np.array(unsteered)[:, None], unsteered, 4)["shortlist"]
+    assert none["features"] == [] and none["n_wrong"] == 4
+    assert report_mod.shortlist_line(none).startswith("shortlist: none (no single feature fixes any of the 4")
+
+
 def test_the_command_prints_the_table_and_writes_json_png_html(planted_run):
     record, stdout, out = planted_run
     assert "probe acc" in stdout and "oracle (n=64)" in stdout and "layer 1: room" in stdout
@@ -169,8 +247,15 @@ def test_the_oracle_uses_each_prompts_own_action_set_and_static_uses_the_union(o
     none = [ep.correct for ep in rollout(comps, test, None)]
     grid = suffix_grid(comps, test)
     assert grid.own.sum(axis=1).tolist() == [4] * len(test)  # top-2 features x 2 levels each
-    rec = oracle_mod.suffix_oracle(comps, test, none)
+    rec = oracle_mod.suffix_oracle(comps, test, none, shortlist_k=2)
     reach = (grid.correct & grid.own).any(axis=1) | np.array(none)
+    wrong = ~np.array(none)
+    cover = {a.feature: set() for a in grid.actions}  # every scored cell counts: the static candidates' too
+    for j, a in enumerate(grid.actions):
+        cover[a.feature] |= set(np.flatnonzero(grid.correct[:, j] & wrong).tolist())
+    short = rec["shortlist"]
+    assert short["n_wrong"] == wrong.sum() and short["new"][0] == max(len(c) for c in cover.values()) > 0
+    assert short["covered"] == len(set().union(*(cover[f] for f in short["features"])))
     assert rec["accuracy"] == reach.mean() >= np.mean(none)
     assert rec["best_static"]["accuracy"] == grid.correct.mean(axis=0).max()
     assert rec["agree_with_env"] == 1.0
@@ -246,6 +331,7 @@ def test_the_correct_target_is_an_auroc(one_thread):
         (["task=refusal_offline", "steering.allow_noop=false"], "needs steering.allow_noop=true"),
         (["target=maybe"], "target=maybe is invalid"),
         (["n_oracle=-1"], "n_oracle=-1 is invalid"),
+        (["shortlist_k=-1"], "shortlist_k=-1 is invalid"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_loads(argv, message, tmp_path, monkeypatch):
@@ -292,6 +378,36 @@ def test_the_report_shows_what_was_not_measured(tmp_path):
     assert report_mod.table(record).iloc[0]["oracle"] == "-"
     paths = report_mod.write_probe(tmp_path, record)
     assert json.loads(paths["json"].read_text())["task"] == "arith" and paths["png"].exists()
+
+
+def test_a_record_from_before_the_shortlist_renders_without_it(tmp_path):
+    oracle = {"n": 4, "accuracy": 1.0, "ci": (0.5, 1.0), "unsteered": 0.5, "best_static": None, "method": "suffix"}
+    oracle |= {"seconds": 1.0, "top_fixers": []}
+    record = {
+        "task": "compare",
+        "target": "answer",
+        "model": "m",
+        "classes": ["A", "B"],
+        "n_train": 4,
+        "n_test": 4,
+        "unsteered": {"accuracy": 0.5, "ci": probe_mod.wilson(2, 4), "n": 4},
+        "majority": {"class": "A", "accuracy": 0.5, "ci": probe_mod.wilson(2, 4)},
+        "steering": {"coef": 1.0, "coef_mode": "relative", "coef_levels": [1.0], "allow_noop": True, "masking": "none"},
+        "layers": [{"layer": 3, "verdict": "room", "why": "", "oracle": oracle}],
+        "seconds": 1.0,
+    }
+    assert "shortlist" not in report_mod.format_table(record)
+    assert "shortlist" not in report_mod.write_probe(tmp_path / "old", record)["html"].read_text()
+    short = {"features": [7, 3], "new": [1, 1], "cumulative": [0.5, 1.0], "n_wrong": 2, "covered": 2, "k": 4}
+    short |= {"labels": [None, None], "command": "crl train steering.layer=3 masking=fixed 'masking.features=[7,3]'"}
+    new = {**record, "layers": [{**record["layers"][0], "oracle": {**oracle, "shortlist": short}}]}
+    text = report_mod.format_table(new)
+    assert text.endswith(
+        "layer 3: room\n  shortlist (covers 2/2 of the prompts the model gets wrong): "
+        "crl train steering.layer=3 masking=fixed 'masking.features=[7,3]'"
+    )
+    html = report_mod.write_probe(tmp_path / "new", new)["html"].read_text()
+    assert "Feature shortlist for masking=fixed" in html and "new prompts covered" in html
 
 
 def test_an_xor_answer_is_read_by_the_policy_shaped_mlp_and_not_by_the_linear_probe(one_thread):
