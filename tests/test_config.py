@@ -47,6 +47,7 @@ BAD = [
     ("ppo.regularizer=l2", "ppo.regularizer=l2"),
     ("ppo.reg_coef=-0.1", "ppo.reg_coef=-0.1"),
     ("seed=-1", "seed=-1"),  # NumPy's seeding would fail after the model loaded, with a traceback
+    ("masking.shortlist_k=0", "masking.shortlist_k=0"),
 ]
 
 

@@ -17,6 +17,9 @@ mean over the episode's decisions so far.
                 evaluation alike; threshold, top_k and the share cap do not apply. A diagnostic: when the probe and
                 the oracle show headroom but PPO over thousands of actions does not learn, restrict the action set to
                 a few features known to move the answer and see whether the policy then learns *when* to steer.
+- ``shortlist``: ``fixed`` on features `crl train` picks before training (the oracle's greedy set cover of the
+                first train prompts the unsteered model gets wrong, crl/analysis/replay/shortlist.py); the run's
+                config then says ``fixed`` with those features, so a masker is never built with ``shortlist``.
 
 "No steering" is always allowed when `steering.allow_noop`. The policy still picks one feature per token.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from crl.config import ConfigError, MaskingConfig, check_some_action, validate
+from crl.errors import CRLError
 
 
 class FeatureMasker:
@@ -41,6 +45,8 @@ class FeatureMasker:
 
     def __init__(self, cfg: MaskingConfig, d_sae: int, allow_noop: bool):
         validate(cfg, "masking.")
+        if cfg.mode == "shortlist":
+            raise CRLError("masking=shortlist has no features yet: `crl train` picks them before building the masking")
         check_some_action(cfg, allow_noop)
         self.cfg, self.d_sae, self.allow_noop = cfg, d_sae, allow_noop
         self.share = torch.zeros(d_sae)

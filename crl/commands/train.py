@@ -7,6 +7,8 @@ crl train -m hydra/launcher=joblib seed=0,1  # its jobs in parallel (crl/command
                                              # submitit_slurm)
 crl train resume=runs/<run>                  # continue from the last checkpoint
 crl train task=compare_family init_from=runs/<run>  # a curriculum: start from that run's trained policy
+crl train experiment=compare_xor_shortlist steering.layer=6  # masking=shortlist: the features picked from the
+                                             # train prompts first (crl/analysis/replay/shortlist.py)
 
 The run directory's lifecycle (crl.logs.lifecycle): a failed invocation leaves nothing, or a directory marked
 FAILED.json; a new run never writes into a non-empty directory; `resume=` of a run killed before its first
@@ -101,6 +103,7 @@ def _train(raw: DictConfig, job: sweep.Job | None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from crl.analysis.offline.variants import SUMMARY_KEY, record_variants
+    from crl.analysis.replay.shortlist import resolve as resolve_shortlist
     from crl.run.components import POLICY_FILE, saved_config
     from crl.run.train import resume_config, train
 
@@ -119,7 +122,7 @@ def _train(raw: DictConfig, job: sweep.Job | None) -> None:
                 cfg = dataclasses.replace(cfg, resume=None, init_from=saved_config(run_dir).init_from)
                 lifecycle.discard_progress(run_dir, extra=(POLICY_FILE,))
                 print(f"[crl] {run_dir} stopped before its first checkpoint: starting it again from the beginning")
-        summary = train(cfg, run_dir, overrides)
+        summary = train(cfg, run_dir, overrides, shortlist=resolve_shortlist)  # masking=shortlist: picked here
     try:  # a task family: accuracy per variant, into summary.json (after the run is complete: it cannot fail it)
         summary = {**summary, SUMMARY_KEY: record_variants(run_dir, summary["split"])}
     except CRLError as e:

@@ -30,6 +30,7 @@ from crl.config.groups import (
     SteeringConfig,
     TaskConfig,
     WandbConfig,
+    check_no_shortlist,
     check_some_action,
 )
 
@@ -248,6 +249,7 @@ class BenchPolicyConfig:
     out: str | None = None  # the JSON file; default runs/bench/policy-<timestamp>.json
 
     def check(self) -> None:
+        check_no_shortlist(self.masking, "crl bench policy")
         check_some_action(self.masking, self.steering.allow_noop)
         narrowest = min(self.bench.widths)
         for f in self.masking.features or []:
@@ -387,7 +389,8 @@ class ProbeConfig:
     # Up to this many features for `crl train masking=fixed 'masking.features=[...]'`, by greedy set cover of the oracle
     # prompts the unsteered model gets wrong (a feature covers a prompt if any of its levels makes it right; fewer when
     # no feature covers a new prompt). On the compare family PPO over thousands of actions did not learn the XOR and 4
-    # features did (experiment=compare_xor). 0: no shortlist.
+    # features did (experiment=compare_xor). 0: no shortlist. (Read on test prompts; `crl train masking=shortlist`
+    # computes its own on train prompts.)
     shortlist_k: int = param(4, ge=0)
     # Free-form: rollouts at most (the first prompts that fit); each runs up to max_new_tokens (refusal: 48 tokens,
     # ~0.3 s a token for a batch of 64 on 2 CPU cores, so 1024 rollouts take ~4 min).
@@ -406,6 +409,7 @@ class ProbeConfig:
     out_dir: str | None = None  # default runs/probe-<task>-<timestamp>
 
     def check(self) -> None:
+        check_no_shortlist(self.masking, "crl probe")  # the probe suggests its own (shortlist_k)
         if self.sae.source == "planted" and self.task.name != "planted":
             raise ConfigError("sae.source", "planted", "the planted SAE is built for the planted task", "task=planted")
         layers = self.layers or [self.steering.layer]

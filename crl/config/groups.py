@@ -244,7 +244,7 @@ class PPOConfig:
 class MaskingConfig:
     """Adaptive Feature Masking; the definition and formula are in crl/agent/masking.py."""
 
-    mode: Literal["none", "active", "adaptive", "fixed"] = "adaptive"
+    mode: Literal["none", "active", "adaptive", "fixed", "shortlist"] = "adaptive"
     threshold: float = 0.0  # tau: running-mean activation above which a feature counts as active
     top_k: int = param(16, ge=0)  # K: the current token's top-K features are always candidates (0: off)
     max_share: float = param(0.25, gt=0, le=1)  # rho_0: initial cap on a feature's recent share of selections
@@ -253,10 +253,20 @@ class MaskingConfig:
     # mode=fixed only: the SAE feature ids that are the candidates at every decision (threshold, top_k and the share
     # cap do not apply); checked against the SAE's width when the masking is built (crl/agent/masking.py).
     features: list[int] | None = param(None, ge=0)
+    # mode=shortlist only (`crl train`; conf/masking/shortlist.yaml): before training, the features are picked from
+    # the train prompts (crl/analysis/replay/shortlist.py) among the candidates mode=active offers there (threshold,
+    # top_k), and the run is then mode=fixed on them.
+    shortlist_k: int = param(4, ge=1)  # at most this many features (fewer when none covers a new prompt)
+    # The first train prompts the oracle tries every candidate action on (free-form tasks: the first that fit in the
+    # probe's oracle_max_episodes rollouts).
+    shortlist_prompts: int = param(64, ge=1)
 
     def check(self) -> None:
         if self.mode in ("active", "adaptive") and self.top_k == 0 and self.threshold < 0:
             raise ConfigError("top_k", 0, "with a negative threshold every feature is active", "top_k >= 1")
+        if self.mode == "shortlist" and self.features is not None:
+            why = "masking=shortlist picks the features itself, from the train prompts"
+            raise ConfigError("features", self.features, why, "null, or masking=fixed to list them yourself")
         if self.mode == "fixed" and not self.features:
             why = "masking=fixed steers only the listed features"
             raise ConfigError("features", self.features, why, "a list of feature ids, e.g. '[1591,652]'")
@@ -271,9 +281,16 @@ class MaskingConfig:
                 seen.add(f)
 
 
+def check_no_shortlist(masking: MaskingConfig, command: str) -> None:
+    """masking=shortlist is resolved by `crl train` only; any other command that takes the masking group refuses it."""
+    if masking.mode == "shortlist":
+        why = f"the feature shortlist is computed by `crl train`, not by `{command}`"
+        raise ConfigError("masking.mode", "shortlist", why, "none, active, adaptive or fixed")
+
+
 def check_some_action(masking: MaskingConfig, allow_noop: bool) -> None:
     """A masking whose candidate set can be empty (no top-K, a threshold nothing reaches) needs the no-op."""
-    active = masking.mode in ("active", "adaptive")  # none: every feature; fixed: its (non-empty) list
+    active = masking.mode in ("active", "adaptive")  # none: every feature; fixed, shortlist: a non-empty list
     if active and masking.top_k == 0 and masking.threshold >= 1e6 and not allow_noop:
         why = f"with masking.threshold={masking.threshold} and no no-op this masking leaves no valid action"
         raise ConfigError("masking.top_k", 0, why, ">= 1, or a lower threshold, or steering.allow_noop=true")

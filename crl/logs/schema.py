@@ -11,6 +11,9 @@
   summary.json          written last; its presence marks a complete run
   FAILED.json           only after a failed invocation (crl.logs.lifecycle): the one-line error, the command;
                         a successful resume removes it. Its absence is the normal case, so older runs still read.
+  shortlist.json        masking=shortlist only (crl/analysis/replay/shortlist.py): the features picked from the
+                        train prompts before training, each one's new prompts, the cover, the prompts read; the
+                        run's config.yaml says masking=fixed on them. Optional, like FAILED.json.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FAILED = "FAILED.json"
+SHORTLIST = "shortlist.json"  # masking=shortlist: how the run's features were picked
 LOGS = (INTERVENTIONS, EPISODES, METRICS)  # the append-only JSONL logs
 NO_STEER = -1  # the feature id logged for the "no steering" action
 PHASE_KINDS = ("train", "eval", "baseline")

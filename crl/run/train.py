@@ -12,7 +12,7 @@ import dataclasses
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,20 @@ def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | N
     return cfg
 
 
+# masking=shortlist: (components, run dir, resuming) -> the features to train on. `crl train` passes
+# crl.analysis.replay.shortlist.resolve (the oracle lives above this layer).
+Shortlister = Callable[[Components, Path, bool], list[int]]
+
+
 def train(
-    cfg: TrainConfig | Mapping[str, Any], run_dir: Path, user_overrides: list[str] | None = None
+    cfg: TrainConfig | Mapping[str, Any],
+    run_dir: Path,
+    user_overrides: list[str] | None = None,
+    shortlist: Shortlister | None = None,
 ) -> dict[str, Any]:
-    """Train a policy into `run_dir` (or continue `cfg.resume`); returns the summary (also summary.json)."""
+    """Train a policy into `run_dir` (or continue `cfg.resume`); returns the summary (also summary.json).
+    With masking=shortlist, `shortlist` picks the features once the model is loaded, and the run is masking=fixed on
+    them from then on (its config.yaml, the summary and every later reader see fixed)."""
     t0 = time.time()
     cfg = load(TrainConfig, cfg)
     resume = cfg.resume
@@ -90,8 +100,15 @@ def train(
     exp, ppo, seed = cfg.run, cfg.ppo, cfg.seed
     seed_everything(seed)
     comps = build(cfg, for_training=True)
+    if cfg.masking.mode == "shortlist":
+        if shortlist is None:
+            raise CRLError("masking=shortlist needs `crl train`, which picks the features before training")
+        features = shortlist(comps, run_dir, ckpt is not None)
+        cfg = dataclasses.replace(cfg, masking=dataclasses.replace(cfg.masking, mode="fixed", features=features))
+        comps = dataclasses.replace(comps, masking=cfg.masking)
     # Again: loading may draw random numbers (the first run on a machine converts the default model, which initialises
-    # a model), and the policy's initialisation must not depend on whether the model cache was warm.
+    # a model), and the policy's initialisation must not depend on whether the model cache was warm, nor on whether
+    # a shortlist was computed (a masking=shortlist run trains as masking=fixed on its features would).
     seed_everything(seed)
     run_name = run_dir.name
     masker = comps.masker()  # before run.json: a masking.features id the SAE lacks leaves nothing behind

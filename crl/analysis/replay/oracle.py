@@ -32,7 +32,8 @@ break fewer of the prompts the unsteered model gets right, counted over the cell
 it stops early when no feature covers a new prompt. Both ways to score give it: `suffix` from the cells above (own
 actions and the static candidates), `rollout` from each prompt's own actions only (with an adaptive mask a lower
 bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
-and the columns of features that fix one of them.
+and the columns of features that fix one of them. `crl probe` reads it on test prompts; `crl train masking=shortlist`
+trains on it, computed on train prompts only (crl/analysis/replay/shortlist.py).
 
 Reading it: on a two-option task one action that moves every answer to the other letter, together with no steering,
 already reaches 1.0; the oracle then says the levers exist, not that a policy can tell when to pull them (the probe
