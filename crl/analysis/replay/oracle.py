@@ -28,8 +28,9 @@ The shortlist (`shortlist_k` > 0): up to k features for `masking=fixed`, by gree
 unsteered model gets wrong. A feature covers a prompt when any of its levels, scored there, makes the answer right
 (every scored cell counts, not only the prompt's own action set: under masking=fixed the features are candidates on
 every prompt); each step takes the feature that covers the most prompts not yet covered (ties: the one whose levels
-break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id), and
-it stops early when no feature covers a new prompt. Both ways to score give it: `suffix` from the cells above (own
+break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id). When
+no feature covers a new prompt, the slots left go to spare levers: the other features that fix the most wrong
+prompts in all (same ties; 0 new each; on the compare XOR one feature fixes every wrong prompt of the sample). Both ways to score give it: `suffix` from the cells above (own
 actions and the static candidates), `rollout` from each prompt's own actions only (with an adaptive mask a lower
 bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
 and the columns of features that fix one of them. `crl probe` reads it on test prompts; `crl train masking=shortlist`
@@ -267,16 +268,20 @@ def static_candidates(allowed: np.ndarray, n: int) -> np.ndarray:
 
 def greedy_cover(cover: np.ndarray, breaks: np.ndarray, ids: np.ndarray, k: int) -> tuple[list[int], list[int]]:
     """Greedy set cover: up to `k` columns of `cover` (prompts x features, bool), each the one covering the most rows
-    not yet covered (ties: fewer `breaks`, then the lower `ids`), stopping when none covers a new row. Returns the
-    chosen columns and how many new rows each covered.
+    not yet covered (ties: fewer `breaks`, then the lower `ids`). Once every coverable row is covered, the slots left
+    go to the other columns covering the most rows in all (same ties; 0 new rows each): spare levers, as one feature
+    that fixes every wrong prompt of a 2-option task on this sample may not on others (PPO learned the compare XOR
+    with 4). Returns the chosen columns and how many new rows each covered.
 
     >>> cover = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=bool)  # A: {0,1,2}, B: {2,3}, C: {0}
-    >>> greedy_cover(cover, np.zeros(3), np.arange(3), 4)
+    >>> greedy_cover(cover, np.zeros(3), np.arange(3), 2)
     ([0, 1], [3, 1])
+    >>> greedy_cover(cover, np.zeros(3), np.arange(3), 4)  # C is a spare: it covers nothing new
+    ([0, 1, 2], [3, 1, 0])
     >>> greedy_cover(cover, np.zeros(3), np.arange(3), 1)
     ([0], [3])
     >>> greedy_cover(np.array([[1, 1]], dtype=bool), np.array([2, 0]), np.array([3, 4]), 2)  # a tie: fewer breaks
-    ([1], [1])
+    ([1, 0], [1, 0])
     """
     left = np.ones(cover.shape[0], dtype=bool)
     picked: list[int] = []
@@ -291,6 +296,11 @@ def greedy_cover(cover: np.ndarray, breaks: np.ndarray, ids: np.ndarray, k: int)
         picked.append(j)
         new.append(best)
         left &= ~cover[:, j]
+    total = cover.sum(axis=0)
+    spare = [j for j in np.lexsort((ids, breaks, -total)) if total[j] > 0 and j not in picked]
+    for j in spare[: max(0, k - len(picked))]:
+        picked.append(int(j))
+        new.append(0)
     return picked, new
 
 

@@ -157,20 +157,24 @@ def _planted_grid() -> tuple[np.ndarray, list[bool]]:
 
 def test_the_shortlist_is_a_greedy_set_cover_of_the_wrong_prompts(one_thread):
     correct, unsteered = _planted_grid()
-    short = _grid_summary(correct, unsteered, 4)["shortlist"]
-    assert short["features"] == [5, 2] and short["new"] == [3, 1]  # A, then B (its -1 level); C never: nothing new
+    short = _grid_summary(correct, unsteered, 2)["shortlist"]
+    assert short["features"] == [5, 2] and short["new"] == [3, 1]  # A, then B (its -1 level)
     assert short["cumulative"] == [0.75, 1.0] and (short["covered"], short["n_wrong"]) == (4, 4)
+    # Every wrong prompt covered: the slots left go to spare levers (C covers prompt 1 again, 0 new); no feature that
+    # fixes nothing is ever added.
+    short = _grid_summary(correct, unsteered, 4)["shortlist"]
+    assert short["features"] == [5, 2, 1] and short["new"] == [3, 1, 0] and short["cumulative"] == [0.75, 1.0, 1.0]
     assert _grid_summary(correct, unsteered, 1)["shortlist"]["features"] == [5]
     assert "shortlist" not in _grid_summary(correct, unsteered, 0)
     # A tie on new prompts goes to the feature that breaks fewer of the prompts the model gets right: feature 1 now
     # fixes prompt 4 too, like B, but its +1 level breaks prompt 0.
     correct[4, 1] = True
     correct[0, 1] = False
-    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 2]
+    assert _grid_summary(correct, unsteered, 2)["shortlist"]["features"] == [5, 2]
     correct[0, 1], correct[0, 2] = True, False  # now B breaks prompt 0 and C does not
-    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 1]
+    assert _grid_summary(correct, unsteered, 2)["shortlist"]["features"] == [5, 1]
     correct[0, 2] = True  # neither breaks anything: the lower id
-    assert _grid_summary(correct, unsteered, 4)["shortlist"]["features"] == [5, 1]
+    assert _grid_summary(correct, unsteered, 2)["shortlist"]["features"] == [5, 1]
 
 
 def test_a_shortlist_with_nothing_to_cover_says_so(one_thread):
