@@ -30,9 +30,9 @@ unsteered model gets wrong. A feature covers a prompt when any of its levels, sc
 every prompt); each step takes the feature that covers the most prompts not yet covered (ties: the one whose levels
 break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id). When
 no feature covers a new prompt, the slots left go to spare levers: the other features that fix the most wrong
-prompts in all (same ties; 0 new each; on the compare XOR one feature fixes every wrong prompt of the sample). Both ways to score give it: `suffix` from the cells above (own
-actions and the static candidates), `rollout` from each prompt's own actions only (with an adaptive mask a lower
-bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
+prompts in all (same ties; 0 new each; on the compare XOR one feature fixes every wrong prompt of the sample).
+Both ways to score give it: `suffix` from the cells above (own actions and the static candidates), `rollout` from
+each prompt's own actions only (with an adaptive mask a lower bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
 and the columns of features that fix one of them. `crl probe` reads it on test prompts; `crl train masking=shortlist`
 trains on it, computed on train prompts only (crl/analysis/replay/shortlist.py).
 
