@@ -28,13 +28,13 @@ The shortlist (`shortlist_k` > 0): up to k features for `masking=fixed`, by gree
 unsteered model gets wrong. A feature covers a prompt when any of its levels, scored there, makes the answer right
 (every scored cell counts, not only the prompt's own action set: under masking=fixed the features are candidates on
 every prompt); each step takes the feature that covers the most prompts not yet covered (ties: the one whose levels
-break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id). When
-no feature covers a new prompt, the slots left go to spare levers: the other features that fix the most wrong
-prompts in all (same ties; 0 new each; on the compare XOR one feature fixes every wrong prompt of the sample).
-Both ways to score give it: `suffix` from the cells above (own actions and the static candidates), `rollout` from
-each prompt's own actions only (with an adaptive mask a lower bound on what masking=fixed would cover). It is computed from the grid the oracle already holds, over the wrong rows
-and the columns of features that fix one of them. `crl probe` reads it on test prompts; `crl train masking=shortlist`
-trains on it, computed on train prompts only (crl/analysis/replay/shortlist.py).
+break fewer of the prompts the unsteered model gets right, counted over the cells scored; then the lower id). When no
+feature covers a new prompt, the slots left go to spare levers: the other features that fix the most wrong prompts in
+all (same ties; 0 new each; on the compare XOR one feature fixes every wrong prompt of the sample). Both ways to score
+give it: `suffix` from the cells above (own actions and the static candidates), `rollout` from each prompt's own actions
+only (with an adaptive mask a lower bound on what masking=fixed would cover). It is computed from the grid the oracle
+already holds, over the wrong rows and the columns of features that fix one of them. `crl probe` reads it on test
+prompts; `crl train masking=shortlist` trains on it, computed on train prompts only (crl/analysis/replay/shortlist.py).
 
 Reading it: on a two-option task one action that moves every answer to the other letter, together with no steering,
 already reaches 1.0; the oracle then says the levers exist, not that a policy can tell when to pull them (the probe
