@@ -100,11 +100,32 @@ def numbers(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _oracle_cells(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The oracle column's header and cells: one column whatever each layer's n. The header carries n where every
+    measured layer has the same n (the oracle's prompts are capped by its rollout budget, so a layer with more actions
+    can get fewer), else each measured cell carries its own.
+
+    >>> row = lambda v, n: {"oracle": (v, (0.5, 1.0) if n else None), "oracle_n": n}
+    >>> _oracle_cells([row(0.875, 16), row(0.75, 16)])
+    ('oracle (n=16)', ['0.875 [0.500, 1.000]', '0.750 [0.500, 1.000]'])
+    >>> _oracle_cells([row(0.875, 16), row(0.75, 8), row(None, None)])
+    ('oracle', ['0.875 [0.500, 1.000] (n=16)', '0.750 [0.500, 1.000] (n=8)', '-'])
+    """
+    ns = {r["oracle_n"] for r in rows if r["oracle_n"]}
+    if len(ns) == 1:
+        return f"oracle (n={ns.pop()})", [_ci(*r["oracle"]) for r in rows]
+    cells = [_ci(*r["oracle"]) + (f" (n={r['oracle_n']})" if r["oracle_n"] else "") for r in rows]
+    return "oracle", cells
+
+
 def table(record: dict[str, Any]) -> pd.DataFrame:
-    """The terminal / HTML table: one row per layer."""
+    """The terminal / HTML table: one row per layer, one column per number (the oracle's n in its header, or in each
+    cell where the layers' n differ; the no-steer and best-static columns are on those same oracle prompts)."""
     metric = "AUROC" if record["target"] == "correct" else "acc"
+    rows = numbers(record)
+    oracle_header, oracle_cells = _oracle_cells(rows)
     out = []
-    for r in numbers(record):
+    for r, oracle in zip(rows, oracle_cells, strict=True):
         out.append(
             {
                 "layer": r["layer"],
@@ -114,7 +135,7 @@ def table(record: dict[str, Any]) -> pd.DataFrame:
                 f"MLP shuffled {metric}": _ci(r["mlp_shuffled"][0]),
                 "model (no steer)": _ci(*r["unsteered"]),
                 "majority": _ci(r["majority"][0]),
-                f"oracle (n={r['oracle_n']})" if r["oracle_n"] else "oracle": _ci(*r["oracle"]),
+                oracle_header: oracle,
                 "no steer, same prompts": _ci(r["oracle_unsteered"]),
                 "best static": _ci(r["static"][0]) + (f" {_action(r['static_action'])}" if r["static_action"] else ""),
             }

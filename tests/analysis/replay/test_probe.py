@@ -384,10 +384,9 @@ def test_the_report_shows_what_was_not_measured(tmp_path):
     assert json.loads(paths["json"].read_text())["task"] == "arith" and paths["png"].exists()
 
 
-def test_a_record_from_before_the_shortlist_renders_without_it(tmp_path):
-    oracle = {"n": 4, "accuracy": 1.0, "ci": (0.5, 1.0), "unsteered": 0.5, "best_static": None, "method": "suffix"}
-    oracle |= {"seconds": 1.0, "top_fixers": []}
-    record = {
+def _answer_record(layers: list[dict]) -> dict:
+    """A `crl probe` record with answer target (4 train / 4 test prompts) around the given layer entries."""
+    return {
         "task": "compare",
         "target": "answer",
         "model": "m",
@@ -397,9 +396,15 @@ def test_a_record_from_before_the_shortlist_renders_without_it(tmp_path):
         "unsteered": {"accuracy": 0.5, "ci": probe_mod.wilson(2, 4), "n": 4},
         "majority": {"class": "A", "accuracy": 0.5, "ci": probe_mod.wilson(2, 4)},
         "steering": {"coef": 1.0, "coef_mode": "relative", "coef_levels": [1.0], "allow_noop": True, "masking": "none"},
-        "layers": [{"layer": 3, "verdict": "room", "why": "", "oracle": oracle}],
+        "layers": layers,
         "seconds": 1.0,
     }
+
+
+def test_a_record_from_before_the_shortlist_renders_without_it(tmp_path):
+    oracle = {"n": 4, "accuracy": 1.0, "ci": (0.5, 1.0), "unsteered": 0.5, "best_static": None, "method": "suffix"}
+    oracle |= {"seconds": 1.0, "top_fixers": []}
+    record = _answer_record([{"layer": 3, "verdict": "room", "why": "", "oracle": oracle}])
     assert "shortlist" not in report_mod.format_table(record)
     assert "shortlist" not in report_mod.write_probe(tmp_path / "old", record)["html"].read_text()
     short = {"features": [7, 3], "new": [1, 1], "cumulative": [0.5, 1.0], "n_wrong": 2, "covered": 2, "k": 4}
@@ -412,6 +417,43 @@ def test_a_record_from_before_the_shortlist_renders_without_it(tmp_path):
     )
     html = report_mod.write_probe(tmp_path / "new", new)["html"].read_text()
     assert "Feature shortlist for masking=fixed" in html and "new prompts covered" in html
+
+
+def _oracle_layer(layer: int, n: int, right: int, unsteered: float) -> dict:
+    """A layer entry whose oracle ran on n prompts and got `right` of them (Wilson CI), as refusal_offline's did."""
+    static = {"feature": 100 + layer, "level": 1.0, "coef": 1.0, "accuracy": unsteered, "n_candidates": 30}
+    oracle = {"n": n, "accuracy": right / n, "ci": probe_mod.wilson(right, n), "unsteered": unsteered}
+    oracle |= {"best_static": static | {"ci": probe_mod.wilson(round(unsteered * n), n)}, "method": "rollout"}
+    return {"layer": layer, "verdict": "room", "why": "", "oracle": oracle | {"seconds": 1.0, "top_fixers": []}}
+
+
+def test_layers_with_different_oracle_n_share_one_oracle_column_with_n_per_cell(tmp_path):
+    """refusal_offline: the 1,024-rollout cap gave layers 6 and 15 n=16 prompts and layer 24 n=8. One oracle column,
+    each cell with its own n, no NaN; the same n for every layer keeps it in the header."""
+    record = _answer_record([_oracle_layer(6, 16, 14, 0.8125), _oracle_layer(15, 16, 14, 0.8125)])
+    record["layers"].append(_oracle_layer(24, 8, 7, 0.875))
+    df = report_mod.table(record)
+    assert [c for c in df.columns if c.startswith("oracle")] == ["oracle"]
+    assert list(df["oracle"]) == [
+        "0.875 [0.640, 0.965] (n=16)",
+        "0.875 [0.640, 0.965] (n=16)",
+        "0.875 [0.529, 0.978] (n=8)",
+    ]
+    assert list(df["no steer, same prompts"]) == ["0.812", "0.812", "0.875"]
+    assert list(df["best static"]) == ["0.812 (106 @ +1)", "0.812 (115 @ +1)", "0.875 (124 @ +1)"]
+    assert not df.isna().any().any()
+    text = report_mod.format_table(record)
+    assert "NaN" not in text and "oracle (n=" not in text and text.count("(n=8)") == 1
+    html = report_mod.write_probe(tmp_path / "mixed", record)["html"].read_text()
+    assert "oracle (n=" not in html and "(n=8)" in html and "(n=16)" in html and "nan" not in html.lower()
+
+    same = _answer_record([_oracle_layer(6, 16, 14, 0.8125), _oracle_layer(24, 16, 15, 0.875)])
+    df = report_mod.table(same)
+    assert [c for c in df.columns if c.startswith("oracle")] == ["oracle (n=16)"]
+    assert list(df["oracle (n=16)"]) == ["0.875 [0.640, 0.965]", "0.938 [0.717, 0.989]"]
+    assert "(n=16)" not in report_mod.write_probe(tmp_path / "same", same)["html"].read_text().replace(
+        "oracle (n=16)", ""
+    )
 
 
 def test_an_xor_answer_is_read_by_the_policy_shaped_mlp_and_not_by_the_linear_probe(one_thread):
