@@ -5,10 +5,17 @@ Re-runs the policy (crl.run.transfer), builds the table (crl.analysis.offline.tr
 the offline ablation of its threshold (crl.analysis.offline.abstention), prints them on stdout and writes
 <run_dir>/analysis/transfer.csv, transfer.json and transfer_prompts.csv; `crl analyze` then shows them as a report
 section. Progress lines go to stderr.
+
+`crl transfer 'run_dirs=[a,b,c]' [out=<dir>]` pools seeds of one recipe (crl.analysis.offline.transfer_pool): every
+check first (run directories, one model/SAE/task/layer, one trained distribution, variant list and rules, a policy
+where a transfer must run), then the transfer above on each run whose stored result was not made with these settings,
+then the pooled table and issue #19's acceptance lines on stdout, and <out>/transfer_pooled.{csv,json,png} (out:
+default the runs' common parent folder; there a transfer_pooled.json of other runs is not replaced).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -23,15 +30,22 @@ from crl.paths import CONF_DIR
 @hydra.main(config_path=CONF_DIR, config_name="transfer", version_base=None)
 @exit_on_error
 def main(raw: DictConfig) -> None:
+    cfg = load(TransferConfig, raw)
+    if cfg.run_dirs:
+        pooled(cfg)
+        return
+    if not cfg.run_dir:
+        raise CRLError("crl transfer needs run_dir=<a run directory>, or run_dirs=[<run directories>] to pool seeds")
+    transfer_one(Path(cfg.run_dir), cfg)
+
+
+def transfer_one(run_dir: Path, cfg: TransferConfig) -> None:
+    """The transfer of one run with `cfg`'s settings: its table (and ablation) on stdout, its files in the run."""
     from crl.analysis.offline.abstention import ablation_json, format_ablation, threshold_ablation
     from crl.analysis.offline.stats import StatsConfig
     from crl.analysis.offline.transfer import format_table, transfer_table, write_transfer
     from crl.run.transfer import transfer_outcomes
 
-    cfg = load(TransferConfig, raw)
-    if not cfg.run_dir:
-        raise CRLError("crl transfer needs run_dir=<a run directory>")
-    run_dir = Path(cfg.run_dir)
     outcomes, variants, settings = transfer_outcomes(
         run_dir, cfg.variants, cfg.n, cfg.seed, cfg.fit_abstain, cfg.greedy_rule
     )
@@ -50,6 +64,54 @@ def main(raw: DictConfig) -> None:
     elif note:
         print(note)
     print(f"written: {paths['csv']}, {paths['json']}")
+
+
+def pooled(cfg: TransferConfig) -> None:
+    """`crl transfer run_dirs=[...]` (module docstring)."""
+    from crl.analysis.diffing.runs import check_comparable
+    from crl.analysis.offline import transfer_pool as tp
+    from crl.analysis.offline.stats import StatsConfig
+    from crl.analysis.report.transfer import forest_plot
+    from crl.logs import schema
+    from crl.logs.schema import RunInfo
+    from crl.run.components import policy_file, saved_config
+    from crl.run.transfer import plan_transfer
+
+    dirs = [Path(d).expanduser() for d in cfg.run_dirs or []]
+    seen: set[Path] = set()
+    for d in dirs:
+        if not (d / schema.RUN_JSON).exists() or not (d / schema.CONFIG_YAML).exists():
+            raise CRLError(
+                f"run_dirs: {d} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
+            )
+        if d.resolve() in seen:
+            raise CRLError(f"run_dirs: {d} is listed twice")
+        seen.add(d.resolve())
+    check_comparable({str(d): RunInfo.read(d) for d in dirs})  # one model, SAE, task, task seed and layer
+    out = Path(cfg.out) if cfg.out else tp.default_out(dirs)
+    if not cfg.out:
+        tp.check_out(out, dirs)
+    plans = [plan_transfer(d, cfg.variants, cfg.n, cfg.seed, cfg.fit_abstain, cfg.greedy_rule, False) for d in dirs]
+    hint = "pool seeds of one recipe (or set greedy_rule=, fit_abstain= for all)"
+    tp.check_same([(d.name, p.settings, p.specs) for d, p in zip(dirs, plans, strict=True)], tp.PLAN_KEYS, hint)
+    stale = {d: why for d, p in zip(dirs, plans, strict=True) if (why := tp.stale_reason(d, p.settings, p.specs))}
+    for d, why in stale.items():  # before any transfer runs
+        if policy_file(d) is None:
+            raise CRLError(f"{d} has no trained policy (policy.pt or a checkpoint) to transfer ({why})")
+        saved_config(d)  # a device this host cannot use: one line now
+    for i, (d, why) in enumerate(stale.items(), 1):
+        print(f"[crl] transfer {i}/{len(stale)}: {d.name}: {why}; running it", file=sys.stderr, flush=True)
+        transfer_one(d, cfg)
+        print()
+    result = tp.pool_transfer([tp.read_run_transfer(d) for d in dirs], StatsConfig(cfg.n_boot, seed=cfg.boot_seed))
+    paths = tp.write_pooled(out, result)
+    png = forest_plot(result, out / tp.PNG)
+    reused = len(dirs) - len(stale)
+    print(f"transfer pooled over {len(dirs)} runs ({reused} stored transfers reused, {len(stale)} run now)")
+    print(tp.format_pooled(result))
+    print()
+    print("\n".join(tp.acceptance_lines(result)))
+    print(f"written: {paths['csv']}, {paths['json']}, {png}")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,11 @@ class TransferConfig:
     """`crl transfer`: a trained policy against no steering on variants of its task held out of its training
     (crl/envs/tasks/family.py; the table's definitions: crl/analysis/offline/transfer.py)."""
 
-    run_dir: str | None = None  # a run directory (required)
+    run_dir: str | None = None  # a run directory (this or run_dirs)
+    # Seeds of one recipe, pooled (crl/analysis/offline/transfer_pool.py): each run whose stored transfer was not made
+    # with these settings is transferred first, then <out>/transfer_pooled.{csv,json,png} are written.
+    run_dirs: list[str] | None = None
+    out: str | None = None  # run_dirs only; null: the runs' common parent folder
     # Variant specs: trained | <axis>:<value>[+<axis>:<value>] (axes wording, direction, range), e.g.
     # [wording:pick,range:3digit]. null: each held-out wording, each held-out range and the inverse question.
     variants: list[str] | None = param(None, min_len=1)
@@ -135,6 +139,16 @@ class TransferConfig:
     # names the distance), to report the ablation; off: only the policy as it was trained.
     fit_abstain: Literal["off", "zscore", "knn"] = "off"
     greedy_rule: GreedyRule | None = None  # how the greedy policy picks (policy.greedy_rule); null: the run's own
+
+    def check(self) -> None:
+        if self.run_dir and self.run_dirs:
+            why = "run_dir= already names the one run to transfer"
+            raise ConfigError("run_dirs", self.run_dirs, why, "null with run_dir=, or run_dirs= alone")
+        if self.run_dirs is not None and len(self.run_dirs) < 2:
+            raise ConfigError("run_dirs", self.run_dirs, "pooling needs two runs or more", "2+ runs; one run: run_dir=")
+        if self.out is not None and not self.run_dirs:
+            why = "out= is where run_dirs= writes the pooled files; run_dir= writes into <run_dir>/analysis"
+            raise ConfigError("out", self.out, why, "null, or run_dirs= as well")
 
 
 @dataclass

@@ -52,6 +52,58 @@ def fit_abstention(comps: Components, net: Any) -> None:
     net.fit_abstention(train, val)
 
 
+@dataclasses.dataclass
+class TransferPlan:
+    """What `transfer_outcomes` will run on a run directory, read from its config alone (no model loads): the config
+    it rebuilds, the parsed variant specs and the settings transfer.json records."""
+
+    cfg: Any  # the run's TrainConfig with the greedy rule and the abstention rule asked for
+    trained: Any  # the trained Variants
+    parsed: list[tuple[str, Any]]  # (spec, Variants) per variant, in order
+    settings: dict[str, Any]  # run, run_dir, task, trained, n, seed, abstain, abstain_fitted_now, greedy_rule
+
+    @property
+    def specs(self) -> list[str]:
+        return [spec for spec, _ in self.parsed]
+
+
+def plan_transfer(
+    run_dir: Path,
+    variants: list[str] | None = None,
+    n: int = 400,
+    seed: int | None = None,
+    fit_abstain: str = "off",
+    greedy_rule: str | None = None,
+    devices: bool = True,
+) -> TransferPlan:
+    """`transfer_outcomes`'s checks and settings without its rollouts: not a run directory, a task without variants,
+    an unknown variant spec are one CRLError line here. `devices`: refuse a run whose device this host cannot use
+    (`saved_config`); `crl transfer run_dirs=` plans without it where it only pools stored results."""
+    if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
+        raise CRLError(
+            f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
+        )
+    cfg = with_greedy_rule(saved_config(run_dir, devices=devices), greedy_rule)
+    if fit_abstain != "off":
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, abstain=fit_abstain))
+    task = _task_with_variants(cfg)  # every variant is checked before the model loads
+    trained = task.variants()
+    specs = variants or task.family_axes.default_specs(cfg.task.family, trained)
+    parsed = [(spec, task.family_axes.parse(spec, trained, task.name)) for spec in specs]
+    settings = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "task": task.name,
+        "trained": trained.describe(),
+        "n": n,
+        "seed": cfg.seed if seed is None else seed,
+        "abstain": cfg.policy.abstain,
+        "abstain_fitted_now": fit_abstain != "off",
+        "greedy_rule": cfg.policy.greedy_rule,
+    }
+    return TransferPlan(cfg, trained, parsed, settings)
+
+
 def transfer_outcomes(
     run_dir: Path,
     variants: list[str] | None = None,
@@ -62,23 +114,14 @@ def transfer_outcomes(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(per-prompt outcomes, one dict per variant: variant, held_out, describe, and the settings) of `run_dir`.
     `greedy_rule`: how the greedy policy picks (policy.greedy_rule); None: the run's own."""
-    if not (run_dir / schema.CONFIG_YAML).exists() or not (run_dir / schema.RUN_JSON).exists():
-        raise CRLError(
-            f"run_dir={run_dir} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
-        )
-    cfg = with_greedy_rule(saved_config(run_dir), greedy_rule)
-    if fit_abstain != "off":
-        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, abstain=fit_abstain))
-    task = _task_with_variants(cfg)  # every variant is checked before the model loads
-    trained = task.variants()
-    specs = variants or task.family_axes.default_specs(cfg.task.family, trained)
-    parsed = [(spec, task.family_axes.parse(spec, trained, task.name)) for spec in specs]
+    plan = plan_transfer(run_dir, variants, n, seed, fit_abstain, greedy_rule)
+    cfg, trained, parsed, settings = plan.cfg, plan.trained, plan.parsed, plan.settings
     comps = build(cfg, splits=("train", "val") if fit_abstain != "off" else ())
     comps.check_identity(RunInfo.read(run_dir), run_dir, keys=("sae_identity",))
     agent = comps.load_policy(run_dir, greedy=True)
     if fit_abstain != "off":
         fit_abstention(comps, agent.net)
-    seed = cfg.seed if seed is None else seed
+    seed = settings["seed"]
     task = comps.task
     policies = {"crl": agent}
     if agent.net.can_abstain:
@@ -111,17 +154,6 @@ def transfer_outcomes(
             if ratios is not None:
                 row["ood_ratio"] = ratios[j]
             outcomes.append(row)
-    settings = {
-        "run": run_dir.name,
-        "run_dir": str(run_dir),
-        "task": task.name,
-        "trained": trained.describe(),
-        "n": n,
-        "seed": seed,
-        "abstain": comps.policy.abstain,
-        "abstain_fitted_now": fit_abstain != "off",
-        "greedy_rule": comps.policy.greedy_rule,
-    }
     return outcomes, info, settings
 
 

@@ -165,7 +165,9 @@ def test_transfer_refuses_what_it_cannot_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     with pytest.raises(SystemExit):
         cli.main(["transfer"])
-    assert capsys.readouterr().err.strip() == "crl: error: crl transfer needs run_dir=<a run directory>"
+    assert capsys.readouterr().err.strip() == (
+        "crl: error: crl transfer needs run_dir=<a run directory>, or run_dirs=[<run directories>] to pool seeds"
+    )
     assert TASKS["compare_sorted_test"] is SortedCompare
 
 

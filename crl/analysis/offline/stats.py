@@ -11,6 +11,8 @@ Definitions (all seeded, so a report is reproducible):
 - `paired_bootstrap`: per-prompt differences d_i = a_i - b_i (a_i, b_i are the per-prompt means over seeds),
   resampled over prompts; CI is the percentile interval of mean(d*), and the two-sided p-value uses the
   null-centred bootstrap, p = (1 + #{|mean(d*) - mean(d)| >= |mean(d)|}) / (n_boot + 1).
+- `seeds_fixed_bootstrap`: the mean over seeds of per-seed paired differences, seeds fixed, prompts resampled
+  within each seed (one draw shared by seeds that ran the same prompts, else one per seed); CI and p as above.
 - `mcnemar_exact`: exact two-sided McNemar test on binary pairs: the exact binomial test of the discordant
   pairs, p = min(1, 2 * BinomCDF(min(n01, n10); n01 + n10, 1/2)) (`scipy.stats.binomtest`); p = 1 when
   there are no discordant pairs. Pairs are (seed, prompt): a method with one
@@ -129,12 +131,41 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, cfg: StatsConfig | None = Non
     if len(a) == 0:
         raise CRLError("no paired prompts to compare; the methods must run on the same prompt_ids")
     d = a - b
-    obs = float(d.mean())
-    boots = bootstrap_means(d, cfg.n_boot, cfg.seed)
+    return _percentile_test(bootstrap_means(d, cfg.n_boot, cfg.seed), float(d.mean()), len(d), cfg)
+
+
+def _percentile_test(boots: np.ndarray, obs: float, n: int, cfg: StatsConfig) -> PairedTest:
+    """The percentile CI of the bootstrap means `boots` and the null-centred two-sided p-value of `obs`."""
     lo, hi = np.quantile(boots, [cfg.alpha / 2, 1 - cfg.alpha / 2])
     extreme = np.abs(boots - obs) >= abs(obs) - 1e-12
     p = (1 + int(extreme.sum())) / (cfg.n_boot + 1) if obs != 0 else 1.0
-    return PairedTest(obs, float(lo), float(hi), float(min(1.0, p)), len(d))
+    return PairedTest(obs, float(lo), float(hi), float(min(1.0, p)), n)
+
+
+def seeds_fixed_bootstrap(diffs: list[np.ndarray], shared: bool, cfg: StatsConfig | None = None) -> PairedTest:
+    """The mean over seeds of each seed's mean paired difference (every seed weighs the same; `diffs`: one array of
+    per-prompt differences a - b per seed), with the percentile CI and the null-centred p-value of a bootstrap that
+    resamples prompts within each seed and holds the seeds fixed. `shared`: every seed ran the same prompts, aligned
+    in one order, so one draw of prompt positions serves every seed (a prompt's correlation across seeds is kept: the
+    bootstrap of the per-prompt means over seeds); otherwise each seed is drawn on its own (stratified). n: the
+    (seed, prompt) pairs.
+
+    >>> t = seeds_fixed_bootstrap([np.array([1.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.0])], shared=False)
+    >>> t.diff, t.n, t.lo >= 0
+    (0.25, 6, True)
+    """
+    cfg = cfg or StatsConfig()
+    ds = [np.asarray(d, dtype=float) for d in diffs]
+    if not ds or any(d.ndim != 1 or len(d) == 0 for d in ds):
+        raise CRLError("seeds_fixed_bootstrap needs one non-empty 1-d array of paired differences per seed")
+    obs = float(np.mean([d.mean() for d in ds]))
+    if shared:
+        if len({len(d) for d in ds}) > 1:
+            raise CRLError(f"shared prompts need one length per seed (got {[len(d) for d in ds]})")
+        boots = bootstrap_means(np.mean(ds, axis=0), cfg.n_boot, cfg.seed)
+    else:  # one stream per seed: with one seed for all, same-length seeds would share their draws
+        boots = np.mean([bootstrap_means(d, cfg.n_boot, cfg.seed + i) for i, d in enumerate(ds)], axis=0)
+    return _percentile_test(boots, obs, sum(len(d) for d in ds), cfg)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The report section on transfer: the policy against no steering on task variants held out of its training, read
 from <run_dir>/analysis/transfer.csv (written by `crl transfer`; definitions in crl/analysis/offline/transfer.py).
 No file, no section: the report of a run nobody ran `crl transfer` on is unchanged. With an abstention rule, also
-the offline ablation of its threshold (crl/analysis/offline/abstention.py), drawn."""
+the offline ablation of its threshold (crl/analysis/offline/abstention.py), drawn. `forest_plot` draws
+`crl transfer run_dirs=`'s pooled table (crl/analysis/offline/transfer_pool.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from crl.analysis.offline.transfer import (
     read_transfer,
     read_transfer_settings,
 )
+from crl.analysis.offline.transfer_pool import ARMS, Pooled
 from crl.analysis.report.document import Report, para
 from crl.analysis.report.plots import _figure, _save
 from crl.logs.reader import RunDir
@@ -123,3 +125,53 @@ def transfer_section(rep: Report, run: RunDir, out: str | Path | None = None) ->
     wide = pivot.pivot(index="variant", columns="m", values="cell")
     wide = wide.loc[list(dict.fromkeys(ablation["variant"])), list(dict.fromkeys(pivot["m"]))].reset_index()
     rep.add_table(s, "transfer_abstention", wide)
+
+
+def forest_plot(pooled: Pooled, path: str | Path) -> Path:
+    """The pooled transfer over seeds, one panel per arm, one row per variant (top to bottom in the table's order):
+    each seed's diff vs no steering (a point per run), the pooled diff with its prompt-bootstrap 95% CI (black), the
+    seed t 95% CI below it (grey, 3+ seeds), a line at 0 and one at -margin."""
+    arms, table = pooled.arms, pooled.table
+    variants = list(dict.fromkeys(table["variant"]))
+    fig, axes = _figure(4.6 * len(arms) + 1.8, 0.55 * len(variants) + 1.6, ncols=len(arms))
+    names = [r.name for r in pooled.runs]
+    colors = [f"C{i % 10}" for i in range(len(names))]
+    offsets = np.linspace(-0.18, 0.18, len(names)) if len(names) > 1 else np.zeros(1)
+    for ax, arm in zip(axes, arms, strict=True):
+        rows = table[table["arm"] == arm].set_index("variant")
+        for y, v in enumerate(variants):
+            r = rows.loc[v]
+            for k, d in enumerate(r["per_seed"]):
+                ax.plot(d, y + offsets[k], "o", ms=4, color=colors[k], alpha=0.8, label=names[k] if y == 0 else None)
+            if r["seed_t_lo"] == r["seed_t_lo"]:
+                ax.plot(
+                    [r["seed_t_lo"], r["seed_t_hi"]],
+                    [y + 0.32] * 2,
+                    color="#999999",
+                    lw=2.5,
+                    alpha=0.6,
+                    label="seed t 95% CI" if y == 0 else None,
+                )
+            ax.errorbar(
+                r["diff"],
+                y,
+                xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]],
+                fmt="D",
+                color="black",
+                ms=5,
+                capsize=3,
+                label="pooled, 95% CI (prompts, seeds fixed)" if y == 0 else None,
+            )
+        ax.axvline(0, color="#444444", lw=0.8)
+        ax.axvline(-pooled.margin, color="#c44e52", ls=":", lw=0.9, label=f"-{pooled.margin:g} (harm margin)")
+        ax.set_yticks(range(len(variants)))
+        held = rows["held_out"]
+        ax.set_yticklabels([f"{v} (held out)" if held[v] else v for v in variants], fontsize=8)
+        ax.set_ylim(len(variants) - 0.5, -0.6)
+        ax.set_xlabel("accuracy diff vs no steering")
+        ax.set_title(f"{arm} ({ARMS.get(arm, arm)})", fontsize=10)
+    lims = [ax.get_xlim() for ax in axes]  # one x scale, so the arms compare by eye
+    for ax in axes:
+        ax.set_xlim(min(lo for lo, _ in lims), max(hi for _, hi in lims))
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
