@@ -420,7 +420,7 @@ class ProbeConfig:
     mlp_weight_decay: float = param(1e-2, ge=0)
     n_boot: int = param(2000, ge=1)  # bootstrap resamples (AUROC CI)
     seed: int = seed_param(0)  # folds, the shuffled labels, the bootstrap
-    out_dir: str | None = None  # default runs/probe-<task>-<timestamp>
+    out_dir: str | None = None  # default runs/probe-<task option>-<timestamp>
 
     def check(self) -> None:
         check_no_shortlist(self.masking, "crl probe")  # the probe suggests its own (shortlist_k)
@@ -512,7 +512,9 @@ class StudyConfig:
     # Report. budget: the rollouts at which the methods are compared (val accuracy, best so far); null: per task, the
     # fewest rollouts any of its CRL cells spent, so CRL is read at its full budget and every baseline gets as many.
     budget: int | None = param(None, ge=1)
-    probe: list[str] = param(factory=list)  # `crl probe` records (probe.json, or a folder); []: any under <out>
+    # `crl probe` records (probe.json, or a folder); []: any under <out>. Each is a task's by the conf/task option it
+    # probed (task_option), and only if it probed the family the task's cells train (crl/analysis/report/study.py).
+    probe: list[str] = param(factory=list)
     split: Split | None = None  # held-out split; default test, then val
     n_boot: int = param(2000, ge=1)  # bootstrap resamples of the held-out CIs
     boot_seed: int = seed_param(0)  # bootstrap seed (seed= goes to the cells, and is refused: seeds= sets it)

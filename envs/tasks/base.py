@@ -76,6 +76,14 @@ class Task:
             raise CRLError(f"task '{self.name}' has no variants; crl transfer needs a task with variants (compare)")
         return self.family_axes.selected(self.cfg.family) if self.cfg.family.enabled else self.template()
 
+    def family_record(self) -> dict[str, list[str]] | None:
+        """The variants train/val/test draw from as plain lists (`wordings`, `directions`, `ranges`), as probe.json
+        stores them and `crl study` compares them with its cells'; None for a task without variants."""
+        if self.family_axes is None:
+            return None
+        v = self.variants()
+        return {"wordings": list(v.wordings), "directions": list(v.directions), "ranges": list(v.ranges)}
+
     def variant_rows(self, variants: Variants, split: str, n: int, at_most: bool = False) -> list[Any]:
         """`n` rows of `split` drawn from `variants` (fewer with `at_most` when the variants hold fewer)."""
         raise NotImplementedError

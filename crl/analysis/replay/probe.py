@@ -505,11 +505,17 @@ def _labels(target: str, examples: list[Example], episodes: list[Episode]) -> li
 
 
 def headroom(
-    cfg: ProbeConfig, layers: list[int], progress: bool = True, overrides: list[str] | None = None
+    cfg: ProbeConfig,
+    layers: list[int],
+    progress: bool = True,
+    overrides: list[str] | None = None,
+    task_option: str | None = None,
 ) -> dict[str, Any]:
     """The whole probe (module doc) on `layers`: one record with the shared numbers (model, majority) and one entry per
     layer (probe, shuffled control, oracle with its shortlist, verdict). `overrides`: the command line's, which the
-    shortlist's `crl train` line repeats where train takes them (`train_overrides`)."""
+    shortlist's `crl train` line repeats where train takes them (`train_overrides`). `task_option`: the conf/task
+    option the task was composed from (e.g. compare_family; `task` is the registry name, compare for both), which
+    `crl study` matches its tasks by, with `family`: the variants the probed splits draw from (null without any)."""
     from crl.analysis.replay.oracle import oracle
     from crl.run.components import build
 
@@ -529,6 +535,8 @@ def headroom(
     majority_right = int((y_test == majority).sum())
     record: dict[str, Any] = {
         "task": task.name,
+        "task_option": task_option,
+        "family": task.family_record(),
         "target": target,
         "model": comps.lm.name,
         "classes": classes,

@@ -120,9 +120,14 @@ CLAIM = (
 )
 
 
-def find_probes(out: Path, given: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """`crl probe` records by task name: the given files (or folders holding probe.json), else every probe.json
-    under `out` outside its cells. Returns the records and one note per problem."""
+ProbeRecords = dict[str, tuple[Path, dict[str, Any]]]  # task option (else task name) -> (probe.json, its record)
+FAMILY_AXES = ("wordings", "directions", "ranges")  # probe.json's `family` (Task.family_record), compared as sets
+
+
+def find_probes(out: Path, given: list[str]) -> tuple[ProbeRecords, list[str]]:
+    """`crl probe` records by the conf/task option they probed (`task_option`; a record from before it, by its task
+    name): the given files (or folders holding probe.json), else every probe.json under `out` outside its cells. Two
+    records for one task: the newer file is used. Returns the records with their paths and one note per problem."""
     notes: list[str] = []
     paths = []
     for g in given:
@@ -133,19 +138,75 @@ def find_probes(out: Path, given: list[str]) -> tuple[dict[str, dict[str, Any]],
         paths.append(p)
     if not given:
         paths = sorted(p for p in out.rglob("probe*.json") if "cells" not in p.relative_to(out).parts)
-    records: dict[str, dict[str, Any]] = {}
+    records: ProbeRecords = {}
     for p in paths:
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
-            task = str(rec["task"])
+            key = str(rec.get("task_option") or rec["task"])
             rec["layers"]  # noqa: B018 - a record has its layers
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             notes.append(f"{p} is not a `crl probe` record (probe.json); left out")
             continue
-        if task in records:
-            notes.append(f"two probe records of task {task}; {p} is used")
-        records[task] = rec
+        if key in records:
+            old = records[key][0]
+            if p.stat().st_mtime < old.stat().st_mtime:
+                notes.append(f"two probe records of task {key}; {old} is used (newer than {p})")
+                continue
+            notes.append(f"two probe records of task {key}; {p} is used (newer than {old})")
+        records[key] = (p, rec)
     return records, notes
+
+
+def _cells_family(run: RunDir) -> dict[str, list[str]] | None:
+    """The variants a cell's task draws from (`Task.family_record`), from its config.yaml; None without any. Imports
+    the task registry (and with it torch) only when called: for a probe record that names a family."""
+    import yaml
+
+    from crl.envs.tasks.registry import make_task
+
+    task = (yaml.safe_load(run.config_text or "") or {}).get("task")
+    if not isinstance(task, dict):
+        raise CRLError(f"{run.path}/config.yaml has no task section")
+    return make_task(task).family_record()
+
+
+def _family_text(family: dict[str, list[str]] | None, axes: list[str]) -> str:
+    """`directions [larger]` (the axes named), or `no family`.
+
+    >>> _family_text({"wordings": ["plain"], "directions": ["larger", "smaller"]}, ["directions"])
+    'directions [larger, smaller]'
+    """
+    if family is None:
+        return "no family"
+    return ", ".join(f"{a} [{', '.join(family.get(a) or [])}]" for a in axes)
+
+
+def task_probe(task: str, runs: list[RunDir], probes: ProbeRecords) -> tuple[dict[str, Any] | None, list[str]]:
+    """The `crl probe` record for the study's task `task` (a conf/task option) over its cells `runs`, and the notes
+    on it: a record from before task_option is matched by its task name; a record whose family (the variants it
+    probed) is not the cells' is left out."""
+    if task not in probes:
+        return None, []
+    path, rec = probes[task]
+    notes = []
+    if not rec.get("task_option"):
+        what = "a record from before task_option" if "task_option" not in rec else "a record without task_option"
+        notes.append(f"{path}: {what}; matched by task name {rec['task']}")
+    family = rec.get("family")
+    if family is not None and runs:
+        try:
+            cells = _cells_family(runs[0])
+        except CRLError as e:
+            notes.append(f"{path}: the family of the {task} cells could not be read ({e}); its family is not checked")
+            return rec, notes
+        axes = [a for a in FAMILY_AXES if cells is None or set(family.get(a) or []) != set(cells.get(a) or [])]
+        if axes:
+            notes.append(
+                f"{path} probes {task} with {_family_text(family, axes)}, the cells train "
+                f"{_family_text(cells, axes)}; left out"
+            )
+            return None, notes
+    return rec, notes
 
 
 def _curves_plot(cur: pd.DataFrame, layers: list[int], path: Path, title: str, budget: float) -> Path:
@@ -191,15 +252,14 @@ def _cells_table(out: Path, cells: list[Cell], baselines: bool) -> pd.DataFrame:
 
 
 def _layer_numbers(
-    runs: list[RunDir], cfg: StudyConfig, stats: StatsConfig, probes: dict[str, dict[str, Any]]
-) -> tuple[pd.DataFrame, str, bool]:
-    """One task's layer table (with the probe's headroom), the sentence on the layer claim, and whether a `crl probe`
-    record was found. A CRLError when the cells cannot be compared (e.g. two models)."""
+    runs: list[RunDir], cfg: StudyConfig, stats: StatsConfig, record: dict[str, Any] | None
+) -> tuple[pd.DataFrame, str]:
+    """One task's layer table (with the headroom of its `crl probe` record, `task_probe`'s) and the sentence on the
+    layer claim. A CRLError when the cells cannot be compared (e.g. two models)."""
     lcfg = LayerConfig(split=cfg.split)
-    record = probes.get(runs[0].task)
     lt = add_probe(layer_table(runs, lcfg, stats), record)
     _, sentence = layer_claim(lt, lcfg.min_share_change)
-    return lt, sentence, record is not None
+    return lt, sentence
 
 
 def _layer_section(rep: Report, t: TaskNumbers, figures: Path) -> None:
@@ -292,9 +352,13 @@ def study_numbers(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: boo
         task_runs = [r for c, r in runs.items() if c.task == task]
         budget = budgets.get(task, float("nan"))
         tc = cur[cur["task"] == task]
+        record, notes = task_probe(task, task_runs, probes)  # by the study's task (option), not the runs' name
+        for n in notes:
+            warn(n, warnings)
         lt, claim, has_probe, coef = None, None, False, pd.DataFrame()
         try:
-            lt, claim, has_probe = _layer_numbers(task_runs, cfg, stats, probes)
+            lt, claim = _layer_numbers(task_runs, cfg, stats, record)
+            has_probe = record is not None
             coef = coef_curve(task_runs)
         except CRLError as e:
             warn(f"{task}: no layer comparison: {e}", warnings)
@@ -530,6 +594,7 @@ __all__ = [
     "SUMMARY_FILE",
     "StudyNumbers",
     "find_probes",
+    "task_probe",
     "study_numbers",
     "study_report",
     "summary_text",

@@ -227,6 +227,7 @@ def test_the_study_report_on_synthetic_cells(study):
     assert res.html == study / "report.html"
     html = res.html.read_text()
     assert "cell arith-L6-s3 is left out: not started" in html
+    assert "probe.json: a record from before task_option; matched by task name arith" in html  # the fixture's
     assert "arith: at 80 rollouts" in html and "CRL beats none at layer 6" in html
     claim = (
         "arith: confirmed: the syntactic share falls from 1.00 at layer 6 to 0.00 at layer 24 and the tolerated "
@@ -352,6 +353,109 @@ def test_report_only_prints_the_summary_and_runs_no_cell(tmp_path, capsys, monke
     assert "report_only=true runs no cell, so ppo.total_updates=2 has nothing to do" in capsys.readouterr().err
     assert crl("study", f"out={tmp_path / 'none'}", "report_only=true") == 2
     assert "holds no study (no study.json)" in capsys.readouterr().err
+
+
+# -- which `crl probe` record is a task's ---------------------------------------------------------------------------
+FAMILY_TASK = (
+    "task:\n  name: compare\n  family:\n    enabled: true\n    wordings: [plain, bigger, pick, value]\n"
+    "    directions: [larger, smaller]\n    ranges: [2digit]\n    holdout_wordings: [option, than]\n"
+    "    holdout_ranges: [3digit]\n"
+)  # conf/task/compare_family.yaml, as a cell's config.yaml holds it
+PLAIN = {"wordings": ["plain"], "directions": ["larger"], "ranges": ["2digit"]}  # compare's one template
+BOTH = {"wordings": ["plain", "bigger", "pick", "value"], "directions": ["larger", "smaller"], "ranges": ["2digit"]}
+
+
+def _probe_record(path: Path, probe: float, **keys) -> Path:
+    """A probe.json at `path` whose layer-6 probe reads `probe` (unsteered 0.4), with `keys` (task, task_option,
+    family) on top."""
+    path.mkdir(parents=True, exist_ok=True)
+    layers = [{"layer": 6, "probe": {"value": probe, "ci": [probe - 0.05, probe + 0.05]}}]
+    rec = {"task": "compare", "target": "answer", "unsteered": {"accuracy": 0.4}, "layers": layers, **keys}
+    (path / "probe.json").write_text(json.dumps(rec))
+    return path / "probe.json"
+
+
+def _compare_cells(out: Path) -> list[Cell]:
+    """compare and compare_family cells as `crl train` writes them: both name the registry task compare in run.json,
+    and config.yaml holds each one's composed task (compare's with the family off)."""
+    cells = grid(["compare", "compare_family"], [6, 24], [0])
+    for c in cells:
+        path = write_cell(out, c)
+        info = json.loads((path / "run.json").read_text())
+        (path / "run.json").write_text(json.dumps({**info, "task": "compare"}))
+        task = FAMILY_TASK if c.task == "compare_family" else "task:\n  name: compare\n"
+        (path / "config.yaml").write_text(f"{task}seed: {c.seed}\n")
+    return cells
+
+
+def test_each_study_task_gets_the_probe_of_its_own_task_option(tmp_path):
+    """The bug: both probes say task compare, so the compare family's probe replaced compare's. By task_option, each
+    task gets its own, and the family each probed is the one its cells train."""
+    out = tmp_path / "s"
+    cells = _compare_cells(out)
+    _probe_record(out / "probe-compare", 0.9, task_option="compare", family=PLAIN)
+    _probe_record(out / "probe-compare_family", 0.6, task_option="compare_family", family=BOTH)
+    n = study_numbers(StudyConfig(n_boot=100), out, cells, True)
+    by_task = {t.task: t for t in n.tasks}
+    assert by_task["compare"].has_probe and by_task["compare_family"].has_probe
+    assert by_task["compare"].layer_table.set_index("layer").loc[6, "probe"] == pytest.approx(0.9)
+    assert by_task["compare_family"].layer_table.set_index("layer").loc[6, "probe"] == pytest.approx(0.6)
+    assert by_task["compare_family"].layer_table.set_index("layer").loc[6, "probe_headroom"] == pytest.approx(0.2)
+    assert not [w for w in n.warnings if "probe" in w], n.warnings
+
+
+def _runs(out: Path, cells: list[Cell], task: str) -> list:
+    from crl.logs.reader import load_run
+
+    return [load_run(c.path(out), include_train=False) for c in cells if c.task == task]
+
+
+def test_a_probe_of_another_family_than_the_cells_is_left_out_with_a_note(tmp_path):
+    from crl.analysis.report.study import find_probes, task_probe
+
+    out = tmp_path / "s"
+    cells = _compare_cells(out)
+    one = _probe_record(
+        out / "probe-larger", 0.9, task_option="compare_family", family={**BOTH, "directions": ["larger"]}
+    )
+    probes, notes = find_probes(out, [])
+    assert notes == [] and probes["compare_family"][0] == one
+    record, notes = task_probe("compare_family", _runs(out, cells, "compare_family"), probes)
+    assert record is None
+    assert notes == [
+        f"{one} probes compare_family with directions [larger], the cells train directions [larger, smaller]; left out"
+    ]
+    assert task_probe("compare", _runs(out, cells, "compare"), probes) == (None, [])  # not compare's either
+
+
+def test_a_record_from_before_task_option_matches_only_the_task_of_its_name(tmp_path):
+    from crl.analysis.report.study import find_probes, task_probe
+
+    out = tmp_path / "s"
+    cells = _compare_cells(out)
+    old = _probe_record(out / "probe-old", 0.9)  # no task_option, no family: `crl probe` before them
+    probes, _ = find_probes(out, [])
+    record, notes = task_probe("compare", _runs(out, cells, "compare"), probes)
+    assert record is not None and record["layers"][0]["probe"]["value"] == 0.9
+    assert notes == [f"{old}: a record from before task_option; matched by task name compare"]
+    assert task_probe("compare_family", _runs(out, cells, "compare_family"), probes) == (None, [])
+
+
+def test_two_records_of_one_task_option_use_the_newer_file(tmp_path):
+    import os
+
+    from crl.analysis.report.study import find_probes
+
+    a = _probe_record(tmp_path / "probe-a", 0.9, task_option="compare_family", family=BOTH)
+    b = _probe_record(tmp_path / "probe-b", 0.6, task_option="compare_family", family=BOTH)
+    os.utime(b, (1_000_000, 1_000_000))  # a (read first) is the newer
+    probes, notes = find_probes(tmp_path, [])
+    assert probes["compare_family"][0] == a
+    assert notes == [f"two probe records of task compare_family; {a} is used (newer than {b})"]
+    os.utime(a, (500_000, 500_000))
+    probes, notes = find_probes(tmp_path, [])
+    assert probes["compare_family"][0] == b
+    assert notes == [f"two probe records of task compare_family; {b} is used (newer than {a})"]
 
 
 def test_a_study_with_no_complete_cell_has_no_report(tmp_path):

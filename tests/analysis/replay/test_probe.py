@@ -85,6 +85,7 @@ def test_the_probe_reads_a_planted_answer_and_shuffled_labels_stay_at_chance(pla
     record, _, _ = planted_run
     (layer,) = record["layers"]
     assert record["target"] == "answer" and record["classes"] == ["A", "B", "C", "D"]
+    assert (record["task"], record["task_option"], record["family"]) == ("planted", "planted", None)  # no variants
     assert (record["n_train"], record["n_test"]) == (64, 64)
     assert layer["probe"]["accuracy"] >= 0.95  # the cue word is the last prompt token
     assert layer["shuffled"]["accuracy"] <= 0.45  # 4 balanced classes: chance is 0.25

@@ -217,6 +217,19 @@ def test_bad_family_settings_are_one_line(kw, match):
         make_task(TaskConfig(name="compare", **kw))
 
 
+def test_the_family_record_is_what_the_splits_draw_from():
+    """What `crl probe` writes as probe.json's family and `crl study` compares with its cells' (Task.family_record)."""
+    record = lambda overrides: make_task(compose_config("train", overrides).task).family_record()  # noqa: E731
+    assert record(["task=compare"]) == {"wordings": ["plain"], "directions": ["larger"], "ranges": ["2digit"]}
+    assert record(["task=compare", "task.subset=smaller"])["directions"] == ["smaller"]
+    assert record(PRESET) == {
+        "wordings": ["plain", "bigger", "pick", "value"],
+        "directions": ["larger", "smaller"],
+        "ranges": ["2digit"],
+    }
+    assert record(["task=arith"]) is None
+
+
 def test_a_task_without_variants_rejects_the_family():
     with pytest.raises(CRLError, match="task 'gsm8k_offline' has no variants"):
         make_task(TaskConfig(name="gsm8k_offline", family=FamilyConfig(enabled=True)))
