@@ -118,11 +118,11 @@ def transfer_table(
     return pd.DataFrame(rows)
 
 
-def _pct(x: float) -> str:
+def fmt_pct(x: float) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
 
 
-def _p(p: float) -> str:
+def fmt_p(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
@@ -162,9 +162,9 @@ def format_table(table: pd.DataFrame) -> str:
                     m,
                     f"{r[m]:.3f}",
                     ci,
-                    _p(r[f"{m}_p"]) if ci else "",
-                    _pct(r[f"{m}_steered"]),
-                    _pct(r.get(f"{m}_abstained")) if f"{m}_abstained" in r else "",
+                    fmt_p(r[f"{m}_p"]) if ci else "",
+                    fmt_pct(r[f"{m}_steered"]),
+                    fmt_pct(r.get(f"{m}_abstained")) if f"{m}_abstained" in r else "",
                     str(r.get(f"{m}_verdict", "")),
                 ]
             )

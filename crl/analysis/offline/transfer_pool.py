@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, seeds_fixed_bootstrap, t_half_width
-from crl.analysis.offline.transfer import ABLATION_KEY, PROMPTS_CSV, _p, _pct, policies_of, verdict
+from crl.analysis.offline.transfer import ABLATION_KEY, PROMPTS_CSV, fmt_p, fmt_pct, policies_of, verdict
 from crl.analysis.offline.transfer import JSON as TRANSFER_JSON
 from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_bytes, atomic_write_json
@@ -274,7 +274,9 @@ def acceptance_lines(pooled: Pooled) -> list[str]:
         if not acc["wordings"]:
             gain = "no (no held-out wording among the variants)"
         elif acc["wording_gains"]:
-            shown = [f"{v} {t.loc[(arm, v), 'diff']:+.3f}, p {_p(t.loc[(arm, v), 'p'])}" for v in acc["wording_gains"]]
+            shown = [
+                f"{v} {t.loc[(arm, v), 'diff']:+.3f}, p {fmt_p(t.loc[(arm, v), 'p'])}" for v in acc["wording_gains"]
+            ]
             gain = "yes (" + "; ".join(shown) + ")"
         else:
             gain = "no"
@@ -309,11 +311,11 @@ def format_pooled(pooled: Pooled) -> str:
                 f"{r['none']:.3f}",
                 f"{r['acc']:.3f}",
                 f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]",
-                _p(r["p"]),
+                fmt_p(r["p"]),
                 "|".join(_signed(d) for d in r["per_seed"]),
                 f"{r['seed_min']:+.3f}..{r['seed_max']:+.3f}",
                 t_ci,
-                _pct(r["steered"]),
+                fmt_pct(r["steered"]),
                 str(r["verdict"]),
             ]
         )

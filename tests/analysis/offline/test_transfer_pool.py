@@ -145,7 +145,7 @@ def test_a_gain_planted_in_every_seed_is_significant_and_names_the_wording(tmp_p
     acc = pooled.acceptance["crl_no_abstain"]
     assert acc["wording_gains"] == ["wording:option"] and acc["no_harm"] and acc["met"]
     line = tp.acceptance_lines(pooled)[1]
-    assert f"a held-out wording with a gain p < 0.05: yes (wording:option +0.100, p {tp._p(row['p'])})" in line
+    assert f"a held-out wording with a gain p < 0.05: yes (wording:option +0.100, p {tp.fmt_p(row['p'])})" in line
     assert line.endswith("-> met")
     # a gain on a held-out range alone is no wording gain
     only_range = tp.pool_transfer(_runs(tmp_path / "r", [{digits: 0.2}] * 3), CFG)
