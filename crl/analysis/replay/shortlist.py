@@ -7,7 +7,9 @@ each prompt's candidate features (those masking=active offers there, with the ru
 `oracle_static` features active on the most prompts on every prompt; free-form tasks: the first prompts whose
 rollouts fit in the probe's `oracle_max_episodes`), and its greedy set cover of the prompts the unsteered model gets
 wrong (`feature_shortlist`) keeps up to `masking.shortlist_k` features. Val and test prompts are never read, so the
-run's checkpoint selection and its reported accuracy stay held out.
+run's checkpoint selection and its reported accuracy stay held out. Both passes print progress lines on stderr
+(`[crl] shortlist oracle  96/256 episodes (37.5%) ... ETA`); the result line (`result_line`: the features and how
+many of the wrong prompts they cover) goes to stdout.
 
 The run then trains with exactly those features as masking=fixed: `resolve` returns them, `crl train` records
 masking=fixed with them in config.yaml (so `crl eval`, `crl analyze`, `crl transfer`, `crl compare`, the random
@@ -64,7 +66,8 @@ def train_shortlist(comps: Components) -> dict[str, Any]:
         file=sys.stderr,
         flush=True,
     )
-    episodes, resid = unsteered_pass(cand, examples, [layer])
+    # Both phases print crl.progress lines on stderr: the oracle alone takes minutes on a real model.
+    episodes, resid = unsteered_pass(cand, examples, [layer], f"shortlist: {SPLIT} prompts (no steering)")
     record = oracle(
         cand,
         examples,
@@ -73,6 +76,7 @@ def train_shortlist(comps: Components) -> dict[str, Any]:
         ProbeConfig.oracle_rows,
         ProbeConfig.oracle_max_episodes,
         ProbeConfig.oracle_static,
+        progress="shortlist oracle",
         shortlist_k=m.shortlist_k,
     )
     n = int(record["n"])  # free-form: the first prompts whose rollouts fit

@@ -68,8 +68,11 @@ def test_doctests():
 
 
 # -- the shortlist itself ------------------------------------------------------------------------------------------
-def test_the_train_shortlist_is_the_planted_features_read_from_train_prompts_only(monkeypatch, one_thread):
+def test_the_train_shortlist_is_the_planted_features_read_from_train_prompts_only(monkeypatch, capsys, one_thread):
+    import crl.progress
     from crl.run.components import build
+
+    monkeypatch.setattr(crl.progress, "EVERY_S", 0.0)  # every step's progress line
 
     cfg = compose_config("train", [*QUICK, *SHORTLIST])
     comps = build(cfg, splits=("train",))  # no val or test prompts are even loaded: reading one would fail
@@ -91,6 +94,15 @@ def test_the_train_shortlist_is_the_planted_features_read_from_train_prompts_onl
     assert short["covered"] == sum(short["new"]) and short["covered"] >= 7
     assert short["method"].startswith("rollout") and short["seconds"] > 0
     assert short["candidates"] == {"mode": "active", "threshold": 0.0, "top_k": 32}
+    # Progress while it runs (crl.progress on stderr): the unsteered pass, then the oracle's rollouts as they end.
+    err = capsys.readouterr().err.splitlines()
+    unsteered = [line for line in err if line.startswith("[crl] shortlist: train prompts (no steering)  ")]
+    assert unsteered[0].endswith("0/8 prompts ...") and unsteered[-1].endswith("done")
+    oracle = [line for line in err if line.startswith("[crl] shortlist oracle  ")]
+    assert oracle[0] == "[crl] shortlist oracle  0/256 episodes ..." and oracle[-1].endswith("done")
+    done = [int(line.split()[3].split("/")[0]) for line in oracle[1:-1]]  # the lines in between, as batches end
+    assert done and done == sorted(set(done)) and done[0] > 0 and done[-1] < 256
+    assert all("/256 episodes (" in line and "ETA" in line for line in oracle[1:-1])
 
 
 def test_one_token_multiple_choice_takes_the_suffix_oracle_on_train_prompts(one_thread):
@@ -135,8 +147,9 @@ def test_a_shortlist_run_records_its_features_and_steers_with_them_only(shortlis
     planted = json.loads((run / schema.RUN_JSON).read_text())["planted"]
     assert sorted(short["features"]) == sorted(planted) and short["split"] == "train"
     assert len(short["new"]) == len(short["cumulative"]) == len(short["features"])
-    (start,) = [line for line in err.splitlines() if line.startswith("[crl] shortlist")]
-    assert start.startswith("[crl] shortlist: the unsteered model, then every level") and "8 train prompts" in start
+    (start,) = [line for line in err.splitlines() if line.startswith("[crl] shortlist: the unsteered model")]
+    assert "then every level" in start and "8 train prompts" in start
+    assert "[crl] shortlist oracle  0/256 episodes ..." in err.splitlines()  # then its progress lines (above)
     (line,) = [line for line in out.splitlines() if line.startswith("[crl] shortlist")]
     features = ", ".join(map(str, short["features"]))
     assert line == f"[crl] shortlist (train, 8 prompts, 8 wrong): features [{features}] cover {short['covered']}/8"
