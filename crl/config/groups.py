@@ -261,6 +261,20 @@ class MaskingConfig:
     # probe's oracle_max_episodes rollouts).
     shortlist_prompts: int = param(64, ge=1)
 
+    def settings(self) -> tuple[str, ...]:
+        """The fields this mode reads besides `mode` (the others are ignored, so a resume may differ in them).
+
+        >>> MaskingConfig(mode="fixed", features=[3]).settings()
+        ('features',)
+        """
+        return {
+            "none": (),
+            "fixed": ("features",),
+            "active": ("threshold", "top_k"),
+            "adaptive": ("threshold", "top_k", "max_share", "share_decay", "relax_updates"),
+            "shortlist": ("threshold", "top_k", "shortlist_k", "shortlist_prompts"),  # the candidates, the cover
+        }[self.mode]
+
     def check(self) -> None:
         if self.mode in ("active", "adaptive") and self.top_k == 0 and self.threshold < 0:
             raise ConfigError("top_k", 0, "with a negative threshold every feature is active", "top_k >= 1")

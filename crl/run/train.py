@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from crl.agent.ppo import PolicyAgent, ppo_update
-from crl.config import RunConfig, TrainConfig, load
+from crl.config import MaskingConfig, RunConfig, TrainConfig, load
 from crl.envs.rollout import Episode, accuracy, run_episodes
 from crl.envs.tasks.base import Example
 from crl.errors import CRLError
@@ -53,7 +53,8 @@ def sample_batch(examples: list[Example], n_episodes: int, rng: np.random.Genera
 
 def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | None) -> TrainConfig:
     """A bare `resume=<dir>` continues with the run's saved config. With other overrides, the composed
-    config is used, but it must name the same model, SAE, task and layer (checked before any loading).
+    config is used, but it must name the same model, SAE, task, layer and masking (`check_resume_masking`),
+    checked before any loading.
     Both are compared as loaded configs, so a setting added to CRL since the run was made (absent from its
     config.yaml, so at its default) is no difference."""
     saved = saved_config(run_dir)
@@ -68,7 +69,45 @@ def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | N
             f"resume dir {run_dir} is incompatible with this config: {', '.join(diffs)} differ from the "
             "run's; resume with `crl train resume=<dir>` alone, or start a new run"
         )
+    check_resume_masking(cfg.masking, saved.masking, run_dir)
     return cfg
+
+
+def _override(value: Any) -> str:
+    """A config value as a command line writes it.
+
+    >>> _override([1591, 652]), _override(None), _override(0.25)
+    ('[1591,652]', 'null', '0.25')
+    """
+    if value is None:
+        return "null"
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
+def check_resume_masking(asked: MaskingConfig, saved: MaskingConfig, run_dir: Path) -> None:
+    """A resume with overrides keeps the run's action set: a masking that differs from config.yaml's in its mode or
+    in a setting the recorded mode reads is one line, before the model loads (the checkpoint's policy and its logs
+    were made with the recorded one). masking=shortlist matches a run that recorded masking=fixed on the features
+    of its own shortlist.json (`resolve` reuses it) and the same shortlist settings."""
+    keys = ("mode", *saved.settings())
+    if asked.mode == "shortlist":
+        if not (run_dir / schema.SHORTLIST).exists():
+            raise CRLError(
+                f"resume={run_dir} has no {schema.SHORTLIST}: it was not trained with masking=shortlist; resume "
+                f"with `crl train resume={run_dir}` alone"
+            )
+        keys = (*keys, *(k for k in asked.settings() if k not in keys))  # recorded too: only mode, features replaced
+        asked = dataclasses.replace(asked, mode="fixed", features=saved.features)
+    diffs = [k for k in keys if getattr(asked, k) != getattr(saved, k)]
+    if diffs:
+        said = ", ".join(
+            f"masking.{k}={_override(getattr(asked, k))} (recorded: {_override(getattr(saved, k))})" for k in diffs
+        )
+        fix = " ".join(f"masking.{k}={_override(getattr(saved, k))}" for k in diffs)
+        raise CRLError(
+            f"resume={run_dir} conflicts with the run's {schema.CONFIG_YAML}: {said}; resume with `crl train "
+            f"resume={run_dir}` alone, or with `{fix}`, or start a new run"
+        )
 
 
 # masking=shortlist: (components, run dir, resuming) -> the features to train on. `crl train` passes

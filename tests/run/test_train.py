@@ -166,6 +166,47 @@ def test_an_old_runs_config_still_resumes(tmp_path):
         resume_config(compose_config("train", ["task.n_test=8"]), tmp_path, [f"resume={tmp_path}", "task.n_test=8"])
 
 
+def test_a_resume_keeps_the_runs_masking(tmp_path):
+    """A masking the recorded one does not match is one line naming the key, the recorded value and the fix; only
+    the settings the recorded mode reads count, and masking=shortlist matches a shortlist run's masking=fixed."""
+    import doctest
+
+    import crl.config.groups as groups_mod
+    import crl.run.train as train_mod
+
+    assert doctest.testmod(train_mod).failed == 0 and doctest.testmod(groups_mod).failed == 0
+    fixed = ["masking=fixed", "masking.features=[3,5]", "masking.shortlist_prompts=8"]
+    (tmp_path / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", fixed)))
+
+    def resume(*argv: str) -> TrainConfig:
+        cfg = compose_config("train", list(argv))
+        assert resume_config(cfg, tmp_path, [f"resume={tmp_path}", *argv]) is cfg
+        return cfg
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(CRLError) as e:
+            resume(*argv)
+        assert "\n" not in str(e.value) and f"resume={tmp_path} conflicts with the run's config.yaml: " in str(e.value)
+        return str(e.value)
+
+    resume(*fixed, "ppo.total_updates=20")
+    resume("masking=fixed", "masking.features=[3,5]", "masking.top_k=4")  # masking=fixed reads no top_k
+    assert "masking.features=[3,6] (recorded: [3,5]); resume with `crl train resume=" in refused(
+        "masking=fixed", "masking.features=[3,6]"
+    )
+    said = refused("ppo.total_updates=20")  # the default masking (adaptive) is not the run's
+    assert "masking.mode=adaptive (recorded: fixed), masking.features=null (recorded: [3,5]); " in said
+    assert said.endswith("alone, or with `masking.mode=fixed masking.features=[3,5]`, or start a new run")
+    # masking=shortlist: only where the run has a shortlist.json (then resolve reuses it)
+    shortlist = ["masking=shortlist", "masking.shortlist_prompts=8"]
+    with pytest.raises(CRLError, match="has no shortlist.json: it was not trained with masking=shortlist"):
+        resume(*shortlist)
+    (tmp_path / schema.SHORTLIST).write_text(json.dumps({"features": [3, 5]}))
+    assert resume(*shortlist).masking.mode == "shortlist"
+    assert "masking.shortlist_prompts=64 (recorded: 8)" in refused("masking=shortlist")
+    assert "masking.top_k=4 (recorded: 16)" in refused(*shortlist, "masking.top_k=4")
+
+
 def _hurting_task(cfg) -> type:
     """The planted task with the reward turned around: 1 iff the completion is the unsteered model's own, so every
     intervention that changes the output can only hurt."""

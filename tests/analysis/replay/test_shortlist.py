@@ -204,11 +204,44 @@ def test_a_resume_that_repeats_masking_shortlist_reuses_shortlist_json(shortlist
     shutil.copytree(run, other)
     code, _, err = _cli("train", f"resume={other}", *RUN[:-1], "masking.shortlist_k=3", "ppo.total_updates=2")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "was made with masking.shortlist_k=4 (now 3); resume with `crl train resume=" in err
+    assert "masking.shortlist_k=3 (recorded: 4); resume with `crl train resume=" in err
+    assert "or with `masking.shortlist_k=4`" in err
     (other / schema.SHORTLIST).unlink()
     code, _, err = _cli("train", f"resume={other}", *RUN[:-1], "ppo.total_updates=2")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"has no {schema.SHORTLIST}: it was not trained with masking=shortlist" in err
+
+
+def test_a_resume_with_another_masking_is_one_line_before_the_model_loads(shortlist_run, tmp_path, monkeypatch):
+    """config.yaml records masking=fixed on the shortlist; a resume that asks for another action set is refused. The
+    allowed one, masking=shortlist again: test_a_resume_that_repeats_masking_shortlist_reuses_shortlist_json."""
+    import crl.run.train as train_mod
+
+    run, _, _ = shortlist_run
+    features = json.loads((run / schema.SHORTLIST).read_text())["features"]
+    recorded = f"[{','.join(map(str, features))}]"
+    fewer = f"[{','.join(map(str, features[:-1]))}]"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(train_mod, "build", no_model)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    cases = [  # (overrides, what the line says differs, the overrides it offers)
+        (["masking=fixed", f"masking.features={fewer}"],  # top_k differs too, but masking=fixed does not read it
+         f"masking.features={fewer} (recorded: {recorded})", f"masking.features={recorded}"),
+        (["masking=active", "masking.top_k=32"],
+         f"masking.mode=active (recorded: fixed), masking.features=null (recorded: {recorded})",
+         f"masking.mode=fixed masking.features={recorded}"),
+        (["masking=shortlist", "masking.shortlist_prompts=8"],  # top_k left at its default
+         "masking.top_k=16 (recorded: 32)", "masking.top_k=32"),
+    ]  # fmt: skip
+    for argv, said, fix in cases:
+        code, _, err = _cli("train", f"resume={resumed}", *QUICK, *argv, "ppo.total_updates=2")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"resume={resumed} conflicts with the run's config.yaml: {said}; " in err, err
+        assert f"resume with `crl train resume={resumed}` alone, or with `{fix}`, or start a new run" in err
 
 
 # -- bad settings: one line, before any model loads ----------------------------------------------------------------
