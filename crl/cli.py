@@ -7,6 +7,7 @@ crl grpo                                # GRPO (TRL) on the model's weights, sam
 crl eval run_dir=runs/... split=test
 crl transfer run_dir=runs/... [variants=[wording:pick,range:3digit]] [n=400]
 crl transfer 'run_dirs=[runs/a,runs/b,runs/c]' [out=runs/pooled]  # seeds pooled, issue #19's acceptance
+crl transfer 'committee=[runs/a,runs/b,runs/c]' [quorum=majority]  # steers only where the seeds' policies agree
 crl probe task=compare [layers=[6,15,24]]  # before training: can steering help at each layer?
 crl rl-compare crl_run=runs/... grpo_run=runs/...  # which SAE features GRPO moved, and did CRL pick them?
 crl curves 'crl_runs=[runs/crl-*]' 'grpo_runs=[runs/grpo-*]'  # CRL's share of GRPO's gain at equal budget

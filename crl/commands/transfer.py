@@ -11,6 +11,13 @@ check first (run directories, one model/SAE/task/layer, one trained distribution
 where a transfer must run), then the transfer above on each run whose stored result was not made with these settings,
 then the pooled table and issue #19's acceptance lines on stdout, and <out>/transfer_pooled.{csv,json,png} (out:
 default the runs' common parent folder; there a transfer_pooled.json of other runs is not replaced).
+
+`crl transfer 'committee=[a,b,c]' [quorum=all|majority] [out=<dir>]` scores a seed committee as one policy
+(crl/agent/committee.py: it steers only where the quorum of the members' greedy policies pick the same action): every
+check first (run directories, one model/SAE/task/layer, one steering and masking: crl.run.transfer_committee), then
+the transfer's rollouts with the arm `committee`, the table with each variant's member agreement and issue #19's
+acceptance line on stdout, and <out>/transfer_committee.{csv,json} and transfer_committee_prompts.csv (out: default
+<the runs' common parent>/committee-<quorum>; there a committee of other runs is not replaced).
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from crl.paths import CONF_DIR
 @exit_on_error
 def main(raw: DictConfig) -> None:
     cfg = load(TransferConfig, raw)
+    if cfg.committee:
+        committee(cfg)
+        return
     if cfg.run_dirs:
         pooled(cfg)
         return
@@ -68,26 +78,13 @@ def transfer_one(run_dir: Path, cfg: TransferConfig) -> None:
 
 def pooled(cfg: TransferConfig) -> None:
     """`crl transfer run_dirs=[...]` (module docstring)."""
-    from crl.analysis.diffing.runs import check_comparable
     from crl.analysis.offline import transfer_pool as tp
     from crl.analysis.offline.stats import StatsConfig
     from crl.analysis.report.transfer import forest_plot
-    from crl.logs import schema
-    from crl.logs.schema import RunInfo
     from crl.run.components import policy_file, saved_config
     from crl.run.transfer import plan_transfer
 
-    dirs = [Path(d).expanduser() for d in cfg.run_dirs or []]
-    seen: set[Path] = set()
-    for d in dirs:
-        if not (d / schema.RUN_JSON).exists() or not (d / schema.CONFIG_YAML).exists():
-            raise CRLError(
-                f"run_dirs: {d} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})"
-            )
-        if d.resolve() in seen:
-            raise CRLError(f"run_dirs: {d} is listed twice")
-        seen.add(d.resolve())
-    check_comparable({str(d): RunInfo.read(d) for d in dirs})  # one model, SAE, task, task seed and layer
+    dirs = _run_dirs(cfg.run_dirs or [], "run_dirs")
     out = Path(cfg.out) if cfg.out else tp.default_out(dirs)
     if not cfg.out:
         tp.check_out(out, dirs)
@@ -112,6 +109,57 @@ def pooled(cfg: TransferConfig) -> None:
     print()
     print("\n".join(tp.acceptance_lines(result)))
     print(f"written: {paths['csv']}, {paths['json']}, {png}")
+
+
+def _run_dirs(given: list[str], key: str) -> list[Path]:
+    """`given` as paths, each a run directory listed once, of one model, SAE, task, task seed and layer (run.json);
+    else one CRLError line naming `key`."""
+    from crl.analysis.diffing.runs import check_comparable
+    from crl.logs import schema
+    from crl.logs.schema import RunInfo
+
+    dirs = [Path(d).expanduser() for d in given]
+    seen: set[Path] = set()
+    for d in dirs:
+        if not (d / schema.RUN_JSON).exists() or not (d / schema.CONFIG_YAML).exists():
+            raise CRLError(f"{key}: {d} is not a CRL run directory (needs {schema.CONFIG_YAML} and {schema.RUN_JSON})")
+        if d.resolve() in seen:
+            raise CRLError(f"{key}: {d} is listed twice")
+        seen.add(d.resolve())
+    check_comparable({str(d): RunInfo.read(d) for d in dirs})
+    return dirs
+
+
+def committee(cfg: TransferConfig) -> None:
+    """`crl transfer committee=[...]` (module docstring)."""
+    from crl.analysis.offline import transfer_committee as tc
+    from crl.analysis.offline import transfer_pool as tp
+    from crl.analysis.offline.stats import StatsConfig
+    from crl.analysis.offline.transfer import format_table
+    from crl.run.transfer_committee import committee_outcomes, plan_committee
+
+    dirs = _run_dirs(cfg.committee or [], "committee")
+    plan = plan_committee(dirs, cfg.quorum, cfg.variants, cfg.n, cfg.seed, cfg.greedy_rule)  # before any model loads
+    out = Path(cfg.out) if cfg.out else tp.default_out(dirs) / f"committee-{cfg.quorum}"
+    if not cfg.out:
+        tp.check_out(out, dirs, tc.JSON, "is a committee of")
+    names = ", ".join(d.name for d in dirs)
+    k = plan.quorum
+    print(f"[crl] committee of {len(dirs)} runs ({names}): steers where {k} of {len(dirs)} agree", file=sys.stderr)
+    outcomes, variants, settings = committee_outcomes(plan)
+    frame = pd.DataFrame(outcomes)
+    table = tc.committee_table(frame, variants, len(dirs), StatsConfig(n_boot=cfg.n_boot, seed=cfg.boot_seed))
+    acceptance = tc.committee_acceptance(table)
+    settings = {**settings, "n_boot": cfg.n_boot, "boot_seed": cfg.boot_seed}
+    paths = tc.write_committee(out, table, frame, settings, acceptance)
+    print(f"transfer of a committee of {len(dirs)} runs ({names}), quorum {cfg.quorum} ({k} of {len(dirs)})")
+    print(f"trained on {settings['trained']}")
+    print(format_table(table))
+    print()
+    print(tc.format_agreement(table, len(dirs), k))
+    print()
+    print(acceptance[1])
+    print(f"written: {paths['csv']}, {paths['json']}, {paths['prompts']}")
 
 
 if __name__ == "__main__":

@@ -123,11 +123,17 @@ class TransferConfig:
     """`crl transfer`: a trained policy against no steering on variants of its task held out of its training
     (crl/envs/tasks/family.py; the table's definitions: crl/analysis/offline/transfer.py)."""
 
-    run_dir: str | None = None  # a run directory (this or run_dirs)
+    run_dir: str | None = None  # a run directory (this, run_dirs or committee)
     # Seeds of one recipe, pooled (crl/analysis/offline/transfer_pool.py): each run whose stored transfer was not made
     # with these settings is transferred first, then <out>/transfer_pooled.{csv,json,png} are written.
     run_dirs: list[str] | None = None
-    out: str | None = None  # run_dirs only; null: the runs' common parent folder
+    # A seed committee (crl/agent/committee.py): these runs' greedy policies, scored as one policy that steers only
+    # where `quorum` of them pick the same action (all, or a strict majority), else not at all. Writes
+    # <out>/transfer_committee.{csv,json} and transfer_committee_prompts.csv.
+    committee: list[str] | None = None
+    quorum: Literal["all", "majority"] = "all"
+    # run_dirs or committee only; null: the runs' common parent folder (committee: its subfolder committee-<quorum>)
+    out: str | None = None
     # Variant specs: trained | <axis>:<value>[+<axis>:<value>] (axes wording, direction, range), e.g.
     # [wording:pick,range:3digit]. null: each held-out wording, each held-out range and the inverse question.
     variants: list[str] | None = param(None, min_len=1)
@@ -146,9 +152,23 @@ class TransferConfig:
             raise ConfigError("run_dirs", self.run_dirs, why, "null with run_dir=, or run_dirs= alone")
         if self.run_dirs is not None and len(self.run_dirs) < 2:
             raise ConfigError("run_dirs", self.run_dirs, "pooling needs two runs or more", "2+ runs; one run: run_dir=")
-        if self.out is not None and not self.run_dirs:
-            why = "out= is where run_dirs= writes the pooled files; run_dir= writes into <run_dir>/analysis"
-            raise ConfigError("out", self.out, why, "null, or run_dirs= as well")
+        if self.committee is not None:
+            self._check_committee()
+        if self.out is not None and not (self.run_dirs or self.committee):
+            why = "out= is where run_dirs= writes the pooled files (and committee= its own); run_dir= writes in the run"
+            raise ConfigError("out", self.out, why, "null, or run_dirs= or committee= as well")
+
+    def _check_committee(self) -> None:
+        if self.run_dir or self.run_dirs:
+            key, value = ("run_dir", self.run_dir) if self.run_dir else ("run_dirs", self.run_dirs)
+            why = "committee= names the runs whose policies act together"
+            raise ConfigError(key, value, why, f"null with committee=, or {key}= without committee=")
+        if len(self.committee or []) < 2:
+            why = "a committee needs two runs or more"
+            raise ConfigError("committee", self.committee, why, "2+ runs; one run: run_dir=")
+        if self.fit_abstain != "off":
+            why = "a committee's members act without their own abstention: the committee abstains where they disagree"
+            raise ConfigError("fit_abstain", self.fit_abstain, why, "off with committee=")
 
 
 @dataclass

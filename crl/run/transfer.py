@@ -15,6 +15,8 @@ another batch composition, as between any two evaluations). For one-token answer
 Per prompt it also records `decisions` (the most decisions among its episodes) and, when the policy can abstain,
 `ood_ratio` = d(x) / tau at the first decision of the unsteered episode: the offline threshold ablation
 (crl/analysis/offline/abstention.py) reads them.
+
+`variant_outcomes` is that loop for any policy: the seed committee (crl/run/transfer_committee.py) runs through it too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,46 +118,69 @@ def transfer_outcomes(
     """(per-prompt outcomes, one dict per variant: variant, held_out, describe, and the settings) of `run_dir`.
     `greedy_rule`: how the greedy policy picks (policy.greedy_rule); None: the run's own."""
     plan = plan_transfer(run_dir, variants, n, seed, fit_abstain, greedy_rule)
-    cfg, trained, parsed, settings = plan.cfg, plan.trained, plan.parsed, plan.settings
-    comps = build(cfg, splits=("train", "val") if fit_abstain != "off" else ())
+    settings = plan.settings
+    comps = build(plan.cfg, splits=("train", "val") if fit_abstain != "off" else ())
     comps.check_identity(RunInfo.read(run_dir), run_dir, keys=("sae_identity",))
     agent = comps.load_policy(run_dir, greedy=True)
     if fit_abstain != "off":
         fit_abstention(comps, agent.net)
     seed = settings["seed"]
-    task = comps.task
-    policies = {"crl": agent}
-    if agent.net.can_abstain:
-        policies = {"crl_abstain": agent, "crl_no_abstain": PolicyAgent(agent.net, greedy=True, abstain=False)}
+
+    def arms(examples: list[Example], none: list[Episode], label: str) -> dict[str, list[Episode]]:
+        if not agent.net.can_abstain:
+            return {"crl": variant_rollouts(comps, examples, agent, seed, f"{label} crl")}
+        free_agent = PolicyAgent(agent.net, greedy=True, abstain=False)
+        free = variant_rollouts(comps, examples, free_agent, seed, f"{label} crl_no_abstain")
+        return {"crl_abstain": _with_rule(comps, examples, agent, none, free, seed, label), "crl_no_abstain": free}
+
+    def ratios(runs: dict[str, list[Episode]]) -> list[dict[str, Any]] | None:
+        return [{"ood_ratio": r} for r in ood_ratios(agent.net, runs["none"])] if agent.net.can_abstain else None
+
+    outcomes, info = variant_outcomes(comps, plan, arms, ("crl_abstain",), ratios)
+    return outcomes, info, settings
+
+
+Arms = Callable[[list[Example], list[Episode], str], dict[str, list[Episode]]]
+
+
+def variant_outcomes(
+    comps: Components,
+    plan: TransferPlan,
+    arms: Arms,
+    abstaining: tuple[str, ...] = (),
+    more: Callable[[dict[str, list[Episode]]], list[dict[str, Any]] | None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rollouts and per-prompt rows of `crl transfer`, for any policy: on each variant of `plan`, its test prompts
+    with no steering, then `arms(examples, none's episodes, label)`: the episodes of each arm (a policy), by name, in
+    the columns' order. A row: variant, prompt_id, none_correct, per arm <arm>_correct, <arm>_steered (and, for the
+    arms in `abstaining`, <arm>_abstained: its policy withheld steering at some decision), decisions, and the prompt's
+    entry of `more(runs)` (one dict per prompt; None: nothing). Returns (rows, one dict per variant)."""
+    seed, n = plan.settings["seed"], plan.settings["n"]
     outcomes: list[dict[str, Any]] = []
     info: list[dict[str, Any]] = []
-    for i, (spec, vs) in enumerate(parsed, 1):
-        held = held_out_axes(vs, trained)
-        examples = task.variant_examples(vs, "test", n)
-        label = f"transfer {i}/{len(parsed)} {spec}"
+    for i, (spec, vs) in enumerate(plan.parsed, 1):
+        held = held_out_axes(vs, plan.trained)
+        examples = comps.task.variant_examples(vs, "test", n)
+        label = f"transfer {i}/{len(plan.parsed)} {spec}"
         print(f"[crl] {label}: {len(examples)} test prompts, {vs.describe()}", file=sys.stderr, flush=True)
-        runs = {"none": _rollouts(comps, examples, None, seed, f"{label} no steering")}
-        for name, policy in policies.items():
-            if name == "crl_abstain":
-                continue
-            runs[name] = _rollouts(comps, examples, policy, seed, f"{label} {name}")
-        if "crl_abstain" in policies:
-            runs["crl_abstain"] = _with_rule(comps, examples, agent, runs["none"], runs["crl_no_abstain"], seed, label)
+        runs = {"none": variant_rollouts(comps, examples, None, seed, f"{label} no steering")}
+        runs.update(arms(examples, runs["none"], label))
         info.append({"variant": spec, "held_out": "+".join(held), "describe": vs.describe(), "n": len(examples)})
-        ratios = ood_ratios(agent.net, runs["none"]) if agent.net.can_abstain else None
+        extra = more(runs) if more is not None else None
         for j, ex in enumerate(examples):
             row: dict[str, Any] = {"variant": spec, "prompt_id": ex.id, "none_correct": runs["none"][j].correct}
-            for name in policies:
-                ep = runs[name][j]
-                row[f"{name}_correct"] = ep.correct
-                row[f"{name}_steered"] = _steered(ep)
-                if name == "crl_abstain":
-                    row[f"{name}_abstained"] = _abstained(ep)
+            for name, episodes in runs.items():
+                if name == "none":
+                    continue
+                row[f"{name}_correct"] = episodes[j].correct
+                row[f"{name}_steered"] = _steered(episodes[j])
+                if name in abstaining:
+                    row[f"{name}_abstained"] = _abstained(episodes[j])
             row["decisions"] = max(len(r[j].steps) for r in runs.values())
-            if ratios is not None:
-                row["ood_ratio"] = ratios[j]
+            if extra is not None:
+                row.update(extra[j])
             outcomes.append(row)
-    return outcomes, info, settings
+    return outcomes, info
 
 
 def ood_ratios(net: Any, episodes: list[Episode]) -> list[float]:
@@ -171,7 +197,7 @@ def ood_ratios(net: Any, episodes: list[Episode]) -> list[float]:
     return out
 
 
-def _rollouts(
+def variant_rollouts(
     comps: Components, examples: list[Example], policy: Any, seed: int, progress: str | None
 ) -> list[Episode]:
     """`crl.run.evaluate.evaluate`, keeping each decision's observation (the rule's distances need them)."""
@@ -206,7 +232,7 @@ def _with_rule(
             out.append(None)
     rest = [j for j, ep in enumerate(out) if ep is None]
     if rest:
-        ran = _rollouts(comps, [examples[j] for j in rest], agent, seed, f"{label} crl_abstain")
+        ran = variant_rollouts(comps, [examples[j] for j in rest], agent, seed, f"{label} crl_abstain")
         for j, ep in zip(rest, ran, strict=True):
             out[j] = ep
     print(

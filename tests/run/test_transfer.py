@@ -49,9 +49,9 @@ def _letter_ids(tok) -> dict[str, int]:
     return {c: tok(c, add_special_tokens=False)["input_ids"][0] for c in "AB"}
 
 
-def _run_dir(tmp_path, abstain: str = "off"):
-    """A run dir of the sorted compare family on the tiny model: SAE with a planted "answer the other letter" feature,
-    and a policy that always steers with it (amplify)."""
+def planted(tmp_path, abstain: str = "off"):
+    """(config, components, the letter steering answers) of the sorted compare family on the tiny model: an SAE in
+    tmp_path/sae with a planted "answer the other letter" feature, STEER."""
     lm = tiny_model()
     ids = _letter_ids(lm.tokenizer)
     cfg = compose_config(
@@ -92,22 +92,37 @@ def _run_dir(tmp_path, abstain: str = "off"):
         decoder[STEER] = -decoder[STEER]
         sae_from_decoder(decoder, HookPoint(1, "post"), "test").sae.save_model(str(tmp_path / "sae"))
         comps = build(cfg, splits=("train", "val", "test"))
-    net = comps.new_policy()
-    with torch.no_grad():  # always steer with STEER, amplified
-        net.feature_bias[STEER] = 50.0
-        net.level_head[-1].bias.copy_(torch.tensor([5.0, -5.0]))
+    wrong = "A" if answers == {"B"} else "B"  # the letter the policy steers to, never the unsteered answer
+    return cfg, comps, wrong
+
+
+def always(net, feature: int = STEER, level: int = 0):
+    """`net` made to pick `feature` at level index `level` at every decision, whatever the residual."""
+    with torch.no_grad():
+        net.feature_bias[feature] = 50.0
+        net.level_head[-1].bias.copy_(torch.tensor([5.0, -5.0] if level == 0 else [-5.0, 5.0]))
         net.noop_head[-1].bias.fill_(-50.0)
+    return net
+
+
+def write_run(run, cfg, comps, net, seed: int = 0):
+    """A run directory of `cfg` with `net` as its trained policy."""
+    run.mkdir(parents=True)
+    (run / schema.CONFIG_YAML).write_bytes(config_yaml(cfg))
+    comps.run_info(run.name, seed).write(run)
+    torch.save(net.state_dict(), run / POLICY_FILE)
+    return run
+
+
+def _run_dir(tmp_path, abstain: str = "off"):
+    """A run dir of `planted`, with a policy that always steers with STEER (amplify)."""
+    cfg, comps, wrong = planted(tmp_path, abstain)
+    net = always(comps.new_policy())
     if abstain != "off":
         sample = comps.observation_sample("train", 48)
         net.set_obs_stats(sample)
         net.fit_abstention(sample, comps.observation_sample("val", 24))
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / schema.CONFIG_YAML).write_bytes(config_yaml(cfg))
-    comps.run_info("run", 0).write(run)
-    torch.save(net.state_dict(), run / POLICY_FILE)
-    wrong = "A" if answers == {"B"} else "B"  # the letter the policy steers to, never the unsteered answer
-    return run, wrong
+    return write_run(tmp_path / "run", cfg, comps, net), wrong
 
 
 def test_a_planted_harm_is_harm_and_a_planted_gain_is_gain(tmp_path):
@@ -184,17 +199,17 @@ def test_a_run_of_a_task_without_variants_is_refused_before_the_model_loads(tmp_
 def test_the_abstaining_run_taken_from_the_other_two_equals_rolling_it_out(tmp_path):
     from crl.agent.ppo import PolicyAgent
     from crl.run.components import saved_config
-    from crl.run.transfer import _rollouts, _with_rule
+    from crl.run.transfer import _with_rule, variant_rollouts
 
     run, _ = _run_dir(tmp_path, abstain="zscore")
     comps = build(saved_config(run), splits=())
     agent = comps.load_policy(run, greedy=True)
     task = comps.task
     examples = task.variant_examples(task.family_axes.parse("range:3digit", task.variants(), task.name), "test", 24)
-    none = _rollouts(comps, examples, None, 0, None)
-    free = _rollouts(comps, examples, PolicyAgent(agent.net, greedy=True, abstain=False), 0, None)
+    none = variant_rollouts(comps, examples, None, 0, None)
+    free = variant_rollouts(comps, examples, PolicyAgent(agent.net, greedy=True, abstain=False), 0, None)
     taken = _with_rule(comps, examples, agent, none, free, 0, "test")
-    direct = _rollouts(comps, examples, agent, 0, None)
+    direct = variant_rollouts(comps, examples, agent, 0, None)
     key = lambda ep: (ep.example.id, ep.completion, ep.correct, ep.features, [s["abstained"] for s in ep.steps])  # noqa: E731
     assert [key(ep) for ep in taken] == [key(ep) for ep in direct]
     abstained = [ep.steps[0]["abstained"] for ep in direct]

@@ -44,6 +44,7 @@ RATIO_QUANTILES = (("ood_ratio_p10", 0.1), ("ood_ratio_median", 0.5), ("ood_rati
 # Policy columns of the outcomes: one policy, or the abstention ablation (policy.abstain).
 PLAIN = ("crl",)
 ABLATION = ("crl_abstain", "crl_no_abstain")
+COMMITTEE = ("committee",)  # a seed committee (crl/analysis/offline/transfer_committee.py)
 
 
 def verdict(diff: float, lo: float, p: float, margin: float = HARM_MARGIN, alpha: float = ALPHA) -> str:
@@ -74,11 +75,13 @@ def paired_verdict(a: np.ndarray, b: np.ndarray, cfg: StatsConfig | None = None)
 
 
 def policies_of(outcomes: pd.DataFrame) -> tuple[str, ...]:
-    """The policy columns present: ("crl",) or the ablation ("crl_abstain", "crl_no_abstain")."""
+    """The policy columns present: ("crl",), the ablation ("crl_abstain", "crl_no_abstain") or ("committee",)."""
     if all(f"{m}_correct" in outcomes for m in ABLATION):
         return ABLATION
     if "crl_correct" in outcomes:
         return PLAIN
+    if "committee_correct" in outcomes:
+        return COMMITTEE
     raise CRLError("transfer outcomes hold no policy column (crl_correct); they were not written by crl transfer")
 
 
@@ -128,7 +131,7 @@ def fmt_p(p: float) -> str:
 
 def format_table(table: pd.DataFrame) -> str:
     """The table as plain text, one line per (variant, policy), for stdout."""
-    policies = [m for m in (*PLAIN, *ABLATION) if m in table]
+    policies = [m for m in (*PLAIN, *ABLATION, *COMMITTEE) if m in table]
     head = [
         "variant",
         "held out",
@@ -182,18 +185,22 @@ def write_transfer(
     outcomes: pd.DataFrame,
     settings: dict[str, Any],
     ablation: dict[str, Any] | None = None,
+    stem: str = "transfer",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """transfer.csv, transfer.json and transfer_prompts.csv in `out_dir` (written atomically); returns their paths.
-    `ablation`: the threshold ablation's JSON form (abstention.ablation_json), under ABLATION_KEY."""
+    `ablation`: the threshold ablation's JSON form (abstention.ablation_json), under ABLATION_KEY. `stem` names the
+    files (<stem>.csv, .json, <stem>_prompts.csv); `extra`: more keys for the JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / CSV, "json": out / JSON, "prompts": out / PROMPTS_CSV}
+    paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json", "prompts": out / f"{stem}_prompts.csv"}
     atomic_write_bytes(paths["csv"], table.to_csv(index=False).encode())
     atomic_write_bytes(paths["prompts"], outcomes.to_csv(index=False).encode())
     records = json.loads(table.to_json(orient="records"))  # NaN -> null
     data = {**settings, "harm_margin": HARM_MARGIN, "alpha": ALPHA, "variants": records}
     if ablation is not None:
         data[ABLATION_KEY] = ablation
+    data.update(extra or {})
     atomic_write_json(paths["json"], data)
     return paths
 

@@ -245,7 +245,8 @@ def acceptance_of(rows: pd.DataFrame, margin: float, alpha: float) -> dict[str, 
     `wording_gains`: those that do); `met`: both. With no held-out variant (or wording) that part is not met."""
     held = rows[rows["held_out"].astype(str) != ""]
     fails = [r["variant"] for _, r in held.iterrows() if r["lo"] < -margin]
-    wordings = held[held["held_out"].astype(str).str.split("+").apply(lambda axes: "wording" in axes)]
+    # map, not str.split().apply: on no held-out row that gives a frame, not a mask
+    wordings = held[held["held_out"].astype(str).map(lambda h: "wording" in h.split("+")).astype(bool)]
     gains = [r["variant"] for _, r in wordings.iterrows() if r["diff"] > 0 and r["p"] < alpha]
     no_harm, gain = bool(len(held)) and not fails, bool(gains)
     return {
@@ -262,32 +263,35 @@ def acceptance_of(rows: pd.DataFrame, margin: float, alpha: float) -> dict[str, 
 def acceptance_lines(pooled: Pooled) -> list[str]:
     """One line per arm: each part of the acceptance, yes/no, with the variants that decide it."""
     t = pooled.table.set_index(["arm", "variant"])
-    m_txt, a_txt = f"{pooled.margin:g}", f"{pooled.alpha:g}"
-    lines = []
-    for arm, acc in pooled.acceptance.items():
-        if not acc["held_out"]:
-            harm = "no (no held-out variant among the variants)"
-        elif acc["harm_fails"]:
-            harm = "no (" + ", ".join(f"{v} lo {t.loc[(arm, v), 'lo']:+.3f}" for v in acc["harm_fails"]) + ")"
-        else:
-            harm = "yes"
-        if not acc["wordings"]:
-            gain = "no (no held-out wording among the variants)"
-        elif acc["wording_gains"]:
-            shown = [
-                f"{v} {t.loc[(arm, v), 'diff']:+.3f}, p {fmt_p(t.loc[(arm, v), 'p'])}" for v in acc["wording_gains"]
-            ]
-            gain = "yes (" + "; ".join(shown) + ")"
-        else:
-            gain = "no"
-        lines.append(
-            f"acceptance, {arm} ({ARMS.get(arm, arm)}): every held-out variant lo >= -{m_txt}: {harm}; "
-            f"a held-out wording with a gain p < {a_txt}: {gain} -> {'met' if acc['met'] else 'not met'}"
-        )
+    lines = [
+        acceptance_line(f"{arm} ({ARMS.get(arm, arm)})", acc, t.loc[arm], pooled.margin, pooled.alpha)
+        for arm, acc in pooled.acceptance.items()
+    ]
     n = len(pooled.runs)
     if n < MIN_SEEDS_T:
         lines.append(f"(issue #19 states its acceptance over {MIN_SEEDS_T} seeds or more; {n} pooled here)")
     return lines
+
+
+def acceptance_line(label: str, acc: dict[str, Any], rows: pd.DataFrame, margin: float, alpha: float) -> str:
+    """`acceptance_of`'s answer `acc` as one line; `rows`: the arm's rows by variant (lo, diff, p)."""
+    if not acc["held_out"]:
+        harm = "no (no held-out variant among the variants)"
+    elif acc["harm_fails"]:
+        harm = "no (" + ", ".join(f"{v} lo {rows.loc[v, 'lo']:+.3f}" for v in acc["harm_fails"]) + ")"
+    else:
+        harm = "yes"
+    if not acc["wordings"]:
+        gain = "no (no held-out wording among the variants)"
+    elif acc["wording_gains"]:
+        shown = [f"{v} {rows.loc[v, 'diff']:+.3f}, p {fmt_p(rows.loc[v, 'p'])}" for v in acc["wording_gains"]]
+        gain = "yes (" + "; ".join(shown) + ")"
+    else:
+        gain = "no"
+    return (
+        f"acceptance, {label}: every held-out variant lo >= -{margin:g}: {harm}; "
+        f"a held-out wording with a gain p < {alpha:g}: {gain} -> {'met' if acc['met'] else 'not met'}"
+    )
 
 
 def _signed(x: float) -> str:
@@ -341,16 +345,17 @@ def default_out(run_dirs: list[Path]) -> Path:
     return common
 
 
-def check_out(out: Path, run_dirs: list[Path]) -> None:
-    """Refuse (one line) to replace a default folder's transfer_pooled.json that pools another set of runs."""
+def check_out(out: Path, run_dirs: list[Path], name: str = JSON, what: str = "pools") -> None:
+    """Refuse (one line) to replace a default folder's `name` (a JSON with the runs it is of, under "runs") that
+    `what` another set of runs."""
     try:
-        old = json.loads((out / JSON).read_text(encoding="utf-8"))
+        old = json.loads((out / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     before = sorted(str(Path(r["run_dir"]).resolve()) for r in old.get("runs", []) if "run_dir" in r)
     if before != sorted(str(p.resolve()) for p in run_dirs):
         names = ", ".join(Path(b).name for b in before)
-        raise CRLError(f"{out / JSON} pools other runs ({names}); pass out=<another folder> to keep both")
+        raise CRLError(f"{out / name} {what} other runs ({names}); pass out=<another folder> to keep both")
 
 
 def write_pooled(out: str | Path, pooled: Pooled) -> dict[str, Path]:
