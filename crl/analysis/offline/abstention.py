@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.offline.text import text_table
 from crl.analysis.offline.transfer import ABLATION, ABLATION_KEY, JSON, paired_verdict, policies_of
 
 M_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, math.inf)
@@ -93,13 +94,11 @@ def format_ablation(ablation: pd.DataFrame) -> str:
         g = g.set_index("m")
         lines.append([str(name), "diff", *(f"{g.loc[m, 'diff']:+.3f} {g.loc[m, 'verdict'][0]}" for m in grid)])
         lines.append(["", "abstained", *(f"{100 * g.loc[m, 'abstained']:.0f}%" for m in grid)])
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     title = (
         "abstention threshold ablation (offline): the rule abstains where d(x)/tau > m; m=1 is the fitted rule, "
         "m=inf no rule. diff vs none, verdict G(ain)/H(arm)/T(ie)"
     )
-    return "\n".join([title, fmt(head), *(fmt(line) for line in lines)])
+    return "\n".join([title, *text_table([head, *lines])])
 
 
 def ablation_json(ablation: pd.DataFrame, note: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import pandas as pd
 from crl.analysis.offline.causal import fingerprint, first_seed
 from crl.analysis.offline.feature_effects import read_measurement
 from crl.analysis.offline.stats import StatsConfig, bootstrap_ci, mcnemar_exact, paired_bootstrap, wilson
+from crl.analysis.offline.transfer import fmt_pct
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.reader import RunDir
@@ -229,7 +230,7 @@ def _ci(x: float, lo: float, hi: float, f: str = "{:.3f}") -> str:
 
 
 def _pct(x: float) -> str:
-    return "–" if x is None or np.isnan(x) else f"{100 * x:.0f}%"
+    return fmt_pct(x) or "–"  # transfer's format; a missing share reads "–" here (fmt_pct gives "")
 
 
 def offtask_table(record: Mapping[str, Any]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from crl.analysis.offline import curves as oc
 from crl.analysis.offline.stats import StatsConfig
+from crl.analysis.offline.text import text_table
 from crl.analysis.report.document import Report, para
 from crl.analysis.report.plots import _empty, _figure, _save
 from crl.config import CurvesConfig
@@ -152,8 +153,7 @@ def table_text(result: oc.Curves) -> str:
         rows.append((str(int(r["rollouts"])), f"{r['base']:.3f}", acc(r, oc.CRL), acc(r, oc.GRPO), share(r)))
     for _, r in result.test.iterrows():
         rows.append((f"{r['split']} (sel.)", f"{r['base']:.3f}", acc(r, oc.CRL), acc(r, oc.GRPO), share(r)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(text_table(rows))
 
 
 @dataclass

@@ -46,6 +46,7 @@ from crl.analysis.offline.study import (
     side_effects,
     verdict,
 )
+from crl.analysis.offline.text import text_table
 from crl.analysis.report import plots
 from crl.analysis.report.common import FORMAT_NOTE, Result, publish, warn
 from crl.analysis.report.document import Report, para
@@ -485,9 +486,7 @@ def _int(x: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    """Columns padded to their widest cell, two spaces apart."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return text_table([header, *rows], indent)
 
 
 def _wrap(text: str, indent: str = "  ") -> list[str]:
