@@ -284,3 +284,18 @@ def test_the_xor_shortlist_preset_is_compare_xor_with_a_per_run_shortlist_at_any
         assert cfg.masking == MaskingConfig(mode="shortlist") and cfg.steering.layer == layer
         same = dataclasses.replace(cfg, masking=xor.masking, steering=xor.steering)
         assert same == xor  # the recipe (both directions, no-op prior, 16 epochs at lr 1e-3) is compare_xor's
+
+
+def test_the_shortlist_recipe_applies_to_any_task_and_keeps_its_episodes():
+    xor = compose_config("train", ["experiment=compare_xor_shortlist"])
+    for task in ("bbq_offline", "refusal_offline", "compare"):
+        base = compose_config("train", [f"task={task}"])
+        cfg = compose_config("train", [f"task={task}", "experiment=shortlist_recipe"])
+        assert cfg.task == base.task and cfg.masking == MaskingConfig(mode="shortlist")
+        assert cfg.ppo.episodes_per_update == base.ppo.episodes_per_update  # the task's budget per update
+        assert (cfg.ppo.total_updates, cfg.ppo.update_epochs, cfg.ppo.learning_rate) == (
+            xor.ppo.total_updates,
+            xor.ppo.update_epochs,
+            xor.ppo.learning_rate,
+        )
+        assert cfg.policy.noop_init_bias == xor.policy.noop_init_bias != base.policy.noop_init_bias
