@@ -169,7 +169,7 @@ def _read_info(p: Path, path: str | Path) -> RunInfo:
         raise CRLError(f"'{path}' is a file, not a run directory; pass the directory that holds run.json")
     info = RunInfo.read(p)  # run.json first: a missing one means "not a run dir", not "incomplete"
     if (p / FAILED).exists():
-        raise CRLError(f"run '{path}' failed ({_failure(p / FAILED)}); fix that, then `crl train resume={path}`")
+        raise CRLError(f"run '{path}' failed ({failure_line(p / FAILED)}); fix that, then `crl train resume={path}`")
     missing = [f for f in REQUIRED_FILES if not (p / f).exists()]
     if missing:
         raise CRLError(
@@ -179,7 +179,7 @@ def _read_info(p: Path, path: str | Path) -> RunInfo:
     return info
 
 
-def _failure(path: Path) -> str:
+def failure_line(path: Path) -> str:
     """The one-line error a FAILED.json records (crl.logs.lifecycle writes it)."""
     try:
         return str(json.loads(path.read_text(encoding="utf-8")).get("error", "no error recorded"))
@@ -255,7 +255,7 @@ def sweep_jobs(root: str | Path) -> list[tuple[Path, str | None]]:
     jobs: list[tuple[Path, str | None]] = []
     for job in sorted(found):
         if (job / FAILED).exists():
-            jobs.append((job, f"failed ({_failure(job / FAILED)})"))
+            jobs.append((job, f"failed ({failure_line(job / FAILED)})"))
         elif not (job / SUMMARY).exists():
             how = f"`crl train resume={job}`" if (job / RUN_JSON).exists() else "nothing to resume: run the job again"
             jobs.append((job, f"incomplete (no {SUMMARY}: still running, or stopped; {how})"))

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crl.analysis.offline.transfer import fmt_pct
+
 ALPHA = 0.05
 MIN_REL_SHIFT = 1e-3  # ||delta|| / mean ||h||: below this a shift is numerical noise, not a change
 DRIFT_RATIO = 0.5  # control shift / task shift at or above this: much of the change is generic drift
@@ -31,7 +33,7 @@ def headline_k(ks: list[int]) -> int:
 
 
 def _pct(x: float) -> str:
-    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.0f}%"
+    return fmt_pct(x) or "n/a"  # transfer's format; a missing share reads n/a here (fmt_pct gives "")
 
 
 def _p(p: float) -> str:

@@ -17,8 +17,6 @@ Definitions:
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,23 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from crl.cards.tokens import SYNTACTIC_TYPES, TOKEN_TYPES, token_type
 from crl.errors import CRLError
 from crl.logs.schema import NO_STEER
 
 # Same format as crl.backends.sae.NEURONPEDIA_URL (a test checks); importing that module would pull in torch.
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{np_id}/{feature}"
-TOKEN_TYPES = (
-    "special",
-    "newline",
-    "whitespace",
-    "digit",
-    "punctuation",
-    "capitalized",
-    "lowercase",
-    "other",
-)
-SYNTACTIC_TYPES = frozenset({"special", "newline", "whitespace", "digit", "punctuation"})
-_SPECIAL = re.compile(r"^<\|[^<>]{1,40}\|>$|^<(?:s|/s|bos|eos|pad|unk|start_of_turn|end_of_turn)>$|^\[/?INST\]$")
 _EPISODE_KEY = ["run", "phase", "update", "seed", "episode"]
 
 
@@ -58,30 +45,6 @@ def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str | None:
     if not neuronpedia_id or feature == NO_STEER:
         return None
     return NEURONPEDIA_URL.format(np_id=neuronpedia_id, feature=int(feature))
-
-
-def token_type(token: str) -> str:
-    """Classify a decoded token as one of TOKEN_TYPES.
-
-    Byte-level BPE / SentencePiece markers (Ġ, Ċ, ▁) are read as the space/newline they stand for, in case
-    a logger wrote raw vocabulary pieces instead of decoded text.
-    """
-    t = token.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
-    s = t.strip()
-    if _SPECIAL.match(s):
-        return "special"
-    if not t:
-        return "other"
-    if not s:
-        return "newline" if "\n" in t else "whitespace"
-    if any(c.isdigit() for c in s) and all(c.isdigit() or c in ".,_" for c in s):
-        return "digit"
-    if all(unicodedata.category(c)[0] in "PS" for c in s):
-        return "punctuation"
-    word = s.replace("'", "").replace("-", "")
-    if word.isalpha():
-        return "capitalized" if word[0].isupper() else "lowercase"
-    return "other"
 
 
 def token_types(tokens: pd.Series) -> pd.Series:

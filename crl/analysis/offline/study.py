@@ -51,7 +51,7 @@ from crl.analysis.offline.stats import StatsConfig, method_table, t_half_width
 from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_json
 from crl.logs.lifecycle import LOCK, foreign_entries
-from crl.logs.reader import REQUIRED_FILES, RunDir, load_run
+from crl.logs.reader import REQUIRED_FILES, RunDir, failure_line, load_run
 from crl.logs.schema import CONFIG_YAML, FAILED, RUN_JSON, Phase
 
 PLAN_FILE = "study.json"
@@ -104,13 +104,6 @@ def grid(tasks: Iterable[str], layers: Iterable[int], seeds: Iterable[int]) -> l
     return [Cell(t, int(layer), int(s)) for t in tasks for layer in layers for s in seeds]
 
 
-def _failure(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("error", "no error recorded"))
-    except (OSError, ValueError, AttributeError):
-        return f"{path.name} is unreadable"
-
-
 def _locked(path: Path) -> bool:
     """Whether another process holds the run directory's lock (`crl.logs.lifecycle.claim`)."""
     lock = path / LOCK
@@ -158,7 +151,7 @@ def cell_state(path: str | Path, baselines: bool, coef_sweep: Sequence[float] | 
                 was = "unknown" if swept is None else _sweep_text(swept)
                 return "analyze", f"its coefficient sweep was {was}, analyze.coef_sweep is {_sweep_text(coef_sweep)}"
         return "complete", ""
-    why = f"failed ({_failure(path / FAILED)})" if failed else "stopped before summary.json"
+    why = f"failed ({failure_line(path / FAILED)})" if failed else "stopped before summary.json"
     if (path / RUN_JSON).exists() and (path / CONFIG_YAML).exists():
         return "resume", why
     return "restart", f"{why}; no run.json, so nothing to resume"

@@ -1,5 +1,5 @@
-"""Plain-text tables for stdout (`crl curves`, `crl study`'s summary, `crl transfer`'s abstention ablation): one
-layout, so every command's tables line up the same way."""
+"""Plain-text tables for stdout (`crl curves`, `crl study`'s summary, `crl transfer`'s table, its abstention ablation
+and its seeds pooled): one layout, so every command's tables line up the same way."""
 
 from __future__ import annotations
 

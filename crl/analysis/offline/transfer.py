@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, mcnemar_exact, paired_bootstrap
+from crl.analysis.offline.text import text_table
 from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 
@@ -174,9 +175,7 @@ def format_table(table: pd.DataFrame) -> str:
             if ratios:  # per variant: on its first line
                 qs = [r[c] for c, _ in RATIO_QUANTILES]
                 lines[-1].append("|".join(f"{q:.2f}" for q in qs) if i == 0 and not any(q != q for q in qs) else "")
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), *(fmt(line) for line in lines)])
+    return "\n".join(text_table([head, *lines]))
 
 
 def write_transfer(

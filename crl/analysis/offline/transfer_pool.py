@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from crl.analysis.offline.stats import StatsConfig, seeds_fixed_bootstrap, t_half_width
+from crl.analysis.offline.text import text_table
 from crl.analysis.offline.transfer import ABLATION_KEY, PROMPTS_CSV, fmt_p, fmt_pct, policies_of, verdict
 from crl.analysis.offline.transfer import JSON as TRANSFER_JSON
 from crl.errors import CRLError
@@ -323,8 +324,6 @@ def format_pooled(pooled: Pooled) -> str:
                 str(r["verdict"]),
             ]
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     runs = ", ".join(f"{r.name} (seed {r.settings.get('seed')})" for r in pooled.runs)
     notes = [
         f"pooled over {len(pooled.runs)} runs, per seed in this order: {runs}",
@@ -333,7 +332,7 @@ def format_pooled(pooled: Pooled) -> str:
         CI_NOTES["seed_t_lo_hi"] + f"; verdict: {CI_NOTES['verdict']} (harm margin {pooled.margin:g}, alpha "
         f"{pooled.alpha:g})",
     ]
-    return "\n".join([fmt(head), *(fmt(line) for line in lines), *notes])
+    return "\n".join([*text_table([head, *lines]), *notes])
 
 
 def default_out(run_dirs: list[Path]) -> Path:
