@@ -10,6 +10,7 @@ for a mode, `group(Cls)` for a nested block); rules that tie fields together go 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -274,6 +275,14 @@ class MaskingConfig:
             "adaptive": ("threshold", "top_k", "max_share", "share_decay", "relax_updates"),
             "shortlist": ("threshold", "top_k", "shortlist_k", "shortlist_prompts"),  # the candidates, the cover
         }[self.mode]
+
+    def for_eval(self) -> MaskingConfig:
+        """The masking evaluation uses: adaptive's diversity cap is a training device only, so it evaluates as active.
+
+        >>> MaskingConfig(mode="adaptive").for_eval().mode
+        'active'
+        """
+        return dataclasses.replace(self, mode="active") if self.mode == "adaptive" else self
 
     def check(self) -> None:
         if self.mode in ("active", "adaptive") and self.top_k == 0 and self.threshold < 0:

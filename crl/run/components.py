@@ -81,9 +81,7 @@ class Components:
         )
 
     def masker(self, for_eval: bool = False) -> FeatureMasker:
-        cfg = self.masking
-        if for_eval and cfg.mode == "adaptive":  # the diversity cap is a training device only
-            cfg = dataclasses.replace(cfg, mode="active")
+        cfg = self.masking.for_eval() if for_eval else self.masking
         return FeatureMasker(cfg, self.sae.d_sae, self.steering.allow_noop)
 
     def new_policy(self) -> ActorCritic:

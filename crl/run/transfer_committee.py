@@ -52,9 +52,9 @@ def _flat(prefix: str, obj: Any) -> dict[str, Any]:
 
 
 def _eval_masking(m: MaskingConfig) -> str:
-    """The action set a masking gives at evaluation (crl.run.components.Components.masker(for_eval=True))."""
-    mode = "active" if m.mode == "adaptive" else m.mode  # the share cap is a training device only
-    return f"active (threshold {m.threshold:g}, top_k {m.top_k})" if mode == "active" else mode
+    """The action set a masking gives at evaluation (MaskingConfig.for_eval, as Components.masker uses it)."""
+    m = m.for_eval()
+    return f"active (threshold {m.threshold:g}, top_k {m.top_k})" if m.mode == "active" else m.mode
 
 
 def _shared(cfg: TrainConfig) -> dict[str, Any]:
