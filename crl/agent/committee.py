@@ -90,11 +90,17 @@ class Committee:
         return self._maps
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        host = not isinstance(obs, torch.Tensor)
+    def votes(
+        self, obs: np.ndarray | torch.Tensor, info: dict[str, Any], which: list[int] | None = None
+    ) -> torch.Tensor:
+        """(n, members): each member's greedy action (or only the members in `which`), in the env's ids, on the mask's
+        device."""
         mask = torch.as_tensor(info["action_mask"])
+        host = not isinstance(obs, torch.Tensor)
         votes = []
-        for m, (to_env, columns, allowed) in zip(self.members, self._maps_on(mask.device), strict=True):
+        for i, (m, (to_env, columns, allowed)) in enumerate(zip(self.members, self._maps_on(mask.device), strict=True)):
+            if which is not None and i not in which:
+                continue
             own = info
             if columns is not None or allowed is not None:
                 sub = mask if columns is None else mask[:, columns]
@@ -105,7 +111,12 @@ class Committee:
             steer = a < self.noop  # the member's no-op is its last action too: same count of levels
             env_a = to_env[(a // self.d_sae).clamp_max(len(self.levels) - 1)] * self.d_sae + a % self.d_sae
             votes.append(torch.where(steer, env_a, self.noop))
-        v = torch.stack(votes, dim=1)  # (n, members)
+        return torch.stack(votes, dim=1)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        host = not isinstance(obs, torch.Tensor)
+        v = self.votes(obs, info)  # (n, members)
         backing = (v[:, :, None] == v[:, None, :]).sum(-1)  # (n, members): how many members picked member i's action
         agreed, best = backing.max(-1)
         abstained = agreed < self.quorum
@@ -120,3 +131,38 @@ class Committee:
         if action >= self.noop:
             return "none"
         return f"{action % self.d_sae}@{self.levels[action // self.d_sae]:+g}"
+
+
+class MemberView:
+    """One member acting alone through the committee's env layout (its levels and features mapped as the committee
+    maps them): what `agree=answer` rolls out per member. Extras: `votes` (its action, for the same columns)."""
+
+    on_device = True
+
+    def __init__(self, committee: Committee, index: int):
+        self.committee, self.index = committee, index
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        v = self.committee.votes(obs, info, [self.index])  # (n, 1)
+        if not isinstance(obs, torch.Tensor):
+            return v[:, 0].numpy(), {"votes": v.numpy()}
+        return v[:, 0], {"votes": v}
+
+
+def answer_vote(answers: list[str | None], quorum: int) -> tuple[int | None, int]:
+    """The member whose episode the committee keeps, and how many members gave its answer: the first member with the
+    most common parsed answer, if at least `quorum` members gave it; None (keep the unsteered episode) otherwise. An
+    answer the task could not parse (None) backs nothing.
+
+    >>> answer_vote(["B", "B", "B"], 3), answer_vote(["A", "B", "B"], 3), answer_vote(["A", "B", "B"], 2)
+    ((0, 3), (None, 2), (1, 2))
+    >>> answer_vote([None, None, "C"], 2)
+    (None, 1)
+    """
+    counts = {a: answers.count(a) for a in answers if a is not None}
+    if not counts:
+        return None, 0
+    best = max(counts.values())
+    top = next(a for a in answers if a is not None and counts[a] == best)
+    return (answers.index(top) if best >= quorum else None), best

@@ -12,8 +12,9 @@ where a transfer must run), then the transfer above on each run whose stored res
 then the pooled table and issue #19's acceptance lines on stdout, and <out>/transfer_pooled.{csv,json,png} (out:
 default the runs' common parent folder; there a transfer_pooled.json of other runs is not replaced).
 
-`crl transfer 'committee=[a,b,c]' [quorum=all|majority] [out=<dir>]` scores a seed committee as one policy
-(crl/agent/committee.py: it steers only where the quorum of the members' greedy policies pick the same action): every
+`crl transfer 'committee=[a,b,c]' [quorum=all|majority] [agree=action|answer] [out=<dir>]` scores a seed committee
+as one policy (crl/agent/committee.py: it steers only where the quorum of the members' greedy policies pick the same
+action, or with agree=answer reach the same answer on their own episodes): every
 check first (run directories, one model/SAE/task/layer, one steering and masking: crl.run.transfer_committee), then
 the transfer's rollouts with the arm `committee`, the table with each variant's member agreement and issue #19's
 acceptance line on stdout, and <out>/transfer_committee.{csv,json} and transfer_committee_prompts.csv (out: default
@@ -136,27 +137,32 @@ def committee(cfg: TransferConfig) -> None:
     from crl.analysis.offline import transfer_pool as tp
     from crl.analysis.offline.stats import StatsConfig
     from crl.analysis.offline.transfer import format_table
-    from crl.run.transfer_committee import committee_outcomes, plan_committee
+    from crl.run.transfer_committee import committee_name, committee_outcomes, plan_committee
 
     dirs = _run_dirs(cfg.committee or [], "committee")
-    plan = plan_committee(dirs, cfg.quorum, cfg.variants, cfg.n, cfg.seed, cfg.greedy_rule)  # before any model loads
-    out = Path(cfg.out) if cfg.out else tp.default_out(dirs) / f"committee-{cfg.quorum}"
+    plan = plan_committee(dirs, cfg.quorum, cfg.variants, cfg.n, cfg.seed, cfg.greedy_rule, cfg.agree)  # no model yet
+    out = Path(cfg.out) if cfg.out else tp.default_out(dirs) / committee_name(cfg.quorum, cfg.agree)
     if not cfg.out:
         tp.check_out(out, dirs, tc.JSON, "is a committee of")
     names = ", ".join(d.name for d in dirs)
     k = plan.quorum
-    print(f"[crl] committee of {len(dirs)} runs ({names}): steers where {k} of {len(dirs)} agree", file=sys.stderr)
+    what = "the same action" if cfg.agree == "action" else "the same answer, each on its own episode"
+    print(
+        f"[crl] committee of {len(dirs)} runs ({names}): steers where {k} of {len(dirs)} agree on {what}",
+        file=sys.stderr,
+    )
     outcomes, variants, settings = committee_outcomes(plan)
     frame = pd.DataFrame(outcomes)
     table = tc.committee_table(frame, variants, len(dirs), StatsConfig(n_boot=cfg.n_boot, seed=cfg.boot_seed))
     acceptance = tc.committee_acceptance(table)
     settings = {**settings, "n_boot": cfg.n_boot, "boot_seed": cfg.boot_seed}
     paths = tc.write_committee(out, table, frame, settings, acceptance)
-    print(f"transfer of a committee of {len(dirs)} runs ({names}), quorum {cfg.quorum} ({k} of {len(dirs)})")
+    rule = f"quorum {cfg.quorum} ({k} of {len(dirs)}), agree on {cfg.agree}"
+    print(f"transfer of a committee of {len(dirs)} runs ({names}), {rule}")
     print(f"trained on {settings['trained']}")
     print(format_table(table))
     print()
-    print(tc.format_agreement(table, len(dirs), k))
+    print(tc.format_agreement(table, len(dirs), k, cfg.agree))
     print()
     print(acceptance[1])
     print(f"written: {paths['csv']}, {paths['json']}, {paths['prompts']}")

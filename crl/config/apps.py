@@ -132,6 +132,9 @@ class TransferConfig:
     # <out>/transfer_committee.{csv,json} and transfer_committee_prompts.csv.
     committee: list[str] | None = None
     quorum: Literal["all", "majority"] = "all"
+    # What the quorum must share: the action at each decision (feature and level), or the parsed answer of each
+    # member's own episode (one episode per member and prompt; crl/run/transfer_committee.py). committee= only.
+    agree: Literal["action", "answer"] = "action"
     # run_dirs or committee only; null: the runs' common parent folder (committee: its subfolder committee-<quorum>)
     out: str | None = None
     # Variant specs: trained | <axis>:<value>[+<axis>:<value>] (axes wording, direction, range), e.g.

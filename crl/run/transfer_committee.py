@@ -9,6 +9,14 @@ and SAE once and every member's greedy policy without its abstention rule, and r
 (crl.run.transfer.variant_outcomes) with one arm, `committee`. Per prompt it adds, at the first decision, how many
 members agreed (`committee_agreed`) and what each picked (`committee_votes`, `feature@level` or `none`), and over the
 episode the decisions withheld for disagreement (`committee_disagreed`) out of `committee_decisions`.
+
+`agree`: what the members must agree on. `action` (the default): the same (feature, level) at each decision, as
+above. `answer`: the same answer. Each member's greedy policy runs its own episode on the prompt (through the
+committee's env layout, `MemberView`); the task parses each completion (`Task.extract`), and where at least `quorum`
+members reach one answer the committee keeps the first such member's episode, else the unsteered one (every decision of
+that episode counts as withheld). Seeds that steer through different features to the same letter then agree (the
+compare XOR's seeds pick -457, -128 and -457 for one move); the price is one episode per member and prompt, not one
+per prompt. `committee_agreed` is then the most members behind one answer, `committee_answers` each member's answer.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crl.agent.committee import Committee, Member, quorum_size
+from crl.agent.committee import Committee, Member, MemberView, answer_vote, quorum_size
 from crl.agent.ppo import PolicyAgent
 from crl.config import MaskingConfig, TrainConfig
 from crl.envs.rollout import Episode
@@ -39,7 +47,8 @@ class CommitteePlan:
     plan: TransferPlan  # the first member's plan, its config with the env's masking: the env, prompts and variants
     members: list[tuple[Path, TrainConfig]]  # each member's run directory and config (greedy rule applied)
     features: list[list[int] | None]  # per member: its own masking=fixed features where the env offers a union
-    quorum: int  # members that must pick one action
+    quorum: int  # members that must pick one action (agree=action) or reach one answer (agree=answer)
+    agree: str  # action | answer (module docstring)
     settings: dict[str, Any]  # what transfer_committee.json records
 
 
@@ -105,11 +114,14 @@ def plan_committee(
     n: int = 400,
     seed: int | None = None,
     greedy_rule: str | None = None,
+    agree: str = "action",
 ) -> CommitteePlan:
     """Every check of a committee transfer, no model loaded: each member a run directory of a task with variants and
     a trained policy, the members compatible (`check_members`), `quorum` all or majority."""
     if len(run_dirs) < 2:
         raise CRLError("committee: a committee needs two runs or more; for one run use run_dir=")
+    if agree not in ("action", "answer"):
+        raise CRLError(f"committee: agree={agree} is not a rule; use agree=action or agree=answer")
     plans = [plan_transfer(d, variants, n, seed, "off", greedy_rule) for d in run_dirs]
     names = [d.name for d in run_dirs]
     masking = check_members([(name, p.cfg) for name, p in zip(names, plans, strict=True)])
@@ -124,8 +136,9 @@ def plan_committee(
     keep = ("task", "trained", "n", "seed")
     settings = {
         **{key: first.settings[key] for key in keep},
-        "run": f"{ARM}-{quorum}",
+        "run": committee_name(quorum, agree),
         "quorum": quorum,
+        "agree": agree,
         "quorum_size": k,
         "members": len(run_dirs),
         "masking": _eval_masking(masking) + (f" {masking.features}" if masking.mode == "fixed" else ""),
@@ -134,7 +147,37 @@ def plan_committee(
             for name, d, p in zip(names, run_dirs, plans, strict=True)
         ],
     }
-    return CommitteePlan(plan, [(d, p.cfg) for d, p in zip(run_dirs, plans, strict=True)], features, k, settings)
+    members = [(d, p.cfg) for d, p in zip(run_dirs, plans, strict=True)]
+    return CommitteePlan(plan, members, features, k, agree, settings)
+
+
+def committee_name(quorum: str, agree: str) -> str:
+    """The committee's name (its default folder): committee-<quorum>, with -answer for agree=answer.
+
+    >>> committee_name("all", "action"), committee_name("majority", "answer")
+    ('committee-all', 'committee-majority-answer')
+    """
+    return f"{ARM}-{quorum}" + ("-answer" if agree == "answer" else "")
+
+
+def answer_committee(
+    task: Any, none: list[Episode], members: list[list[Episode]], quorum: int, noop: int
+) -> list[Episode]:
+    """agree=answer: per prompt, the episode of the first member whose parsed answer at least `quorum` members share,
+    else the unsteered one (`answer_vote`). Every step is marked `abstained` (disagreement) or not; the first step
+    carries `agreed`, `votes` (each member's first action; `noop` for a member without a decision) and `answers`."""
+    out = []
+    for j, plain in enumerate(none):
+        eps = [m[j] for m in members]
+        answers = [task.extract(ep.completion) for ep in eps]
+        pick, agreed = answer_vote(answers, quorum)
+        chosen = plain if pick is None else eps[pick]
+        steps = [{**st, "abstained": pick is None} for st in chosen.steps]
+        if steps:
+            votes = [int(ep.steps[0]["votes"][0]) if ep.steps else noop for ep in eps]
+            steps[0] = {**steps[0], "agreed": agreed, "votes": votes, "answers": answers}
+        out.append(dataclasses.replace(chosen, steps=steps))
+    return out
 
 
 def committee_outcomes(cp: CommitteePlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
@@ -151,7 +194,14 @@ def committee_outcomes(cp: CommitteePlan) -> tuple[list[dict[str, Any]], list[di
     seed = cp.settings["seed"]
 
     def arms(examples: list[Example], none: list[Episode], label: str) -> dict[str, list[Episode]]:
-        return {ARM: variant_rollouts(comps, examples, committee, seed, f"{label} {ARM}")}
+        if cp.agree == "action":
+            return {ARM: variant_rollouts(comps, examples, committee, seed, f"{label} {ARM}")}
+        k = len(members)
+        own = [
+            variant_rollouts(comps, examples, MemberView(committee, i), seed, f"{label} member {i + 1}/{k}")
+            for i in range(k)
+        ]
+        return {ARM: answer_committee(comps.task, none, own, cp.quorum, committee.noop)}
 
     def agreement(runs: dict[str, list[Episode]]) -> list[dict[str, Any]]:
         rows = []
@@ -165,6 +215,8 @@ def committee_outcomes(cp: CommitteePlan) -> tuple[list[dict[str, Any]], list[di
                     f"{ARM}_decisions": len(ep.steps),
                 }
             )
+            if cp.agree == "answer":
+                rows[-1][f"{ARM}_answers"] = "|".join(str(a) for a in first.get("answers", []))
         return rows
 
     outcomes, info = variant_outcomes(comps, cp.plan, arms, (ARM,), agreement)

@@ -49,8 +49,10 @@ def runs(tmp_path_factory):
     return out
 
 
-def _committee(runs, names, quorum="all", specs=SPECS) -> pd.DataFrame:
-    outcomes, _, settings = committee_outcomes(plan_committee([runs[n] for n in names], quorum, specs, n=16))
+def _committee(runs, names, quorum="all", specs=SPECS, agree="action") -> pd.DataFrame:
+    plan = plan_committee([runs[n] for n in names], quorum, specs, n=16, agree=agree)
+    outcomes, _, settings = committee_outcomes(plan)
+    assert settings["agree"] == agree
     assert settings["quorum_size"] == {"all": len(names), "majority": len(names) // 2 + 1}[quorum]
     return pd.DataFrame(outcomes)
 
@@ -92,6 +94,33 @@ def test_a_majority_quorum_takes_the_two_of_three_action(runs):
     assert set(got["committee_votes"]) == {f"{STEER}@+1|{OTHER}@+1|{STEER}@+1"}
     strict = _committee(runs, ["amp", "other", "amp_rev"], "all", specs=SPECS[:1])  # the same members, all of them
     assert not strict["committee_steered"].any() and (strict["committee_agreed"] == 2).all()
+
+
+def test_agree_answer_keeps_a_member_episode_where_different_actions_reach_one_answer(runs):
+    # amp (STEER +1) and other (OTHER +1): different features, so agree=action never steers; on the tiny model both
+    # move the answer to B, so agree=answer keeps amp's episode (the first member with the shared answer)
+    by_action = _committee(runs, ["amp", "other"])
+    assert not by_action["committee_steered"].any() and by_action["committee_abstained"].all()
+    got, member = _committee(runs, ["amp", "other"], agree="answer"), _member(runs, "amp")
+    assert got["committee_steered"].all() and not got["committee_abstained"].any()
+    assert (got["committee_agreed"] == 2).all() and (got["committee_disagreed"] == 0).all()
+    assert set(got["committee_votes"]) == {f"{STEER}@+1|{OTHER}@+1"} and set(got["committee_answers"]) == {"B|B"}
+    assert list(got["committee_correct"]) == list(member["crl_correct"])
+    assert (got["committee_correct"] != got["none_correct"]).all()
+
+
+def test_agree_answer_withholds_where_the_answers_differ_and_a_majority_keeps_the_two(runs):
+    # sup_rev (STEER -1) answers A, amp B: no answer has both, so the committee keeps the unsteered episode
+    got = _committee(runs, ["amp", "sup_rev"], agree="answer")
+    assert not got["committee_steered"].any() and got["committee_abstained"].all()
+    assert set(got["committee_answers"]) == {"B|A"} and (got["committee_agreed"] == 1).all()
+    assert list(got["committee_correct"]) == list(got["none_correct"])
+    assert (got["committee_disagreed"] == got["committee_decisions"]).all()
+    # with a majority, amp and other (B) outvote sup_rev (A): the committee is amp, the first member answering B
+    two, member = _committee(runs, ["sup_rev", "amp", "other"], "majority", agree="answer"), _member(runs, "amp")
+    assert list(two["committee_correct"]) == list(member["crl_correct"]) and two["committee_steered"].all()
+    assert (two["committee_agreed"] == 2).all() and not two["committee_abstained"].any()
+    assert set(two["committee_votes"]) == {f"{STEER}@-1|{STEER}@+1|{OTHER}@+1"}
 
 
 def test_the_device_path_decides_as_the_host_path(runs, monkeypatch):
@@ -184,6 +213,13 @@ def test_the_command_writes_the_table_with_agreement_and_the_acceptance_line(run
     assert code == 2 and "is a committee of other runs (amp, amp_rev, other); pass out=" in err
     code, _, err = crl_cli(two, "quorum=majority", "n=4", "variants=[trained]", f"out={where.parent / 'two'}")
     assert code == 0 and (where.parent / "two" / "transfer_committee.json").exists(), err
+    # agree=answer: its own default folder, its rule in the settings and the agreement header
+    code, out, err = crl_cli(members, "quorum=majority", "agree=answer", "n=4", "n_boot=100", "variants=[trained]")
+    assert code == 0, err
+    assert "steers where 2 of 3 agree on the same answer, each on its own episode" in err
+    saved = json.loads((where.parent / "committee-majority-answer" / "transfer_committee.json").read_text())
+    assert saved["agree"] == "answer" and saved["run"] == "committee-majority-answer"
+    assert "members agreeing on the answer (3|2|1 of 3; quorum 2)" in out
 
 
 def test_bad_input_is_one_line(runs, crl_cli, tmp_path):
@@ -201,6 +237,7 @@ def test_bad_input_is_one_line(runs, crl_cli, tmp_path):
         f"committee=[{amp},{amp}]": f"committee: {amp} is listed twice",
         f"committee=[{amp},{other}] fit_abstain=knn": "the committee abstains where they disagree",
         f"committee=[{amp},{other}] quorum=most": "quorum",
+        f"committee=[{amp},{other}] agree=letters": "agree",
         f"committee=[{amp},{coef}]": "committee: coef2 has steering.coef=2, amp has steering.coef=4;",
     }
     for args, message in cases.items():

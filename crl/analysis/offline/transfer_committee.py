@@ -6,7 +6,8 @@ The per-variant table is the single run's (`transfer.transfer_table`: none vs co
 prompts where the committee withheld steering for disagreement at some decision), with per variant:
 
 - agreed_<k>: the share of prompts whose first decision had k members behind one action (no steering counts as an
-  action: members that all decline agree), k from the number of members down to 1;
+  action: members that all decline agree), k from the number of members down to 1; with agree=answer, k members
+  behind one parsed answer of their own episodes;
 - committee_disagreed_decisions: the share of all the variant's decisions withheld for disagreement;
 
 and issue #19's acceptance on the committee (`transfer_pool.acceptance_of`): every held-out variant's lo >= -margin,
@@ -59,10 +60,12 @@ def committee_acceptance(
     return acc, acceptance_line(label, acc, rows.set_index("variant"), margin, alpha)
 
 
-def format_agreement(table: pd.DataFrame, n_members: int, quorum: int) -> str:
-    """Per variant, how many members agreed at the first decision and the decisions withheld for disagreement."""
+def format_agreement(table: pd.DataFrame, n_members: int, quorum: int, agree: str = "action") -> str:
+    """Per variant, how many members agreed (on the first decision's action, or on the answer) and the decisions
+    withheld for disagreement."""
     ks = range(n_members, 0, -1)
-    head = f"members agreeing at the first decision ({'|'.join(map(str, ks))} of {n_members}; quorum {quorum})"
+    on = "at the first decision" if agree == "action" else "on the answer"
+    head = f"members agreeing {on} ({'|'.join(map(str, ks))} of {n_members}; quorum {quorum})"
     lines = [f"{head}, decisions withheld for disagreement:"]
     width = max(len(str(v)) for v in table["variant"])
     for _, r in table.iterrows():
