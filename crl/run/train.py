@@ -53,8 +53,8 @@ def sample_batch(examples: list[Example], n_episodes: int, rng: np.random.Genera
 
 def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | None) -> TrainConfig:
     """A bare `resume=<dir>` continues with the run's saved config. With other overrides, the composed
-    config is used, but it must name the same model, SAE, task, layer and masking (`check_resume_masking`),
-    checked before any loading.
+    config is used, but it must name the same model, SAE, task and layer, and keep what the checkpoint's policy
+    means (`resume_checks`: masking, the steering levels and no-op, the policy network), checked before any loading.
     Both are compared as loaded configs, so a setting added to CRL since the run was made (absent from its
     config.yaml, so at its default) is no difference."""
     saved = saved_config(run_dir)
@@ -69,26 +69,52 @@ def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | N
             f"resume dir {run_dir} is incompatible with this config: {', '.join(diffs)} differ from the "
             "run's; resume with `crl train resume=<dir>` alone, or start a new run"
         )
-    check_resume_masking(cfg.masking, saved.masking, run_dir)
+    check_resume(run_dir, resume_checks(cfg, saved, run_dir))
     return cfg
 
 
 def _override(value: Any) -> str:
     """A config value as a command line writes it.
 
-    >>> _override([1591, 652]), _override(None), _override(0.25)
-    ('[1591,652]', 'null', '0.25')
+    >>> _override([1591, 652]), _override(None), _override(0.25), _override(False)
+    ('[1591,652]', 'null', '0.25', 'false')
     """
     if value is None:
         return "null"
+    if isinstance(value, bool):  # as config.yaml writes it
+        return str(value).lower()
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
-def check_resume_masking(asked: MaskingConfig, saved: MaskingConfig, run_dir: Path) -> None:
+# One group of settings a resume must keep: (its prefix, the asked group, the recorded group, the keys compared).
+ResumeCheck = tuple[str, object, object, tuple[str, ...]]
+
+# Action id = level * d_sae + feature, the no-op last: these fix how many ids there are and what each one does (the
+# order of coef_levels too), so the checkpoint's logits would mean other actions.
+RESUME_STEERING_KEYS = ("coef", "coef_mode", "coef_levels", "allow_noop")
+# The checkpoint's tensors: their shapes (hidden, head, abstain's buffers) and what they mean (obs_norm: the saved
+# statistics). Settings that only make the first values (init_scale, noop_init_bias, obs_stats_prompts,
+# abstain_quantile) are replaced by the checkpoint's; greedy_rule and compact_min_d_sae change no weight.
+RESUME_POLICY_KEYS = ("hidden", "head", "obs_norm", "abstain")
+
+
+def resume_checks(cfg: TrainConfig, saved: TrainConfig, run_dir: Path) -> list[ResumeCheck]:
+    """What a resume with overrides must keep of the recorded config: the masking (`masking_check`), the steering
+    that defines the action ids and the policy network's settings (abstain_k too where the run abstains by knn:
+    the saved threshold was fitted on that distance)."""
+    knn = ("abstain_k",) if saved.policy.abstain == "knn" else ()
+    return [
+        masking_check(cfg.masking, saved.masking, run_dir),
+        ("steering", cfg.steering, saved.steering, RESUME_STEERING_KEYS),
+        ("policy", cfg.policy, saved.policy, (*RESUME_POLICY_KEYS, *knn)),
+    ]
+
+
+def masking_check(asked: MaskingConfig, saved: MaskingConfig, run_dir: Path) -> ResumeCheck:
     """A resume with overrides keeps the run's action set: a masking that differs from config.yaml's in its mode or
-    in a setting the recorded mode reads is one line, before the model loads (the checkpoint's policy and its logs
-    were made with the recorded one). masking=shortlist matches a run that recorded masking=fixed on the features
-    of its own shortlist.json (`resolve` reuses it) and the same shortlist settings."""
+    in a setting the recorded mode reads is refused (the checkpoint's policy and its logs were made with the recorded
+    one). masking=shortlist matches a run that recorded masking=fixed on the features of its own shortlist.json
+    (`resolve` reuses it) and the same shortlist settings; without a shortlist.json it is refused here."""
     keys = ("mode", *saved.settings())
     if asked.mode == "shortlist":
         if not (run_dir / schema.SHORTLIST).exists():
@@ -98,12 +124,21 @@ def check_resume_masking(asked: MaskingConfig, saved: MaskingConfig, run_dir: Pa
             )
         keys = (*keys, *(k for k in asked.settings() if k not in keys))  # recorded too: only mode, features replaced
         asked = dataclasses.replace(asked, mode="fixed", features=saved.features)
-    diffs = [k for k in keys if getattr(asked, k) != getattr(saved, k)]
+    return "masking", asked, saved, keys
+
+
+def check_resume(run_dir: Path, checks: list[ResumeCheck]) -> None:
+    """Every asked setting of `checks` that differs from the recorded one, in one line before the model loads:
+    each key with its asked and recorded value, and the overrides that match."""
+    diffs = [
+        (f"{prefix}.{k}", getattr(asked, k), getattr(saved, k))
+        for prefix, asked, saved, keys in checks
+        for k in keys
+        if getattr(asked, k) != getattr(saved, k)
+    ]
     if diffs:
-        said = ", ".join(
-            f"masking.{k}={_override(getattr(asked, k))} (recorded: {_override(getattr(saved, k))})" for k in diffs
-        )
-        fix = " ".join(f"masking.{k}={_override(getattr(saved, k))}" for k in diffs)
+        said = ", ".join(f"{k}={_override(a)} (recorded: {_override(s)})" for k, a, s in diffs)
+        fix = " ".join(f"{k}={_override(s)}" for k, _, s in diffs)
         raise CRLError(
             f"resume={run_dir} conflicts with the run's {schema.CONFIG_YAML}: {said}; resume with `crl train "
             f"resume={run_dir}` alone, or with `{fix}`, or start a new run"

@@ -21,7 +21,7 @@ from crl.logs import schema
 from crl.logs.reader import read_jsonl
 from crl.run.components import build
 from crl.run.train import config_yaml, resume_config, train
-from tests.run.helpers import QUICK, compose_train
+from tests.run.helpers import QUICK, compose_train, crl
 
 CRL = [sys.executable, "-m", "crl.cli", "train"]
 
@@ -205,6 +205,78 @@ def test_a_resume_keeps_the_runs_masking(tmp_path):
     assert resume(*shortlist).masking.mode == "shortlist"
     assert "masking.shortlist_prompts=64 (recorded: 8)" in refused("masking=shortlist")
     assert "masking.top_k=4 (recorded: 16)" in refused(*shortlist, "masking.top_k=4")
+
+
+def test_a_resume_keeps_the_runs_action_ids_and_policy_network(tmp_path):
+    """Steering that defines the action ids (coef, coef_mode, the order of coef_levels, the no-op) and the policy
+    network's shape and meaning must match config.yaml: each differing key in one line with the recorded value and
+    the overrides that match; settings the checkpoint replaces (init_scale) or that change no weight pass."""
+    run = ["steering.coef=4", "policy.abstain=knn", "policy.abstain_k=5"]
+    (tmp_path / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", run)))
+
+    def resume(*argv: str) -> TrainConfig:
+        cfg = compose_config("train", list(argv))
+        assert resume_config(cfg, tmp_path, [f"resume={tmp_path}", *argv]) is cfg
+        return cfg
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(CRLError) as e:
+            resume(*argv)
+        said = str(e.value)
+        assert "\n" not in said and said.startswith(f"resume={tmp_path} conflicts with the run's config.yaml: ")
+        return said
+
+    resume(*run, "ppo.total_updates=20", "policy.init_scale=2", "policy.greedy_rule=steer_if_likely")
+    resume(*run, "steering.coef_levels=[1,-1]", "policy.hidden=256")  # the recorded values (levels written as ints)
+    said = refused("policy.abstain=knn", "steering.coef=2")
+    assert said.endswith(
+        ": steering.coef=2.0 (recorded: 4.0); resume with `crl train "
+        f"resume={tmp_path}` alone, or with `steering.coef=4.0`, or start a new run"
+    )
+    # [-1,1] swaps what action ids 0..d_sae-1 and d_sae..2*d_sae-1 do in the checkpoint's policy
+    assert ": steering.coef_levels=[-1.0,1.0] (recorded: [1.0,-1.0]); " in refused(*run, "steering.coef_levels=[-1,1]")
+    said = refused("steering.coef=4", "steering.allow_noop=false")  # abstention needs the no-op: abstain=off too
+    assert ": steering.allow_noop=false (recorded: true), policy.abstain=off (recorded: knn); " in said
+    assert "or with `steering.allow_noop=true policy.abstain=knn`" in said
+    assert ": steering.coef_mode=raw (recorded: relative); " in refused(*run, "steering.coef_mode=raw")
+    said = refused("steering.coef=4", "policy.hidden=64", "policy.head=dense", "policy.obs_norm=layer")
+    assert ": policy.hidden=64 (recorded: 256), policy.head=dense (recorded: sae), policy.obs_norm=layer " in said
+    assert "policy.abstain=off (recorded: knn); " in said
+    assert said.endswith(
+        "`policy.hidden=256 policy.head=sae policy.obs_norm=standardize policy.abstain=knn`, or start a new run"
+    )
+    assert ": policy.abstain_k=3 (recorded: 5); " in refused(*run, "policy.abstain_k=3")
+    # every group in one line, masking first (its message as before)
+    said = refused("masking=fixed", "masking.features=[3]", "steering.coef=2", "policy.abstain=knn")
+    assert ": masking.mode=fixed (recorded: adaptive), steering.coef=2.0 (recorded: 4.0); " in said
+    assert "or with `masking.mode=adaptive steering.coef=4.0`" in said
+    # abstain_k counts only where the run abstains by knn (the distance its threshold was fitted on)
+    off = tmp_path / "off"
+    off.mkdir()
+    (off / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", ["policy.abstain_k=5"])))
+    cfg = compose_config("train", ["policy.abstain_k=3"])
+    assert resume_config(cfg, off, [f"resume={off}", "policy.abstain_k=3"]) is cfg
+
+
+def test_a_resume_with_another_coef_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """steering.coef=2 on a coef-4 run would continue its checkpoint with other actions: refused by `train` and by
+    `crl train` (exit 2, one line) before the model or the checkpoint is loaded."""
+    import crl.run.train as train_mod
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model or the checkpoint was loaded")
+
+    monkeypatch.setattr(train_mod, "build", no_model)
+    monkeypatch.setattr(train_mod, "load_checkpoint", no_model)
+    (tmp_path / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", [*QUICK, "steering.coef=4"])))
+    (tmp_path / schema.RUN_JSON).write_text("{}")  # train only checks that it exists before the config
+    argv = [f"resume={tmp_path}", *QUICK, "steering.coef=2"]
+    with pytest.raises(CRLError, match=r"steering\.coef=2\.0 \(recorded: 4\.0\); resume with `crl train resume="):
+        train(compose_train(argv), tmp_path, argv)
+    assert crl("train", *argv) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert f"resume={tmp_path} conflicts with the run's config.yaml: steering.coef=2.0 (recorded: 4.0); " in err
+    assert not (tmp_path / schema.FAILED).exists()
 
 
 def _hurting_task(cfg) -> type:
