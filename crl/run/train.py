@@ -22,6 +22,7 @@ import torch
 
 from crl.agent.ppo import PolicyAgent, ppo_update
 from crl.config import MaskingConfig, RunConfig, TrainConfig, load
+from crl.config.core import show
 from crl.envs.rollout import Episode, accuracy, run_episodes
 from crl.envs.tasks.base import Example
 from crl.errors import CRLError
@@ -71,19 +72,6 @@ def resume_config(cfg: TrainConfig, run_dir: Path, user_overrides: list[str] | N
         )
     check_resume(run_dir, resume_checks(cfg, saved, run_dir))
     return cfg
-
-
-def _override(value: Any) -> str:
-    """A config value as a command line writes it.
-
-    >>> _override([1591, 652]), _override(None), _override(0.25), _override(False)
-    ('[1591,652]', 'null', '0.25', 'false')
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):  # as config.yaml writes it
-        return str(value).lower()
-    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
 # One group of settings a resume must keep: (its prefix, the asked group, the recorded group, the keys compared).
@@ -137,8 +125,8 @@ def check_resume(run_dir: Path, checks: list[ResumeCheck]) -> None:
         if getattr(asked, k) != getattr(saved, k)
     ]
     if diffs:
-        said = ", ".join(f"{k}={_override(a)} (recorded: {_override(s)})" for k, a, s in diffs)
-        fix = " ".join(f"{k}={_override(s)}" for k, _, s in diffs)
+        said = ", ".join(f"{k}={show(a)} (recorded: {show(s)})" for k, a, s in diffs)
+        fix = " ".join(f"{k}={show(s)}" for k, _, s in diffs)
         raise CRLError(
             f"resume={run_dir} conflicts with the run's {schema.CONFIG_YAML}: {said}; resume with `crl train "
             f"resume={run_dir}` alone, or with `{fix}`, or start a new run"

@@ -29,6 +29,7 @@ from typing import Any
 from crl.agent.committee import Committee, Member, MemberView, answer_vote, quorum_size
 from crl.agent.ppo import PolicyAgent
 from crl.config import MaskingConfig, TrainConfig
+from crl.config.core import show
 from crl.envs.rollout import Episode
 from crl.envs.tasks.base import Example
 from crl.errors import CRLError
@@ -75,14 +76,6 @@ def _shared(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in keys.items() if k not in UNSHARED}
 
 
-def _show(v: Any) -> str:
-    if isinstance(v, list):
-        return "[" + ",".join(map(_show, v)) + "]"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-
-
 def check_members(named: list[tuple[str, TrainConfig]]) -> MaskingConfig:
     """One CRLError line on the first key where a member differs from the first (module docstring); returns the
     env's masking: the members' own, or masking=fixed on the union of their features."""
@@ -97,7 +90,7 @@ def check_members(named: list[tuple[str, TrainConfig]]) -> MaskingConfig:
         for k, v in other.items():
             if v != first.get(k):
                 raise CRLError(
-                    f"committee: {b} has {k}={_show(v)}, {a} has {k}={_show(first.get(k))}; the members steer "
+                    f"committee: {b} has {k}={show(v)}, {a} has {k}={show(first.get(k))}; the members steer "
                     f"through one model, SAE and env, so they must share it: list runs trained with one {k}"
                 )
     maskings = [cfg.masking for _, cfg in named]

@@ -238,7 +238,7 @@ def test_bad_input_is_one_line(runs, crl_cli, tmp_path):
         f"committee=[{amp},{other}] fit_abstain=knn": "the committee abstains where they disagree",
         f"committee=[{amp},{other}] quorum=most": "quorum",
         f"committee=[{amp},{other}] agree=letters": "agree",
-        f"committee=[{amp},{coef}]": "committee: coef2 has steering.coef=2, amp has steering.coef=4;",
+        f"committee=[{amp},{coef}]": "committee: coef2 has steering.coef=2.0, amp has steering.coef=4.0;",
     }
     for args, message in cases.items():
         code, _, err = crl_cli(*args.split(), "n=4")

@@ -39,6 +39,7 @@ from crl.analysis.offline.stats import StatsConfig, seeds_fixed_bootstrap, t_hal
 from crl.analysis.offline.text import text_table
 from crl.analysis.offline.transfer import ABLATION_KEY, PROMPTS_CSV, fmt_p, fmt_pct, policies_of, verdict
 from crl.analysis.offline.transfer import JSON as TRANSFER_JSON
+from crl.config.core import show
 from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_bytes, atomic_write_json
 
@@ -100,17 +101,11 @@ def stale_reason(run_dir: str | Path, wanted: dict[str, Any], specs: list[str]) 
     settings, rows = stored
     for k in RERUN_KEYS:
         if settings.get(k) != wanted.get(k):
-            return f"its transfer has {k}={_show(settings.get(k))}, asked {_show(wanted.get(k))}"
+            return f"its transfer has {k}={show(settings.get(k))}, asked {show(wanted.get(k))}"
     have = [r.get("variant") for r in rows]
     if have != list(specs):
-        return f"its transfer has variants={_show(have)}, asked {_show(list(specs))}"
+        return f"its transfer has variants={show(have)}, asked {show(list(specs))}"
     return None
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, list):
-        return "[" + ",".join(map(str, v)) + "]"
-    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def read_run_transfer(run_dir: str | Path) -> RunTransfer:
@@ -138,7 +133,7 @@ def check_same(items: list[tuple[str, dict[str, Any], list[str]]], keys: tuple[s
             diff.append(("variants", other_specs, specs))
         if diff:
             k, vb, va = diff[0]
-            raise CRLError(f"cannot pool {b} with {a}: {k}={_show(vb)} in {b}, {_show(va)} in {a}; {hint}")
+            raise CRLError(f"cannot pool {b} with {a}: {k}={show(vb)} in {b}, {show(va)} in {a}; {hint}")
 
 
 def check_poolable(runs: list[RunTransfer]) -> tuple[str, ...]:
