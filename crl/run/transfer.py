@@ -225,9 +225,9 @@ def _with_rule(
     for n_ep, f_ep in zip(none, free, strict=True):
         n_ood, f_ood = ood(n_ep), ood(f_ep)
         if n_ood is not None and bool(n_ood.all()):
-            out.append(_marked(n_ep, True))
+            out.append(marked(n_ep, True))
         elif f_ood is not None and not bool(f_ood.any()):
-            out.append(_marked(f_ep, False))
+            out.append(marked(f_ep, False))
         else:
             out.append(None)
     rest = [j for j, ep in enumerate(out) if ep is None]
@@ -244,7 +244,8 @@ def _with_rule(
     return out  # type: ignore[return-value]
 
 
-def _marked(ep: Episode, abstained: bool) -> Episode:
+def marked(ep: Episode, abstained: bool) -> Episode:
+    """`ep` with every step marked as withheld (abstained) or not: an episode taken from another run."""
     return dataclasses.replace(ep, steps=[{**s, "abstained": abstained} for s in ep.steps])
 
 

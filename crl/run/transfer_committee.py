@@ -35,7 +35,7 @@ from crl.envs.tasks.base import Example
 from crl.errors import CRLError
 from crl.logs.schema import RunInfo
 from crl.run.components import build, policy_file
-from crl.run.transfer import TransferPlan, plan_transfer, variant_outcomes, variant_rollouts
+from crl.run.transfer import TransferPlan, marked, plan_transfer, variant_outcomes, variant_rollouts
 
 ARM = "committee"
 UNSHARED = ("model.device", "sae.device")  # where a member ran, not what it is
@@ -164,12 +164,11 @@ def answer_committee(
         eps = [m[j] for m in members]
         answers = [task.extract(ep.completion) for ep in eps]
         pick, agreed = answer_vote(answers, quorum)
-        chosen = plain if pick is None else eps[pick]
-        steps = [{**st, "abstained": pick is None} for st in chosen.steps]
-        if steps:
+        chosen = marked(plain if pick is None else eps[pick], pick is None)
+        if chosen.steps:
             votes = [int(ep.steps[0]["votes"][0]) if ep.steps else noop for ep in eps]
-            steps[0] = {**steps[0], "agreed": agreed, "votes": votes, "answers": answers}
-        out.append(dataclasses.replace(chosen, steps=steps))
+            chosen.steps[0].update(agreed=agreed, votes=votes, answers=answers)  # marked's steps are new dicts
+        out.append(chosen)
     return out
 
 
