@@ -166,6 +166,25 @@ def test_an_old_runs_config_still_resumes(tmp_path):
         resume_config(compose_config("train", ["task.n_test=8"]), tmp_path, [f"resume={tmp_path}", "task.n_test=8"])
 
 
+def _resume_with(run_dir):
+    """(resume, refused) on `run_dir`: `crl train resume=<run_dir>` with these overrides composed and checked (the
+    composed config comes back), or refused: its one-line message, which names the run and config.yaml."""
+
+    def resume(*argv: str) -> TrainConfig:
+        cfg = compose_config("train", list(argv))
+        assert resume_config(cfg, run_dir, [f"resume={run_dir}", *argv]) is cfg
+        return cfg
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(CRLError) as e:
+            resume(*argv)
+        said = str(e.value)
+        assert "\n" not in said and said.startswith(f"resume={run_dir} conflicts with the run's config.yaml: ")
+        return said
+
+    return resume, refused
+
+
 def test_a_resume_keeps_the_runs_masking(tmp_path):
     """A masking the recorded one does not match is one line naming the key, the recorded value and the fix; only
     the settings the recorded mode reads count, and masking=shortlist matches a shortlist run's masking=fixed."""
@@ -178,17 +197,7 @@ def test_a_resume_keeps_the_runs_masking(tmp_path):
     fixed = ["masking=fixed", "masking.features=[3,5]", "masking.shortlist_prompts=8"]
     (tmp_path / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", fixed)))
 
-    def resume(*argv: str) -> TrainConfig:
-        cfg = compose_config("train", list(argv))
-        assert resume_config(cfg, tmp_path, [f"resume={tmp_path}", *argv]) is cfg
-        return cfg
-
-    def refused(*argv: str) -> str:
-        with pytest.raises(CRLError) as e:
-            resume(*argv)
-        assert "\n" not in str(e.value) and f"resume={tmp_path} conflicts with the run's config.yaml: " in str(e.value)
-        return str(e.value)
-
+    resume, refused = _resume_with(tmp_path)
     resume(*fixed, "ppo.total_updates=20")
     resume("masking=fixed", "masking.features=[3,5]", "masking.top_k=4")  # masking=fixed reads no top_k
     assert "masking.features=[3,6] (recorded: [3,5]); resume with `crl train resume=" in refused(
@@ -214,18 +223,7 @@ def test_a_resume_keeps_the_runs_action_ids_and_policy_network(tmp_path):
     run = ["steering.coef=4", "policy.abstain=knn", "policy.abstain_k=5"]
     (tmp_path / schema.CONFIG_YAML).write_bytes(config_yaml(compose_config("train", run)))
 
-    def resume(*argv: str) -> TrainConfig:
-        cfg = compose_config("train", list(argv))
-        assert resume_config(cfg, tmp_path, [f"resume={tmp_path}", *argv]) is cfg
-        return cfg
-
-    def refused(*argv: str) -> str:
-        with pytest.raises(CRLError) as e:
-            resume(*argv)
-        said = str(e.value)
-        assert "\n" not in said and said.startswith(f"resume={tmp_path} conflicts with the run's config.yaml: ")
-        return said
-
+    resume, refused = _resume_with(tmp_path)
     resume(*run, "ppo.total_updates=20", "policy.init_scale=2", "policy.greedy_rule=steer_if_likely")
     resume(*run, "steering.coef_levels=[1,-1]", "policy.hidden=256")  # the recorded values (levels written as ints)
     said = refused("policy.abstain=knn", "steering.coef=2")
