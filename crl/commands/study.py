@@ -22,8 +22,8 @@ the verdict sentence, accuracy at equal budget and CRL minus each baseline, the 
 and the layer claim; then the side effects), for a remote shell or the study's log.
 
 Report only (`report_only=true out=<study>`): report.html and summary.txt written again from the cells on disk and the
-summary printed, no cell run, resumed or checked (budget=, n_boot=, split=, probe= apply; tasks=, layers=, seeds=
-report that part of the grid; a cell's override, resume=true or launcher= is refused).
+summary printed, no cell run, resumed or checked (budget=, budgets=, n_boot=, split=, probe= apply; tasks=, layers=,
+seeds= report that part of the grid; a cell's override, resume=true or launcher= is refused).
 
 What the cells share and skip by default (StudyConfig.analyze, AnalyzeConfig.shared_baselines):
 - shared: random, corr, prompting and letter_prior, the unsteered pass that ranks static's and corr's candidates and

@@ -535,6 +535,8 @@ class StudyConfig:
     # Report. budget: the rollouts at which the methods are compared (val accuracy, best so far); null: per task, the
     # fewest rollouts any of its CRL cells spent, so CRL is read at its full budget and every baseline gets as many.
     budget: int | None = param(None, ge=1)
+    # The budgets of the table that reads every method at each (the same for every task; [] for none).
+    budgets: list[int] = param(factory=lambda: [500, 2000, 8000], ge=1)
     # `crl probe` records (probe.json, or a folder); []: any under <out>. Each is a task's by the conf/task option it
     # probed (task_option), and only if it probed the family the task's cells train (crl/analysis/report/study.py).
     probe: list[str] = param(factory=list)

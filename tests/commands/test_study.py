@@ -163,7 +163,9 @@ def test_launcher_jobs_baselines_and_a_failed_cell(tmp_path):
     assert (out / "shared").is_dir() and not (cell / "analysis" / "branch_points.csv").exists()  # study defaults
     html = (out / "report.html").read_text()
     assert "cell planted-L5-s0 is left out: not started" in html
-    assert "planted: at " in html and "(L0 " in html and "no interval: one seed" in html  # CRL vs each baseline
+    assert "planted: at " in html and "(L0 " in html and "(one seed: prompts only)" in html  # CRL vs each baseline
+    assert "Not compared" not in html  # the real baselines kept per-prompt val outcomes, so every pair is by prompt
+    assert (cell / "analysis" / "baseline_val_outcomes.csv").exists()
 
 
 def test_a_new_cell_trains_with_the_study_defaults_first():

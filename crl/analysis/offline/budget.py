@@ -1,6 +1,6 @@
 """Accuracy against rollouts consumed: CRL's val curve next to each baseline's selection, from logs only (no torch).
 
-Curves (one row per point; columns method, seed, rollouts, accuracy, best):
+Curves (one row per point; columns method, seed, rollouts, accuracy, best, source):
 
 - crl (`crl_curve`): one point per val evaluation of the run (phase `eval:<val>`, update u). rollouts = the train
   episodes of updates before u, plus (`count_val`, default) the val episodes of every evaluation up to and including
@@ -14,6 +14,11 @@ Curves (one row per point; columns method, seed, rollouts, accuracy, best):
 - none (`flat_curve`): no rollouts spent; a flat line at its val accuracy (phase `baseline:none:<val>`, else the
   prompting candidate `as_is` on val, which is the same unsteered model on the capped val prompts).
 
+Each point names its `source`, where its per-prompt val outcomes are (`point_outcomes`): `update:<u>` (CRL's
+eval episodes at update u), `row:<i>` (row i of baseline_selection.csv, its prompts in
+analysis/baseline_val_outcomes.csv, written by `crl analyze env=true` since the baselines score the whole val split),
+`phase:<phase>` (a logged phase's episodes). The study pairs methods by prompt through them.
+
 `budget_table`: at fixed budgets (default 500, 2000, 8000 rollouts), each (method, seed)'s `best` at its last point
 within the budget (none yet: left out), then the mean over seeds with a t-interval over seeds (95%; needs two
 seeds; a run's deterministic baselines are one seed). Seeds are run seeds: pass the curves of several runs.
@@ -22,6 +27,7 @@ seeds; a run's deterministic baselines are one seed). Seeds are run seeds: pass 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +38,9 @@ from crl.logs.reader import RunDir
 from crl.logs.schema import Phase
 
 BUDGETS = (500, 2000, 8000)
-CURVE_COLUMNS = ["method", "seed", "rollouts", "accuracy", "best"]
+CURVE_COLUMNS = ["method", "seed", "rollouts", "accuracy", "best", "source"]
+OUTCOMES_FILE = "analysis/baseline_val_outcomes.csv"  # per-prompt outcomes of the selection rows scored on val
+OUTCOME_COLUMNS = ["source", "prompt_id", "correct"]
 
 
 def method_budgets(selection: pd.DataFrame | None) -> dict[str, int]:
@@ -53,18 +61,20 @@ def selection_curves(selection: pd.DataFrame, val_split: str = "val", seed: int 
             "run the baselines again (`crl analyze env=true`)"
         )
     rows = []
-    for method, g in selection.groupby("method", sort=False):
+    for method, g in selection.reset_index(drop=True).groupby("method", sort=False):
         spent, best = np.cumsum(g["rollouts"].to_numpy(dtype=float)), -np.inf
-        for (_, r), x in zip(g.iterrows(), spent, strict=True):
+        for (i, r), x in zip(g.iterrows(), spent, strict=True):
             if str(r["stage"]).endswith(f"@{val_split}"):
                 best = max(best, float(r["accuracy"]))
-                rows.append({"method": method, "seed": seed, "rollouts": x, "accuracy": r["accuracy"], "best": best})
+                point = {"rollouts": x, "accuracy": r["accuracy"], "best": best, "source": f"row:{i}"}
+                rows.append({"method": method, "seed": seed, **point})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def flat_curve(method: str, accuracy: float, seed: int = 0) -> pd.DataFrame:
+def flat_curve(method: str, accuracy: float, seed: int = 0, source: str = "") -> pd.DataFrame:
     """A method that spends nothing: one point at 0 rollouts (`budget_table` carries it to every budget)."""
-    return pd.DataFrame([{"method": method, "seed": seed, "rollouts": 0.0, "accuracy": accuracy, "best": accuracy}])
+    point = {"rollouts": 0.0, "accuracy": accuracy, "best": accuracy, "source": source}
+    return pd.DataFrame([{"method": method, "seed": seed, **point}], columns=CURVE_COLUMNS)
 
 
 def crl_curve(run: RunDir, val_split: str = "val", count_val: bool = True) -> pd.DataFrame:
@@ -85,20 +95,24 @@ def crl_curve(run: RunDir, val_split: str = "val", count_val: bool = True) -> pd
             "rollouts": rollouts,
             "accuracy": acc,
             "best": np.maximum.accumulate(acc),
+            "source": [f"update:{int(u)}" for u in per["update"]],
         },
         columns=CURVE_COLUMNS,
     )
 
 
-def none_val_accuracy(run: RunDir, selection: pd.DataFrame | None, val_split: str = "val") -> float | None:
-    """The unsteered model's val accuracy: its logged baseline phase, else prompting's as_is row on val."""
-    none = run.episodes_of(Phase.baseline("none", val_split))
+def none_val_point(run: RunDir, selection: pd.DataFrame | None, val_split: str = "val") -> tuple[float, str] | None:
+    """The unsteered model's val accuracy and its source: its logged baseline phase, else prompting's as_is row on
+    val (the same unsteered model)."""
+    phase = str(Phase.baseline("none", val_split))
+    none = run.episodes_of(phase)
     if len(none):
-        return float(none["correct"].mean())
+        return float(none["correct"].mean()), f"phase:{phase}"
     if selection is not None and "candidate" in selection.columns:
-        row = selection[(selection["candidate"] == "as_is") & (selection["stage"] == f"prompt@{val_split}")]
+        sel = selection.reset_index(drop=True)
+        row = sel[(sel["candidate"] == "as_is") & (sel["stage"] == f"prompt@{val_split}")]
         if len(row):
-            return float(row["accuracy"].iloc[0])
+            return float(row["accuracy"].iloc[0]), f"row:{row.index[0]}"
     return None
 
 
@@ -106,13 +120,59 @@ def run_curves(run: RunDir, selection: pd.DataFrame | None, val_split: str = "va
     """Every curve of one run: crl, none (flat) and the selection baselines, seeded with the run's seed."""
     seed = int(run.info.seed)
     parts = [crl_curve(run, val_split)]
-    none = none_val_accuracy(run, selection, val_split)
+    none = none_val_point(run, selection, val_split)
     if none is not None:
-        parts.append(flat_curve("none", none, seed))
+        accuracy, source = none
+        parts.append(flat_curve("none", accuracy, seed, source))
     if selection is not None and not selection.empty:
         parts.append(selection_curves(selection, val_split, seed))
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CURVE_COLUMNS)
+
+
+def read_val_outcomes(run_dir: str | Path) -> pd.DataFrame | None:
+    """analysis/baseline_val_outcomes.csv (columns row, prompt_id, correct, ...), or None when the run has none
+    (analyzed before the baselines recorded per-prompt val outcomes)."""
+    path = Path(run_dir) / OUTCOMES_FILE
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, dtype={"prompt_id": str})
+    missing = [c for c in ("row", "prompt_id", "correct") if c not in df.columns]
+    if missing:
+        raise CRLError(f"{path} lacks the columns {missing}; run the baselines again (`crl analyze env=true`)")
+    return df
+
+
+def point_outcomes(run: RunDir, val_split: str = "val") -> pd.DataFrame:
+    """Per-prompt val outcomes of every point `run_curves` can name (columns source, prompt_id, correct): CRL's
+    val evaluations, the logged none phase on val and the baselines' val rows. Prompt ids drop a `#k` repeat
+    suffix, as the baselines log them."""
+    parts = []
+    evals = run.episodes_of(Phase.eval(val_split), latest=False)
+    if len(evals):
+        parts.append(evals.assign(source="update:" + evals["update"].astype(int).astype(str)))
+    phase = str(Phase.baseline("none", val_split))
+    none = run.episodes_of(phase)
+    if len(none):
+        parts.append(none.assign(source=f"phase:{phase}"))
+    rows = read_val_outcomes(run.path)
+    if rows is not None:
+        parts.append(rows.assign(source="row:" + rows["row"].astype(int).astype(str)))
+    if not parts:
+        return pd.DataFrame(columns=OUTCOME_COLUMNS)
+    out = pd.concat([p[OUTCOME_COLUMNS] for p in parts], ignore_index=True)
+    out["prompt_id"] = out["prompt_id"].astype(str).str.split("#").str[0]
+    out["correct"] = out["correct"].astype(float)
+    return out
+
+
+def best_point(curve: pd.DataFrame, budget: float) -> pd.Series | None:
+    """The point that holds `best` at `budget`: the first, in rollouts order, with the highest val accuracy within
+    the budget (the checkpoint or candidate best-so-far selection would have picked); None before the first point."""
+    within = curve[curve["rollouts"] <= budget].sort_values("rollouts", kind="stable")
+    if within.empty:
+        return None
+    return within.loc[within["accuracy"].astype(float).idxmax()]
 
 
 def at_budget(curve: pd.DataFrame, budget: float) -> float:

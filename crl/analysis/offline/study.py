@@ -15,12 +15,19 @@ only Hydra's files); **running** when another process holds its lock.
 The numbers, per task and layer, pooled over the seeds (one cell per seed):
 
 - at a fixed budget B of rollouts (`crl.analysis.offline.budget`: val accuracy, best so far, at the last point within
-  B): each method's mean over seeds with a t-interval over seeds (`budget_at`), and CRL minus each baseline paired by
-  seed (the same cell's baseline), its mean and t-interval over seeds (`equal_budget`): better when the interval is
-  above 0, worse when below, else unresolved (always so with one seed); unreached when the baseline has no val point
-  within B in any cell (its selection costs more than B). B defaults, per task, to the fewest rollouts
-  any of its CRL cells spent (the last point of its val curve), so CRL is read at its full budget and each baseline
-  at as many rollouts.
+  B): each method's mean over seeds (`budget_at`), and CRL minus each baseline of the same cell (`equal_budget`).
+  Both read the per-prompt val outcomes of the point that holds each (method, seed)'s best (`budget.best_point`,
+  `budget.point_outcomes`), so the intervals are two-way bootstraps over seeds and val prompts
+  (`stats.aggregate_seeds`): a seed-free baseline still has prompt noise. The difference is paired by prompt: per
+  seed, CRL minus the baseline on the val prompts both scored, then the same bootstrap. Outcome: better when the
+  interval is above 0, worse when below, else unresolved (always so with one seed: its interval covers prompts
+  only); unreached when the baseline has no val point within B in any cell (its selection costs more than B);
+  unpaired when a point has no per-prompt record (cells analyzed before the baselines kept them: rerun `crl analyze
+  env=true`), so only the difference of the accuracies is shown. B defaults, per task, to the fewest rollouts any of
+  its CRL cells spent (the last point of its val curve), so CRL is read at its full budget and each baseline at as
+  many rollouts; `fixed_budgets` reads every method at several budgets (500, 2,000, 8,000 by default).
+  Best so far picks the maximum over a method's val points on the prompts it is then read on, so every val number
+  is optimistic, the more so the more points a method has; the held-out numbers below are not.
 - on the held-out split (`heldout`): `stats.method_table` of the pooled episodes (each baseline episode counted under
   its cell's seed, so CRL and a baseline pair by cell), with the format-versus-answer split of every difference
   (`stats.format_decomposition`): net_format = format fixes - format breaks, net_answer = answer fixes - answer breaks,
@@ -36,7 +43,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +51,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crl.analysis.offline.budget import CURVE_COLUMNS, at_budget, budget_table, run_curves
+from crl.analysis.offline.budget import (
+    CURVE_COLUMNS,
+    OUTCOME_COLUMNS,
+    at_budget,
+    best_point,
+    point_outcomes,
+    run_curves,
+)
 from crl.analysis.offline.curves import val_split
 from crl.analysis.offline.offtask import read_offtask
-from crl.analysis.offline.stats import StatsConfig, method_table, t_half_width
+from crl.analysis.offline.stats import StatsConfig, aggregate_seeds, method_table
 from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_json
 from crl.logs.lifecycle import LOCK, foreign_entries
@@ -248,18 +262,73 @@ def _order(methods: Iterable[str]) -> list[str]:
     return sorted(set(methods), key=key)
 
 
-def budget_at(cur: pd.DataFrame, budgets: Mapping[str, float], alpha: float = 0.05) -> pd.DataFrame:
-    """Per task, layer and method: `budget.budget_table` at the task's budget (seeds = the cells)."""
-    cols = ["task", "layer", "method", "budget", "n_seeds", "accuracy", "lo", "hi"]
-    rows = []
+def outcomes(runs: Mapping[Cell, RunDir]) -> pd.DataFrame:
+    """Every cell's per-prompt val outcomes (`budget.point_outcomes`) with task, layer and seed columns."""
+    cols = ["task", "layer", "seed", *OUTCOME_COLUMNS]
+    parts = [
+        point_outcomes(run, val_split(run.config_text)).assign(task=c.task, layer=c.layer, seed=c.seed)
+        for c, run in runs.items()
+    ]
+    parts = [p[cols] for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+Point = tuple[float, "pd.Series | None"]  # best so far at a budget; its per-prompt outcomes (None: not recorded)
+
+
+def _points(cur: pd.DataFrame, outs: pd.DataFrame, budget: float) -> dict[tuple[str, int], Point]:
+    """One (task, layer)'s (method, seed) -> `Point` at `budget`, for those with a point within it. The outcomes are
+    prompt_id -> correct (a mean where a prompt repeats)."""
+    by_source = dict(tuple(outs.groupby(["seed", "source"]))) if len(outs) else {}
+    got: dict[tuple[str, int], Point] = {}
+    for (m, seed), c in cur.groupby(["method", "seed"]):
+        point = best_point(c, budget)
+        if point is None:
+            continue
+        rows = by_source.get((seed, point["source"]))
+        per = rows.groupby("prompt_id")["correct"].mean() if rows is not None else None
+        got[(str(m), int(seed))] = (float(point["accuracy"]), per)
+    return got
+
+
+def _interval(per_seed: Mapping[int, pd.Series], stats: StatsConfig) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, prompts): `stats.aggregate_seeds` of per-seed prompt_id -> value series."""
+    long = pd.concat([v.rename("v").rename_axis("prompt_id").reset_index().assign(seed=s) for s, v in per_seed.items()])
+    agg = aggregate_seeds(long, "v", stats)
+    return agg.mean, agg.lo, agg.hi, agg.n_prompts
+
+
+def _groups(
+    cur: pd.DataFrame, outs: pd.DataFrame, budgets: Mapping[str, float]
+) -> Iterator[tuple[str, int, float, dict[tuple[str, int], Point]]]:
+    """(task, layer, budget, its (method, seed) -> Point) per (task, layer) with a budget."""
     for (task, layer), g in cur.groupby(["task", "layer"], sort=True):
         b = budgets.get(str(task), float("nan"))
-        if np.isnan(b):
-            continue
-        t = budget_table(g, [b], alpha)
-        rank = {m: i for i, m in enumerate(_order(t["method"]))}
-        rows.append(t.sort_values("method", key=lambda m: m.map(rank)).assign(task=task, layer=layer))
-    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+        if not np.isnan(b):
+            o = outs[(outs["task"] == task) & (outs["layer"] == layer)]
+            yield task, layer, b, _points(g, o, b)
+
+
+def budget_at(
+    cur: pd.DataFrame, outs: pd.DataFrame, budgets: Mapping[str, float], stats: StatsConfig | None = None
+) -> pd.DataFrame:
+    """Per task, layer and method: val accuracy (best so far) at the task's budget, the mean over seeds with a
+    two-way bootstrap over seeds and val prompts (NaN interval when a point has no per-prompt record)."""
+    stats = stats or StatsConfig()
+    cols = ["task", "layer", "method", "budget", "n_seeds", "n_prompts", "accuracy", "lo", "hi"]
+    rows = []
+    for task, layer, b, got in _groups(cur, outs, budgets):
+        for m in _order(cur[(cur["task"] == task) & (cur["layer"] == layer)]["method"]):
+            mine = {s: p for (mm, s), p in got.items() if mm == m}
+            row = {"task": task, "layer": layer, "method": m, "budget": b, "n_seeds": len(mine)}
+            if mine and all(per is not None for _, per in mine.values()):
+                mean, lo, hi, n_p = _interval({s: per for s, (_, per) in mine.items()}, stats)
+                row |= {"n_prompts": n_p, "accuracy": mean, "lo": lo, "hi": hi}
+            else:
+                mean = float(np.mean([v for v, _ in mine.values()])) if mine else float("nan")
+                row |= {"n_prompts": float("nan"), "accuracy": mean, "lo": float("nan"), "hi": float("nan")}
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
 
 
 def cells_at(cur: pd.DataFrame, budgets: Mapping[str, float]) -> pd.DataFrame:
@@ -289,37 +358,65 @@ def outcome(lo: float, hi: float) -> str:
     return "unresolved"
 
 
-def equal_budget(cur: pd.DataFrame, budgets: Mapping[str, float], alpha: float = 0.05) -> pd.DataFrame:
-    """Per task, layer and baseline: CRL minus the baseline at the task's budget, paired by seed (module docstring).
-    A baseline with no val point within the budget in any cell is a row with outcome "unreached" and, in
-    `first_point`, the fewest rollouts its first val point cost."""
-    cols = ["task", "layer", "baseline", "budget", "n_seeds", "diff", "lo", "hi", "outcome", "first_point"]
+def equal_budget(
+    cur: pd.DataFrame, outs: pd.DataFrame, budgets: Mapping[str, float], stats: StatsConfig | None = None
+) -> pd.DataFrame:
+    """Per task, layer and baseline: CRL minus the baseline at the task's budget, paired by seed (the same cell) and
+    by val prompt (module docstring). A baseline with no val point within the budget in any cell is a row with
+    outcome "unreached" and, in `first_point`, the fewest rollouts its first val point cost."""
+    stats = stats or StatsConfig()
+    cols = ["task", "layer", "baseline", "budget", "n_seeds", "n_prompts", "diff", "lo", "hi", "outcome"]
     rows = []
-    for (task, layer), g in cur.groupby(["task", "layer"], sort=True):
-        b = budgets.get(str(task), float("nan"))
-        if np.isnan(b):
-            continue
-        at = {(str(m), int(s)): at_budget(c, b) for (m, s), c in g.groupby(["method", "seed"])}  # one per cell
-        crl = {s: v for (m, s), v in at.items() if m == "crl" and not np.isnan(v)}
-        for base in _order(m for m, _ in at if m != "crl"):
-            d = np.array([crl[s] - v for (m, s), v in sorted(at.items()) if m == base and s in crl and not np.isnan(v)])
-            mean = float(d.mean()) if len(d) else float("nan")
-            half = t_half_width(d, alpha) if len(d) else float("nan")
-            rows.append(
-                {
-                    "task": task,
-                    "layer": layer,
-                    "baseline": base,
-                    "budget": b,
-                    "n_seeds": len(d),
-                    "diff": mean,
-                    "lo": mean - half,
-                    "hi": mean + half,
-                    "outcome": outcome(mean - half, mean + half) if len(d) else "unreached",
-                    "first_point": float(g[g["method"] == base]["rollouts"].min()),
-                }
-            )
-    return pd.DataFrame(rows, columns=cols)
+    for task, layer, b, got in _groups(cur, outs, budgets):
+        g = cur[(cur["task"] == task) & (cur["layer"] == layer)]
+        crl = {s: p for (m, s), p in got.items() if m == "crl"}
+        for base in _order(m for m in g["method"] if m != "crl"):
+            pairs = {s: (crl[s], p) for (m, s), p in got.items() if m == base and s in crl}
+            row = {"task": task, "layer": layer, "baseline": base, "budget": b, "n_seeds": len(pairs)}
+            row["first_point"] = float(g[g["method"] == base]["rollouts"].min())
+            diffs = {s: _paired(a, z) for s, (a, z) in pairs.items()}
+            if not pairs:
+                row |= {"n_prompts": float("nan"), "diff": float("nan"), "outcome": "unreached"}
+            elif all(d is not None for d in diffs.values()):
+                mean, lo, hi, n_p = _interval(diffs, stats)
+                resolved = outcome(lo, hi) if len(pairs) > 1 else "unresolved"
+                row |= {"n_prompts": n_p, "diff": mean, "lo": lo, "hi": hi, "outcome": resolved}
+            else:
+                mean = float(np.mean([a[0] - z[0] for a, z in pairs.values()]))
+                row |= {"n_prompts": float("nan"), "diff": mean, "outcome": "unpaired"}
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*cols, "first_point"])
+
+
+def _paired(a: Point, b: Point) -> pd.Series | None:
+    """Per val prompt both scored, a's outcome minus b's; None without both records or a shared prompt."""
+    if a[1] is None or b[1] is None:
+        return None
+    common = a[1].index.intersection(b[1].index)
+    return (a[1][common] - b[1][common]) if len(common) else None
+
+
+def fixed_budgets(
+    cur: pd.DataFrame, outs: pd.DataFrame, budgets: Sequence[float], stats: StatsConfig | None = None
+) -> pd.DataFrame:
+    """Every method at each of several budgets (the same for every task): `budget_at`'s accuracy and interval beside
+    `equal_budget`'s CRL minus it (diff, diff_lo, diff_hi, outcome; empty for CRL)."""
+    parts = []
+    for b in budgets:
+        per_task = {str(t): float(b) for t in cur["task"].unique()}
+        at = budget_at(cur, outs, per_task, stats)
+        eq = equal_budget(cur, outs, per_task, stats).rename(
+            columns={"baseline": "method", "lo": "diff_lo", "hi": "diff_hi", "n_seeds": "n_pairs"}
+        )
+        keep = ["task", "layer", "method", "budget", "diff", "diff_lo", "diff_hi", "outcome"]
+        parts.append(at.merge(eq[keep], on=["task", "layer", "method", "budget"], how="left"))
+    cols = ["task", "layer", "budget", "method", "n_seeds", "accuracy", "lo", "hi", "diff", "diff_lo", "diff_hi"]
+    if not parts:
+        return pd.DataFrame(columns=[*cols, "outcome"])
+    out = pd.concat(parts, ignore_index=True)
+    rank = {m: i for i, m in enumerate(_order(out["method"]))}
+    out = out.assign(_r=out["method"].map(rank)).sort_values(["task", "layer", "_r", "budget"], kind="stable")
+    return out[[*cols, "outcome"]].reset_index(drop=True)
 
 
 # -- held out ------------------------------------------------------------------------------------------------------
@@ -403,8 +500,8 @@ def _where(layers: list[int], n: int) -> str:
 
 
 def _diff(row: Mapping[str, Any]) -> str:
-    ci = "no interval: one seed" if np.isnan(row["lo"]) else f"[{row['lo']:+.2f}, {row['hi']:+.2f}]"
-    return f"L{row['layer']} {row['diff']:+.2f} {ci}"
+    ci = "no interval" if np.isnan(row["lo"]) else f"[{row['lo']:+.2f}, {row['hi']:+.2f}]"
+    return f"L{row['layer']} {row['diff']:+.2f} {ci}" + (" (one seed: prompts only)" if row["n_seeds"] == 1 else "")
 
 
 def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> str:
@@ -418,14 +515,19 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
             f"{task}: no baselines in its cells (baselines=false, or `crl analyze env=true` not run on them), so "
             "nothing is compared at equal budget."
         )
-    clauses, unreached = [], []
+    clauses, unreached, unpaired = [], [], []
     for base in _order(eq["baseline"]):
         b = eq[eq["baseline"] == base].sort_values("layer")
         reached = b[b["outcome"] != "unreached"]
         if reached.empty:
             unreached.append(f"{base} (its first val point costs {b['first_point'].min():g})")
             continue
-        b = reached
+        lost = reached[reached["outcome"] == "unpaired"]["layer"].tolist()
+        if lost:
+            unpaired.append(f"{base} ({_layers(lost)})")
+        b = reached[reached["outcome"] != "unpaired"]
+        if b.empty:
+            continue
         better = b[b["outcome"] == "better"]["layer"].tolist()
         worse = b[b["outcome"] == "worse"]["layer"].tolist()
         if better:
@@ -436,10 +538,18 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
         else:
             head = f"cannot be told apart from {base}"
         clauses.append(f"{head} ({', '.join(_diff(r) for r in b.to_dict('records'))})")
-    text = f"{task}: at {budget:g} rollouts (val accuracy, best so far; CRL minus baseline, 95% interval over seeds), "
+    text = (
+        f"{task}: at {budget:g} rollouts (val accuracy, best so far; CRL minus baseline on the same val prompts, 95% "
+        "interval over seeds and prompts), "
+    )
     text += ("CRL " + "; ".join(clauses) + ".") if clauses else "no baseline has a val point to compare with."
     if unreached:
         text += f" Not reached within the budget: {', '.join(unreached)}."
+    if unpaired:
+        text += (
+            f" Not compared, for lack of per-prompt val records (rerun `crl analyze env=true` on the cells): "
+            f"{', '.join(unpaired)}."
+        )
     held = held[(held["task"] == task) & (held["method"] != "crl")] if "method" in held.columns else held.iloc[0:0]
     shares = []
     if "net_format" in held.columns:

@@ -17,6 +17,12 @@
   logits at the answer token, fit on unsteered train prompts (`crl.analysis.replay.letter_prior`); no steering.
 - crl: the trained greedy policy (only when asked; the run already holds it as `eval:<split>`).
 
+Val stage (rows `coef@`, `prompt@`, `score@<coef_split>`): every method scores the same `coef_split` prompts, the whole
+split unless `max_val_prompts` caps it, i.e. the prompts CRL's val evaluations score, so all are read on the same
+prompts; `max_select_prompts` caps only the `select_split` prompts. Each val row carries its per-prompt `outcomes`,
+which `write_rows` moves to analysis/baseline_val_outcomes.csv (row = the row's 0-based index in
+baseline_selection.csv, prompt_id, correct, well_formed), for a paired comparison with CRL.
+
 Budget: every selection row carries `rollouts`, the episodes (or, for the letter prior, one-token forwards) it cost;
 a method's budget is their sum (`BaselineResult.budgets`; none and random: 0). The unsteered pass whose activations
 rank static's and corr's candidates counts for each of them (row stage `activations@<split>`), as each would pay it
@@ -46,7 +52,16 @@ import pandas as pd
 from crl.analysis.replay import announce
 from crl.analysis.replay.letter_prior import accuracy_of, fit_letter_prior, letter_logits, prior_episodes
 from crl.analysis.replay.prompting import SHOTS, PromptCandidate, apply_prefix, candidates, score_pools, select_prompt
-from crl.analysis.replay.runner import append_rows, base_id, batch_env, episode_frames, noop_action, rollout, scores
+from crl.analysis.replay.runner import (
+    append_rows,
+    base_id,
+    batch_env,
+    episode_frames,
+    noop_action,
+    outcomes,
+    rollout,
+    scores,
+)
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from crl.logs.rows import episode_rows
@@ -58,6 +73,9 @@ if TYPE_CHECKING:
     from crl.run.components import Components
 
 METHODS = ("none", "random", "static", "corr", "prompting", "letter_prior", "crl")
+SELECTION_CSV = "baseline_selection.csv"
+VAL_OUTCOMES_CSV = "baseline_val_outcomes.csv"
+VAL_OUTCOME_COLUMNS = ["row", "prompt_id", "correct", "well_formed"]
 
 
 @dataclass
@@ -72,7 +90,8 @@ class BaselineConfig:
     select_split: str = "train"
     coef_split: str = "val"
     coef_grid: list[float] | None = None  # default: the run's coef x (0.5, 1, 2)
-    max_select_prompts: int = 64  # cap on selection prompts (each candidate costs one pass)
+    max_select_prompts: int = 64  # cap on select_split prompts (each candidate costs one pass)
+    max_val_prompts: int | None = None  # cap on coef_split prompts; None: all, the prompts CRL's val evals score
     prior_prompts: int = 256  # train prompts the letter prior is fit on (one forward each; K-1 values to fit)
     repeat_deterministic: bool = False
     num_envs: int | None = None
@@ -83,7 +102,7 @@ class BaselineResult:
     episodes: dict[str, list[Episode]]  # phase -> episodes (all seeds, in seed order)
     seeds: dict[str, list[int]]  # phase -> the seed of each episode
     # every candidate tried, in the order spent: method, stage, accuracy, well_formed, rollouts; static/corr: feature,
-    # coef; prompting: candidate, prefix_chars; letter_prior: bias
+    # coef; prompting: candidate, prefix_chars; letter_prior: bias; val rows: outcomes (`runner.outcomes`)
     selection: pd.DataFrame
     chosen: dict[str, Any]
     notes: list[str] = field(default_factory=list)
@@ -128,7 +147,7 @@ class BaselineRows:
 
 def selection_records(selection: pd.DataFrame) -> list[dict[str, Any]]:
     """The selection table's rows as plain dicts: a column a row does not have (NaN) left out, numpy scalars as Python
-    ones, so that `pd.DataFrame(records)` gives the table back."""
+    ones (a list, e.g. outcomes, as it is), so that `pd.DataFrame(records)` gives the table back."""
     out = []
     for rec in selection.to_dict("records"):
         row = {}
@@ -299,6 +318,11 @@ def score_candidates(
     return rows
 
 
+def _val_prompts(comps: Components, cfg: BaselineConfig) -> list[Example]:
+    """The `coef_split` prompts every val stage scores: the first `max_val_prompts`, None: all (as CRL's val evals)."""
+    return comps.splits[cfg.coef_split][: cfg.max_val_prompts]
+
+
 def _levels(comps: Components) -> list[float]:
     """The coefficient levels a static candidate is tried at (each once)."""
     return list(dict.fromkeys(comps.steering.coef_levels))
@@ -323,7 +347,7 @@ def select_coef(
     from crl.envs.rollout import FixedFeature
 
     grid = _grid(comps, cfg, base)
-    val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
+    val = _val_prompts(comps, cfg)
     rows = []
     for j, c in enumerate(grid, 1):
         fixed = FixedFeature(feature)
@@ -339,6 +363,7 @@ def select_coef(
                 "accuracy": acc,
                 "well_formed": wf,
                 "rollouts": len(val),
+                "outcomes": outcomes(eps),
             }
         )
     return rows
@@ -373,7 +398,7 @@ def run_baselines(
     selection: list[dict[str, Any]] = []
     fixed: dict[str, tuple[int, float]] = {}
 
-    n_val = len(comps.splits[cfg.coef_split][: cfg.max_select_prompts])
+    n_val = len(_val_prompts(comps, cfg))
     if {"static", "corr"} & set(cfg.methods):
         sel = comps.splits[cfg.select_split][: cfg.max_select_prompts]
         ranked = " and ".join(m for m in ("static", "corr") if m in cfg.methods or cache is not None)  # shared: both
@@ -503,19 +528,20 @@ def _select_prompting(comps: Components, cfg: BaselineConfig) -> tuple[PromptCan
     """The prompting baseline's prefix (crl.analysis.replay.prompting), scored without steering."""
     cands = candidates(comps.task.answer_kind, comps.splits[cfg.select_split])
     used = comps.splits[cfg.select_split][: cfg.max_select_prompts + max(SHOTS)]
-    used += comps.splits[cfg.coef_split][: cfg.max_select_prompts] + comps.splits[cfg.split]
+    used += _val_prompts(comps, cfg) + comps.splits[cfg.split]
     longest = sorted(used, key=lambda e: -len(e.prompt))[:16]  # the context check reads the longest prompts only
     cands = [c for c in cands if not c.prefix or _fits(comps, apply_prefix(longest, c.prefix))]
 
-    def score(c: PromptCandidate, split: str, examples: list[Example]) -> tuple[float, float, int]:
+    def score(c: PromptCandidate, split: str, examples: list[Example]) -> tuple[float, float, int, list[list[Any]]]:
         item = f"candidate {cands.index(c) + 1}/{len(cands)} ({c.name}) on {split}"
         eps = rollout(comps, apply_prefix(examples, c.prefix), None, num_envs=cfg.num_envs, progress=item)
-        return (*scores(eps), len(eps))
+        return (*scores(eps), len(eps), outcomes(eps))
 
-    pools = score_pools(cands, comps.splits, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
+    caps = (cfg.max_select_prompts, cfg.max_val_prompts)
+    pools = score_pools(cands, comps.splits, cfg.select_split, cfg.coef_split, *caps)
     size = f"{len(cands)} candidates × (" + " + ".join(f"{len(p)} {s}" for s, p in pools.items()) + " prompts)"
     with announce.phase("baselines: prompting", size, len(cands) * sum(len(p) for p in pools.values())):
-        return select_prompt(cands, comps.splits, score, cfg.select_split, cfg.coef_split, cfg.max_select_prompts)
+        return select_prompt(cands, comps.splits, score, cfg.select_split, cfg.coef_split, *caps)
 
 
 def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | None, list[dict[str, Any]], str | None]:
@@ -533,12 +559,12 @@ def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | Non
         )
     rows = []
     train = comps.splits[cfg.select_split][: cfg.prior_prompts]
-    val = comps.splits[cfg.coef_split][: cfg.max_select_prompts]
+    val = _val_prompts(comps, cfg)
     size = f"one forward each on {len(train)} {cfg.select_split} + {len(val)} {cfg.coef_split} prompts"
     with announce.phase("baselines: letter prior", size, len(train) + len(val)):
         logits, gold, _ = letter_logits(comps, train, progress=f"fit on {cfg.select_split}")
         bias = fit_letter_prior(logits, gold)
-        v_logits, v_gold, _ = letter_logits(comps, val, progress=f"score on {cfg.coef_split}")
+        v_logits, v_gold, v_allowed = letter_logits(comps, val, progress=f"score on {cfg.coef_split}")
     for stage, lg, gd in ((f"fit@{cfg.select_split}", logits, gold), (f"score@{cfg.coef_split}", v_logits, v_gold)):
         rows.append(
             {
@@ -550,6 +576,10 @@ def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | Non
                 "rollouts": len(gd),
             }
         )
+    # The val outcomes as the test episodes are scored (the task's verifier on the biased letter); the row's accuracy
+    # is theirs, so the row and its prompts never disagree.
+    val_outcomes = outcomes(prior_episodes(comps, val, v_logits, v_allowed, bias))
+    rows[-1] |= {"accuracy": float(np.mean([o[1] for o in val_outcomes])), "outcomes": val_outcomes}
     return bias, rows, None
 
 
@@ -566,7 +596,7 @@ def usage_from_run(run_dir: str | Path, n: int = 8) -> list[int]:
 
 def write_baselines(run_dir: str | Path, result: BaselineResult) -> list[str]:
     """Append the baseline phases to the run's logs (phases the run already has are left out) and save
-    the selection table to analysis/baseline_selection.csv. Returns the phases written."""
+    the selection table to analysis/baseline_selection.csv (val outcomes: `write_rows`). Returns the phases written."""
     return write_rows(run_dir, result.rows())
 
 
@@ -577,8 +607,9 @@ def _own(row: dict[str, Any], run: str, first: int) -> dict[str, Any]:
 
 def write_rows(run_dir: str | Path, rows: BaselineRows) -> list[str]:
     """`write_baselines` for baselines as rows: each phase the run does not have yet is appended with the run's name
-    and its next episode ids; the selection table goes to analysis/baseline_selection.csv. Returns the phases
-    written."""
+    and its next episode ids; the selection table goes to analysis/baseline_selection.csv, its rows' outcomes to
+    analysis/baseline_val_outcomes.csv (`val_outcome_rows`; none: an old file is removed). No selection rows: both
+    files are left as they are. Returns the phases written."""
     run = load_run(run_dir, include_train=False)
     have = set(run.phases)
     next_id = int(run.episodes["episode"].max()) + 1
@@ -591,6 +622,21 @@ def write_rows(run_dir: str | Path, rows: BaselineRows) -> list[str]:
         written.append(phase)
     out = Path(run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    if rows.selection:
-        pd.DataFrame(rows.selection).to_csv(out / "baseline_selection.csv", index=False)
+    selection, val = val_outcome_rows(rows.selection)
+    if selection:  # both or neither: the outcomes' `row` indexes this selection table
+        pd.DataFrame(selection).to_csv(out / SELECTION_CSV, index=False)
+        if val:
+            pd.DataFrame(val, columns=VAL_OUTCOME_COLUMNS).to_csv(out / VAL_OUTCOMES_CSV, index=False)
+        else:  # a stale file would point into another table
+            (out / VAL_OUTCOMES_CSV).unlink(missing_ok=True)
     return written
+
+
+def val_outcome_rows(selection: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """(the selection rows without "outcomes", the rows of baseline_val_outcomes.csv: [row, prompt_id, correct,
+    well_formed], row = the 0-based index of its selection row). The rows given are not changed."""
+    rest, val = [], []
+    for i, r in enumerate(selection):
+        rest.append({k: v for k, v in r.items() if k != "outcomes"})
+        val.extend([i, *o] for o in r.get("outcomes") or [])
+    return rest, val

@@ -1,8 +1,9 @@
 """Every replay analysis of one finished run (they re-run the model), written where `crl analyze` reads it:
 
-- baseline phases appended to the run's logs (`baselines.write_baselines`) + analysis/baseline_selection.csv; with
-  `shared` (a directory), the baselines that do not depend on the run's seed or policy are taken from there when
-  another run stored them, else computed and stored there (`crl.analysis.replay.shared`);
+- baseline phases appended to the run's logs (`baselines.write_baselines`) + analysis/baseline_selection.csv and
+  analysis/baseline_val_outcomes.csv; with `shared` (a directory), the baselines that do not depend on the run's seed
+  or policy are taken from there when another run stored them, else computed and stored there
+  (`crl.analysis.replay.shared`);
 - analysis/branch_points.csv (branch points) and analysis/branch_trials.csv (every replayed alternative);
 - analysis/effects.csv (forced-feature effect vs no steering, joined into the feature table);
 - analysis/side_effects.csv (KL on neutral prompts for the most used features);

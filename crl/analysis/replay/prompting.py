@@ -17,8 +17,8 @@ The candidates (`candidates`), in this order:
   (their answers are labels, not replies). The shot examples are left out of the train prompts that are scored.
 
 Selection (`select_prompt`): every candidate is scored (greedy, no steering) on the same capped train prompts and the
-same capped val prompts; the one with the best val accuracy wins, ties going to the shorter prefix (as_is first).
-Its budget in rollouts is every episode spent scoring.
+same val prompts (all of them unless capped); the one with the best val accuracy wins, ties going to the shorter prefix
+(as_is first). Its val rows carry the per-prompt outcomes. Its budget in rollouts is every episode spent scoring.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def candidates(answer_kind: str, train: list[Example]) -> list[PromptCandidate]:
     return out
 
 
-# (candidate, split name, the examples to score) -> (accuracy, well-formed rate, episodes spent)
-Scorer = Callable[[PromptCandidate, str, list["Example"]], tuple[float, float, int]]
+# (candidate, split name, the examples to score) -> (accuracy, well-formed rate, episodes spent, per-prompt outcomes:
+# [prompt id, correct, well-formed] each, as `runner.outcomes` gives them)
+Scorer = Callable[[PromptCandidate, str, list["Example"]], tuple[float, float, int, list[list[Any]]]]
 
 
 def score_pools(
@@ -107,11 +108,13 @@ def score_pools(
     select_split: str = "train",
     pick_split: str = "val",
     max_prompts: int = 64,
+    max_pick_prompts: int | None = None,
 ) -> dict[str, list[Example]]:
-    """The prompts every candidate is scored on, per split: the first `max_prompts` of each split that are no
-    candidate's shots."""
+    """The prompts every candidate is scored on, per split: of the prompts that are no candidate's shots, the first
+    `max_prompts` of `select_split` and the first `max_pick_prompts` of `pick_split` (None: all, as every val stage)."""
     shots = {i for c in cands for i in c.shot_ids}
-    return {s: [e for e in splits[s] if e.id not in shots][:max_prompts] for s in (select_split, pick_split)}
+    caps = {select_split: max_prompts, pick_split: max_pick_prompts}
+    return {s: [e for e in splits[s] if e.id not in shots][: caps[s]] for s in (select_split, pick_split)}
 
 
 def select_prompt(
@@ -121,31 +124,34 @@ def select_prompt(
     select_split: str = "train",
     pick_split: str = "val",
     max_prompts: int = 64,
+    max_pick_prompts: int | None = None,
 ) -> tuple[PromptCandidate, list[dict[str, Any]]]:
-    """Score every candidate on `select_split` then `pick_split` (the first `max_prompts` of each; the shots of any
-    candidate are left out of both: `score_pools`), pick the best on `pick_split`, ties to the shorter prefix.
-    Returns the chosen candidate and one row per (candidate, split) in the order they were spent."""
+    """Score every candidate on `select_split` then `pick_split` (the first `max_prompts` / `max_pick_prompts` of
+    each, None: all; the shots of any candidate are left out of both: `score_pools`), pick the best on `pick_split`,
+    ties to the shorter prefix. Returns the chosen candidate and one row per (candidate, split) in the order they were
+    spent; the `pick_split` rows carry the scorer's per-prompt `outcomes`."""
     if not cands:
         raise CRLError("no prompt candidates to choose from")
-    pools = score_pools(cands, splits, select_split, pick_split, max_prompts)
+    pools = score_pools(cands, splits, select_split, pick_split, max_prompts, max_pick_prompts)
     for s, pool in pools.items():
         if not pool:
             raise CRLError(f"no {s} prompts are left to score the prompt candidates; raise task.n_{s}")
     rows: list[dict[str, Any]] = []
     for c in cands:
         for s in (select_split, pick_split):
-            acc, wf, n = score(c, s, pools[s])
-            rows.append(
-                {
-                    "method": "prompting",
-                    "stage": f"prompt@{s}",
-                    "candidate": c.name,
-                    "prefix_chars": len(c.prefix),
-                    "accuracy": acc,
-                    "well_formed": wf,
-                    "rollouts": n,
-                }
-            )
+            acc, wf, n, outs = score(c, s, pools[s])
+            row = {
+                "method": "prompting",
+                "stage": f"prompt@{s}",
+                "candidate": c.name,
+                "prefix_chars": len(c.prefix),
+                "accuracy": acc,
+                "well_formed": wf,
+                "rollouts": n,
+            }
+            if s == pick_split:  # val outcomes pair the pick with CRL prompt by prompt; train ones are not read
+                row["outcomes"] = outs
+            rows.append(row)
     picked = [r for r in rows if r["stage"] == f"prompt@{pick_split}"]
     best = min(picked, key=lambda r: (-r["accuracy"], r["prefix_chars"]))
     return next(c for c in cands if c.name == best["candidate"]), rows

@@ -204,6 +204,12 @@ def scores(episodes: list[Episode]) -> tuple[float, float]:
     return float(np.mean([e.correct for e in episodes])), float(np.mean([e.well_formed for e in episodes]))
 
 
+def outcomes(episodes: list[Episode]) -> list[list[Any]]:
+    """[prompt id (`base_id`), correct, well-formed] per episode, 0/1 ints, in episode order: a val selection row's
+    per-prompt outcomes (analysis/baseline_val_outcomes.csv), so baselines pair with CRL prompt by prompt."""
+    return [[base_id(e.example.id), int(bool(e.correct)), int(bool(e.well_formed))] for e in episodes]
+
+
 def append_rows(run_dir: str | Path, inter: list[dict], eps: list[dict]) -> None:
     """Append rows to a run's interventions.jsonl / episodes.jsonl (the logs are append-only)."""
     from crl.logs.writer import RunWriter

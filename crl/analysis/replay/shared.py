@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from crl.run.components import Components
 
 SHARED_METHODS = ("random", "corr", "prompting", "letter_prior")  # the baselines shared whole, in run order
-ENTRY_FORMAT = 2  # raised when an entry's content changes, so older entries are not read (2: random at every level)
+# Raised when an entry's content changes, so older entries are not read (2: random at every level; 3: val rows carry
+# per-prompt outcomes, the val stage scores the whole val split).
+ENTRY_FORMAT = 3
 
 # The key: sha256 of the JSON (sorted keys) of
 # - "config": the run's config.yaml (the whole resolved `crl train` config) without what cannot change these baselines:
@@ -51,7 +53,8 @@ ENTRY_FORMAT = 2  # raised when an entry's content changes, so older entries are
 # - "identity": run.json's model, sae_identity, task, task_seed, layer and d_sae (what makes feature ids and prompts
 #   mean the same thing; they count even where config.yaml is not a full config);
 # - "baselines": the baseline settings of `crl analyze` (split, seeds = env_seeds, n_act, select_split, coef_split,
-#   coef_grid, max_select_prompts, prior_prompts, repeat_deterministic, num_envs); not methods or n_usage;
+#   coef_grid, max_select_prompts, max_val_prompts, prior_prompts, repeat_deterministic, num_envs); not methods or
+#   n_usage;
 # - "crl": the package version and, when CRL runs from a git checkout, its commit (uncommitted edits do not count);
 # - "format": ENTRY_FORMAT.
 # The directory is named by the first 16 hex digits; key.json holds the fields and the whole digest, which every entry

@@ -40,8 +40,10 @@ from crl.analysis.offline.study import (
     curves,
     default_budgets,
     equal_budget,
+    fixed_budgets,
     heldout,
     load_cells,
+    outcomes,
     read_plan,
     side_effects,
     verdict,
@@ -105,8 +107,11 @@ LAYER_TIPS = {
 BUDGET_NOTE = (
     "Val accuracy, best so far, at the last point within the budget (crl: its val evaluations after the train "
     "episodes before them plus every val evaluation so far; a baseline: its selection rows; none: no rollouts). One "
-    "cell per seed; the intervals are 95% t-intervals over seeds (none with one seed). diff: CRL minus the baseline "
-    "of the same cell, paired by seed."
+    "cell per seed; the intervals are 95% two-way bootstraps over seeds and val prompts, read from the per-prompt "
+    "outcomes of the point that holds each best. diff: CRL minus the baseline of the same cell on the val prompts "
+    "both scored (n_prompts); with one seed the interval covers prompts only and the outcome stays unresolved; "
+    "unpaired: a point without per-prompt records (rerun `crl analyze env=true`). Best so far is a maximum over a "
+    "method's val points, so these numbers are optimistic; the held-out section is not."
 )
 HELD_NOTE = (
     "Held-out split, the cells' episodes pooled (a baseline's under its cell's seed). Accuracy: mean over seeds, 95% "
@@ -305,6 +310,7 @@ class TaskNumbers:
     verdict: str  # crl.analysis.offline.study.verdict
     curves: pd.DataFrame  # its rows of `curves`
     at: pd.DataFrame  # accuracy at the budget per (layer, method): budget_at, without the task column
+    fixed: pd.DataFrame  # every method at the fixed budgets (fixed_budgets, without task; empty: budgets=[])
     per_cell: pd.DataFrame  # each cell at the budget (cells_at, without task; empty without a budget)
     eq: pd.DataFrame  # CRL minus each baseline per layer: equal_budget, without task
     held: pd.DataFrame  # its rows of `heldout`
@@ -344,9 +350,10 @@ def study_numbers(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: boo
     for n in probe_notes:
         warn(n, warnings)
 
-    cur = curves(runs)
+    cur, outs = curves(runs), outcomes(runs)
     budgets = default_budgets(cur, cfg.budget)
-    at, eq = budget_at(cur, budgets), equal_budget(cur, budgets)
+    at, eq = budget_at(cur, outs, budgets, stats), equal_budget(cur, outs, budgets, stats)
+    fixed = fixed_budgets(cur, outs, list(cfg.budgets), stats)
     held = heldout(runs, cfg.split, stats)
     numbers = []
     for ti, task in enumerate(tasks):
@@ -372,6 +379,7 @@ def study_numbers(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: boo
                 verdict=verdict(task, budget, eq, held),
                 curves=tc,
                 at=at[at["task"] == task].drop(columns="task"),
+                fixed=fixed[fixed["task"] == task].drop(columns="task"),
                 per_cell=cells_at(tc, budgets).drop(columns="task", errors="ignore"),
                 eq=eq[eq["task"] == task].drop(columns="task"),
                 held=held[held["task"] == task],
@@ -409,6 +417,9 @@ def study_report(
             rep.add_table(s, f"{t.key}_cells_at_budget", t.per_cell)
             if len(t.eq):
                 rep.add_table(s, f"{t.key}_equal_budget", t.eq)
+        if len(t.fixed):
+            s.append(para("Every method at fixed budgets (diff: CRL minus it at that budget, as above):"))
+            rep.add_table(s, f"{t.key}_fixed_budgets", t.fixed)
         path = figures / f"{t.key}_curves.png"
         rep.add_image(s, f"{t.key}_curves", _curves_plot(t.curves, t.layers, path, t.task, t.budget))
 
@@ -498,14 +509,16 @@ def _task_text(t: TaskNumbers) -> list[str]:
     if np.isnan(t.budget):
         lines.append("No CRL val curve: no budget to compare at.")
     else:
-        lines.append(f"Accuracy at equal budget, {t.budget:g} rollouts (val, best so far; 95% t-interval over seeds):")
+        lines.append(
+            f"Accuracy at equal budget, {t.budget:g} rollouts (val, best so far; 95% bootstrap over seeds and prompts):"
+        )
         rows = [
             [_int(r["layer"]), str(r["method"]), _int(r["n_seeds"]), _num(r["accuracy"]), _ci(r["lo"], r["hi"])]
             for r in t.at.to_dict("records")
         ]
         lines += _table(["layer", "method", "n_seeds", "accuracy", "95% interval"], rows)
         if len(t.eq):
-            lines.append("CRL minus baseline, paired by seed:")
+            lines.append("CRL minus baseline, paired by seed and val prompt:")
             rows = [
                 [
                     _int(r["layer"]),
@@ -518,6 +531,23 @@ def _task_text(t: TaskNumbers) -> list[str]:
                 for r in t.eq.to_dict("records")
             ]
             lines += _table(["layer", "baseline", "n_seeds", "diff", "95% interval", "outcome"], rows)
+    if len(t.fixed):
+        lines.append("At fixed budgets (val accuracy, best so far; diff: CRL minus the method; 95% intervals):")
+        rows = [
+            [
+                _int(r["layer"]),
+                f"{r['budget']:g}",
+                str(r["method"]),
+                _int(r["n_seeds"]),
+                _num(r["accuracy"]),
+                _ci(r["lo"], r["hi"]),
+                _num(r["diff"], signed=True),
+                _ci(r["diff_lo"], r["diff_hi"], signed=True),
+                str(r["outcome"]) if isinstance(r["outcome"], str) else "-",
+            ]
+            for r in t.fixed.to_dict("records")
+        ]
+        lines += _table(["layer", "budget", "method", "n_seeds", "accuracy", "[lo, hi]", "diff", "[lo, hi]", ""], rows)
     lines.append("Held out (accuracy: mean over seeds, bootstrap 95% CI; diff: CRL minus the method):")
     if "accuracy" in t.held.columns and len(t.held):
         get = lambda r, k: r.get(k, float("nan"))  # noqa: E731 - format_share: only with well-formed columns

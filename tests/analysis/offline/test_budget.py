@@ -10,11 +10,13 @@ import pytest
 
 from crl.analysis.offline.budget import (
     at_budget,
+    best_point,
     budget_table,
     crl_curve,
     flat_curve,
     method_budgets,
-    none_val_accuracy,
+    none_val_point,
+    point_outcomes,
     run_curves,
     selection_curves,
 )
@@ -63,6 +65,33 @@ def test_selection_curves_give_best_so_far_val_accuracy_at_cumulative_rollouts()
         selection_curves(SELECTION.drop(columns="rollouts"))
 
 
+def test_each_point_names_where_its_per_prompt_outcomes_are(tmp_path):
+    """Selection points are `row:<i>` (their row in the table); `point_outcomes` reads CRL's evals by update and
+    baseline_val_outcomes.csv by row; `best_point` is the first point holding the best within the budget."""
+    c = selection_curves(SELECTION)
+    assert c[c["method"] == "static"]["source"].tolist() == ["row:3", "row:4", "row:5"]
+    assert c[c["method"] == "letter_prior"]["source"].tolist() == [f"row:{len(SELECTION) - 1}"]
+    static = c[c["method"] == "static"]
+    assert best_point(static, 100) is None and best_point(static, 230)["source"] == "row:3"
+    assert best_point(static, 8000)["source"] == "row:4"  # 0.7 at 256; 0.6 later does not replace it
+    tie = static.assign(accuracy=0.5)
+    assert best_point(tie, 8000)["source"] == "row:3"  # ties: the first reached
+    d = write_run_dir(tmp_path / "r", SyntheticSpec(n_prompts=4, seed=0))
+    _append(d, [("eval:val", 3, ok) for ok in (True, False)])
+    (d / "analysis").mkdir(exist_ok=True)
+    rows = [
+        {"row": 4, "prompt_id": "q0", "correct": 1, "well_formed": 1},
+        {"row": 4, "prompt_id": "q1#2", "correct": 0},
+    ]
+    pd.DataFrame(rows).to_csv(d / "analysis" / "baseline_val_outcomes.csv", index=False)
+    o = point_outcomes(load_run(d))
+    assert o[o["source"] == "update:3"][["prompt_id", "correct"]].values.tolist() == [["q0", 1.0], ["q1", 0.0]]
+    assert o[o["source"] == "row:4"]["prompt_id"].tolist() == ["q0", "q1"]  # the repeat suffix dropped
+    pd.DataFrame([{"row": 1}]).to_csv(d / "analysis" / "baseline_val_outcomes.csv", index=False)
+    with pytest.raises(CRLError, match="lacks the columns"):
+        point_outcomes(load_run(d))
+
+
 def test_budget_table_takes_the_last_point_within_each_budget_and_a_t_interval_over_seeds():
     a = selection_curves(SELECTION, seed=0)
     b = a.assign(seed=1, best=a["best"] + 0.1)  # a second seed, 0.1 better everywhere
@@ -100,12 +129,13 @@ def test_crl_curve_counts_train_episodes_before_each_val_eval_and_the_val_evals(
     assert crl_curve(run, count_val=False)["rollouts"].tolist() == [0, 20, 40]
     assert set(c["seed"]) == {2} and set(c["method"]) == {"crl"}
     # none: the logged val phase wins over prompting's as_is row; without it, the as_is row
-    assert none_val_accuracy(run, SELECTION) is None  # no baseline:none:val and no as_is candidate
+    assert c["source"].tolist() == ["update:0", "update:2", "update:4"]
+    assert none_val_point(run, SELECTION) is None  # no baseline:none:val and no as_is candidate
     as_is = pd.DataFrame([{"method": "prompting", "stage": "prompt@val", "candidate": "as_is", "accuracy": 0.4}])
-    assert none_val_accuracy(run, as_is) == 0.4
+    assert none_val_point(run, pd.concat([SELECTION, as_is], ignore_index=True)) == (0.4, f"row:{len(SELECTION)}")
     _append(d, [("baseline:none:val", 0, c) for c in (True, False, False, False, False)])
     run = load_run(d)
-    assert none_val_accuracy(run, as_is) == 0.2
+    assert none_val_point(run, as_is) == (0.2, "phase:baseline:none:val")
     all_curves = run_curves(run, SELECTION)
     assert set(all_curves["method"]) == {"crl", "none", "static", "prompting", "letter_prior"}
     assert budget_table(all_curves, (30,)).set_index("method").loc["crl", "accuracy"] == 0.75

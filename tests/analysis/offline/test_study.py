@@ -2,10 +2,12 @@
 with known answers (no model).
 
 The study: task arith, layers 6 and 24, seeds 0-2, one synthetic run directory per cell (tests/analysis/synthetic.py)
-with a val curve and a static baseline added. CRL's val accuracy at its last evaluation (80 rollouts: 40 train
-episodes and two val evaluations of 20) is 0.8 at layer 6 and 0.5 at layer 24, plus 0, +0.05, -0.05 by seed; none is
-flat at 0.4, static's one val point (after 40 rollouts) is 0.5. So at 80 rollouts CRL - none = 0.40 (sd 0.05, 95%
-t-interval +-0.124) at layer 6 and 0.10 at layer 24 (the interval holds 0); CRL - static = 0.30 and 0.00.
+with a val curve and a static baseline added, each val point with its per-prompt outcomes on the 20 val prompts
+v0..v19 (the first k correct). CRL's val accuracy at its last evaluation (80 rollouts: 40 train episodes and two val
+evaluations of 20) is 0.8 at layer 6 and 0.5 at layer 24, plus 0, +0.05, -0.05 by seed; its first evaluation is
+exactly none's outcomes; none is flat at 0.4, static's one val point (after 40 rollouts) is 0.5. So at 80 rollouts
+CRL - none = 0.40 at layer 6 and 0.10 at layer 24 (two correct prompts of 20 in seed 0: the bootstrap over prompts
+reaches 0); CRL - static = 0.30 and 0.00; at 20 rollouts CRL is its first evaluation and CRL - none is exactly 0.
 Held out, every cell has synthetic.py's pattern (40 prompts): against none (and static, the same episodes) 8 format
 fixes, 8 answer fixes and 1 format break, so format is 7/15 = 47% of the gain.
 """
@@ -29,10 +31,12 @@ from crl.analysis.offline.study import (
     curves,
     default_budgets,
     equal_budget,
+    fixed_budgets,
     grid,
     heldout,
     load_cells,
     mark_analyzed,
+    outcomes,
     verdict,
 )
 from crl.analysis.report.study import SUMMARY_FILE, study_numbers, study_report, write_summary
@@ -80,7 +84,7 @@ def write_cell(out: Path, cell: Cell, marked: bool = True) -> Path:
         for i in range(10):
             rows.append(row("train", u, ep, f"t{i}", False).to_dict())
             ep += 1
-    for u, acc in ((0, 0.3), (4, CRL_VAL[cell.layer] + JITTER[cell.seed])):
+    for u, acc in ((0, 0.4), (4, CRL_VAL[cell.layer] + JITTER[cell.seed])):
         for i in range(20):
             rows.append(row("eval:val", u, ep, f"v{i}", i < round(acc * 20)).to_dict())
             ep += 1
@@ -100,6 +104,8 @@ def write_cell(out: Path, cell: Cell, marked: bool = True) -> Path:
             {"method": "static", "stage": "coef@val", "feature": 3, "accuracy": 0.5, "rollouts": 20},
         ]
     ).to_csv(path / "analysis" / "baseline_selection.csv", index=False)
+    static_val = [{"row": 1, "prompt_id": f"v{i}", "correct": int(i < 10), "well_formed": 1} for i in range(20)]
+    pd.DataFrame(static_val).to_csv(path / "analysis" / "baseline_val_outcomes.csv", index=False)
     if marked:
         (path / MARK_FILE).write_text("{}")
     return path
@@ -183,13 +189,17 @@ def test_equal_budget_differences_and_the_verdict(study):
     cur = curves(runs)
     budgets = default_budgets(cur)
     assert budgets == {"arith": 80.0}  # 40 train episodes + 2 x 20 val
-    at = budget_at(cur, budgets).set_index(["layer", "method"])
+    outs = outcomes(runs)
+    at = budget_at(cur, outs, budgets, FAST).set_index(["layer", "method"])
     assert at.loc[(6, "crl"), "accuracy"] == pytest.approx(0.8) and at.loc[(6, "crl"), "n_seeds"] == 3
     assert at.loc[(24, "none"), "accuracy"] == pytest.approx(0.4) and at.loc[(6, "static"), "accuracy"] == 0.5
-    eq = equal_budget(cur, budgets).set_index(["layer", "baseline"])
-    half = 4.302653 * 0.05 / np.sqrt(3)
-    assert eq.loc[(6, "none"), "diff"] == pytest.approx(0.4)
-    assert eq.loc[(6, "none"), "lo"] == pytest.approx(0.4 - half, abs=1e-4)
+    assert at["n_prompts"].tolist() == [20] * 6
+    none = at.loc[(24, "none")]  # the same outcomes in every cell: the interval is the prompts' alone
+    assert none["lo"] < 0.3 and none["hi"] > 0.5
+    eq = equal_budget(cur, outs, budgets, FAST).set_index(["layer", "baseline"])
+    assert eq.loc[(6, "none"), "diff"] == pytest.approx(0.4) and eq.loc[(24, "static"), "diff"] == pytest.approx(0)
+    assert 0 < eq.loc[(6, "none"), "lo"] < 0.4 < eq.loc[(6, "none"), "hi"] and eq["n_prompts"].tolist() == [20] * 4
+    assert eq.loc[(24, "none"), "lo"] <= 0  # 2 prompts of 20 carry seed 0's +0.10
     assert eq["outcome"].to_dict() == {
         (6, "none"): "better",
         (6, "static"): "better",
@@ -200,25 +210,72 @@ def test_equal_budget_differences_and_the_verdict(study):
     assert held.loc[(6, "none"), "net_format"] == pytest.approx(7 / 40)
     assert held.loc[(6, "none"), "net_answer"] == pytest.approx(8 / 40)
     assert held.loc[(24, "static"), "format_share"] == pytest.approx(7 / 15)
-    text = verdict("arith", 80.0, equal_budget(cur, budgets), heldout(runs, None, FAST))
+    text = verdict("arith", 80.0, equal_budget(cur, outs, budgets, FAST), heldout(runs, None, FAST))
     assert text.startswith("arith: at 80 rollouts")
-    assert "CRL beats none at layer 6 (L6 +0.40 [+0.28, +0.52], L24 +0.10 [-0.02, +0.22])" in text
-    assert "beats static at layer 6 (L6 +0.30 [+0.18, +0.42], L24 +0.00 [-0.12, +0.12])" in text
+    e = eq.reset_index()
+    assert f"CRL beats none at layer 6 ({_diffs(e, 'none')})" in text
+    assert f"beats static at layer 6 ({_diffs(e, 'static')})" in text
     assert "make up 47% over none (layers 6 and 24), 47% over static (layers 6 and 24)" in text
     # A budget below static's first val point (40 rollouts): static is not reached.
-    low = equal_budget(cur, {"arith": 30.0})
+    low = equal_budget(cur, outs, {"arith": 30.0}, FAST)
     assert set(low[low["baseline"] == "static"]["outcome"]) == {"unreached"}
     assert "Not reached within the budget: static (its first val point costs 40)" in verdict(
         "arith", 30.0, low, heldout(runs, None, FAST)
+    )
+    # At 20 rollouts CRL is its first evaluation, which steered nothing: exactly none's outcomes, so exactly 0.
+    first = equal_budget(cur, outs, {"arith": 20.0}, FAST).set_index(["layer", "baseline"]).loc[(6, "none")]
+    assert (first["diff"], first["lo"], first["hi"], first["outcome"]) == (0.0, 0.0, 0.0, "unresolved")
+
+
+def _diffs(eq: pd.DataFrame, base: str) -> str:
+    """The verdict's per-layer clause of `base`, from the table."""
+    rows = eq[eq["baseline"] == base].sort_values("layer").to_dict("records")
+    return ", ".join(f"L{r['layer']} {r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]" for r in rows)
+
+
+def test_a_smaller_val_set_is_read_on_the_prompts_both_scored():
+    """The flaw this replaces: none scored on the first 64 of CRL's 200 val prompts (33/64 = 0.516) against CRL
+    before it steers (104/200 = 0.520, the same outcome on every shared prompt) read as "+0.004 [+0.004, +0.004]".
+    Paired by prompt it is exactly 0 on the 64 prompts both scored, and unresolved."""
+    crl_ok = np.r_[np.ones(33), np.zeros(31), np.ones(71), np.zeros(65)]  # 104 of 200; the first 64 hold 33
+    cur = pd.DataFrame(
+        [
+            {"task": "t", "layer": 6, "method": m, "seed": s, "rollouts": r, "accuracy": a, "best": a, "source": src}
+            for s in (0, 1)
+            for m, r, a, src in (("crl", 200.0, 0.52, "update:0"), ("none", 0.0, 33 / 64, "row:0"))
+        ]
+    )
+    outs = pd.DataFrame(
+        [
+            {"task": "t", "layer": 6, "seed": s, "source": src, "prompt_id": f"p{i}", "correct": float(crl_ok[i])}
+            for s in (0, 1)
+            for src, n in (("update:0", 200), ("row:0", 64))
+            for i in range(n)
+        ]
+    )
+    eq = equal_budget(cur, outs, {"t": 500.0}, FAST).iloc[0]
+    assert (eq["diff"], eq["lo"], eq["hi"], eq["n_prompts"], eq["outcome"]) == (0.0, 0.0, 0.0, 64, "unresolved")
+    at = budget_at(cur, outs, {"t": 500.0}, FAST).set_index("method")
+    assert at.loc["none", "accuracy"] == pytest.approx(33 / 64) and at.loc["none", "n_prompts"] == 64
+    assert at.loc["none", "hi"] - at.loc["none", "lo"] > 0.1  # seed-free, yet 64 prompts' worth of noise
+    fixed = fixed_budgets(cur, outs, [100, 500], FAST).set_index(["budget", "method"])
+    assert np.isnan(fixed.loc[(100, "crl"), "accuracy"]) and fixed.loc[(100, "none"), "outcome"] == "unreached"
+    assert fixed.loc[(500, "none"), "diff"] == 0.0 and fixed.loc[(500, "none"), "outcome"] == "unresolved"
+    # Without per-prompt records the baseline is unpaired: the accuracies' difference, no interval, no outcome.
+    eq = equal_budget(cur, outs[outs["source"] != "row:0"], {"t": 500.0}, FAST).iloc[0]
+    assert eq["outcome"] == "unpaired" and eq["diff"] == pytest.approx(0.52 - 33 / 64) and np.isnan(eq["lo"])
+    assert "Not compared, for lack of per-prompt val records" in verdict(
+        "t", 500.0, equal_budget(cur, outs.iloc[:400], {"t": 500.0}, FAST), pd.DataFrame()
     )
 
 
 def test_one_seed_is_never_resolved(study):
     runs, _ = load_cells(study, grid(["arith"], [6], [0]), True)
     cur = curves(runs)
-    eq = equal_budget(cur, default_budgets(cur))
-    assert set(eq["outcome"]) == {"unresolved"} and eq["lo"].isna().all()
-    assert "cannot be told apart from none (L6 +0.40 no interval: one seed)" in verdict("arith", 80.0, eq, eq.iloc[0:0])
+    eq = equal_budget(cur, outcomes(runs), default_budgets(cur), FAST)
+    assert set(eq["outcome"]) == {"unresolved"} and (eq["lo"] > 0).all()  # over prompts it would be resolved
+    text = verdict("arith", 80.0, eq, eq.iloc[0:0])
+    assert "cannot be told apart from none (L6 +0.40 [" in text and "(one seed: prompts only)" in text
 
 
 def test_the_study_report_on_synthetic_cells(study):
@@ -287,7 +344,7 @@ def test_the_text_summary_holds_the_reports_numbers(study):
     assert rows[1].split()[:4] == ["6", "crl", "3", "0.800"]
 
     eq = res.report.tables["t0_equal_budget"]
-    rows = _block(text, "CRL minus baseline", "Held out")
+    rows = _block(text, "CRL minus baseline", "At fixed budgets")
     assert len(rows) == 1 + len(eq) == 5
     for line, r in zip(rows[1:], eq.to_dict("records"), strict=True):
         layer, base, n_seeds, diff, rest = line.split(maxsplit=4)
@@ -296,6 +353,13 @@ def test_the_text_summary_holds_the_reports_numbers(study):
         assert float(diff) == pytest.approx(r["diff"], abs=5e-4)
         assert _interval(ci.strip()) == pytest.approx((r["lo"], r["hi"]), abs=5e-4)
     assert rows[1].split()[:4] == ["6", "none", "3", "+0.400"] and rows[1].endswith("better")
+
+    fixed = res.report.tables["t0_fixed_budgets"]  # 500, 2000, 8000: every point of these cells is within 500
+    rows = _block(text, "At fixed budgets", "Held out")
+    assert len(rows) == 1 + len(fixed) == 1 + 3 * 6
+    none6 = [line.split() for line in rows if line.split()[:3] == ["6", "2000", "none"]]
+    assert none6[0][-1] == "better" and float(none6[0][7]) == pytest.approx(0.4)  # after [lo, hi]
+    assert fixed[fixed["method"] == "crl"]["outcome"].isna().all()
 
     held = res.report.tables["t0_heldout"].set_index(["layer", "method"])
     rows = _block(text, "Held out", "Per layer")

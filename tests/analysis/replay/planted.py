@@ -96,3 +96,21 @@ def write_real_run(d, comps, policy):
     i2, e2 = episode_rows(rollout(comps, test, policy), "planted-run", "eval:test", update=5)
     append_rows(d, i1 + i2, e1 + e2)
     return d
+
+
+def check_val_outcomes(selection, val, n: int) -> None:
+    """Every val row (stage `...@val`) carries one [prompt id, correct, well-formed] per prompt it scored, the first
+    `n` val prompts in order, whose mean correct is its accuracy; no other row has outcomes."""
+    from crl.analysis.replay.runner import base_id
+
+    is_val = selection["stage"].str.endswith("@val")
+    assert is_val.any()
+    for _, r in selection[is_val].iterrows():
+        outs = r["outcomes"]
+        assert r["rollouts"] == len(outs) == n
+        assert [o[0] for o in outs] == [base_id(e.id) for e in val[:n]]
+        assert all(o[1] in (0, 1) and o[2] in (0, 1) for o in outs)
+        assert abs(np.mean([o[1] for o in outs]) - r["accuracy"]) <= 1e-12
+        assert abs(np.mean([o[2] for o in outs]) - r["well_formed"]) <= 1e-12
+    if "outcomes" in selection.columns:
+        assert selection.loc[~is_val, "outcomes"].isna().all()

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 
 from crl.analysis.offline.stats import StatsConfig, method_table
-from crl.analysis.replay.baselines import BaselineConfig, correlation_ranking, run_baselines, write_baselines
-from crl.analysis.replay.runner import episode_frames, rollout
+from crl.analysis.replay.baselines import (
+    BaselineConfig,
+    BaselineRows,
+    correlation_ranking,
+    run_baselines,
+    write_baselines,
+    write_rows,
+)
+from crl.analysis.replay.runner import base_id, episode_frames, rollout
 from crl.errors import CRLError
 from crl.logs.reader import load_run
-from tests.analysis.replay.planted import CuePolicy
+from tests.analysis.replay.planted import CuePolicy, check_val_outcomes
 from tests.analysis.synthetic import SyntheticSpec, write_run_dir
 
 
@@ -24,6 +31,7 @@ def test_baselines_select_a_planted_static_feature_and_skip_corr_without_reward_
     # budget: one unsteered pass to rank candidates (8 train prompts), 3 candidates x 8, 2 coefficients x 8 (val)
     assert res.selection["rollouts"].tolist() == [8] * 6 and res.budgets == {"none": 0, "random": 0, "static": 48}
     assert any("corr skipped" in n for n in res.notes) and "corr_feature" not in res.chosen
+    check_val_outcomes(res.selection, comps.splits["val"], 8)
     assert set(res.episodes) == {"baseline:none:test", "baseline:random:test", "baseline:static:test"}
     assert sorted(set(res.seeds["baseline:random:test"])) == [0, 1, 2]
     assert set(res.seeds["baseline:none:test"]) == {0}  # greedy decoding: deterministic methods run once
@@ -72,3 +80,42 @@ def test_static_selection_tries_every_coefficient_level(comps):
     assert res.chosen["static_feature"] == 5 and res.chosen["static_coef"] > 0  # the amplifying sign
     eps, _ = res.frames()
     assert eps["correct"].mean() == 0.5  # one planted feature answers exactly one of the two classes
+
+
+@pytest.fixture(scope="module")
+def val_runs(comps):
+    """Static and prompting with a small train cap: the whole val split (None), then the first 5 val prompts."""
+    cfg = dict(seeds=[0], methods=["static", "prompting"], n_act=1, coef_grid=[2.0, 4.0], max_select_prompts=3)
+    return {k: run_baselines(comps, BaselineConfig(**cfg, max_val_prompts=k), usage_features=[5]) for k in (None, 5)}
+
+
+def test_every_val_row_scores_the_whole_val_split_unless_capped_and_carries_its_outcomes(comps, val_runs):
+    val = comps.splits["val"]
+    for k, res in val_runs.items():
+        n = len(val) if k is None else k
+        sel = res.selection
+        assert set(sel.loc[sel["stage"].str.endswith("@val"), "stage"]) == {"coef@val", "prompt@val"}
+        check_val_outcomes(sel, val, n)
+        assert (sel.loc[sel["stage"].str.endswith("@train"), "rollouts"] == 3).all()  # the train cap stays
+    assert len(val_runs[None].selection) == len(val_runs[5].selection)
+
+
+def test_write_rows_moves_the_outcomes_to_their_own_csv(comps, val_runs, tmp_path):
+    import pandas as pd
+
+    res = val_runs[None]
+    d = write_run_dir(tmp_path / "r", SyntheticSpec(n_prompts=4, random_seeds=()))
+    rows = res.rows()
+    write_rows(d, rows)
+    assert any("outcomes" in r for r in rows.selection)  # the rows given are left whole
+    sel = pd.read_csv(d / "analysis" / "baseline_selection.csv")
+    outs = pd.read_csv(d / "analysis" / "baseline_val_outcomes.csv")
+    assert "outcomes" not in sel.columns and list(outs.columns) == ["row", "prompt_id", "correct", "well_formed"]
+    assert len(sel) == len(res.selection)
+    assert set(outs["row"]) == set(np.flatnonzero(sel["stage"].str.endswith("@val")))  # rows are val-stage rows
+    for row, g in outs.groupby("row"):
+        assert len(g) == sel.loc[row, "rollouts"] and g["correct"].mean() == pytest.approx(sel.loc[row, "accuracy"])
+        assert g["prompt_id"].astype(str).tolist() == [base_id(e.id) for e in comps.splits["val"]]
+    # A selection without val rows removes the old outcomes, which would point into another table.
+    write_rows(d, BaselineRows({}, [{"method": "static", "stage": "activations@train", "rollouts": 3}], {}))
+    assert not (d / "analysis" / "baseline_val_outcomes.csv").exists()

@@ -14,6 +14,7 @@ from crl.analysis.replay.letter_prior import fit_letter_prior, letter_logits, pr
 from crl.analysis.replay.prompting import PromptCandidate, apply_prefix, candidates, select_prompt
 from crl.analysis.replay.runner import rollout
 from crl.errors import CRLError
+from tests.analysis.replay.planted import check_val_outcomes
 
 
 # -- the letter prior on constructed logits ---------------------------------------------------------------------------
@@ -120,6 +121,10 @@ def test_the_letter_prior_baseline_runs_and_records_its_budget(mc):
     rows = res.selection[res.selection["method"] == "letter_prior"]
     assert rows["stage"].tolist() == ["fit@train", "score@val"] and rows["rollouts"].tolist() == [40, 16]
     assert res.budgets == {"none": 0, "letter_prior": 56} and res.chosen["letter_prior_rollouts"] == 56
+    check_val_outcomes(res.selection, mc.splits["val"], 16)  # per prompt, as accuracy_of counts them
+    v_logits, v_gold, _ = letter_logits(mc, mc.splits["val"])
+    val_row = rows[rows["stage"] == "score@val"].iloc[0]
+    assert [o[1] for o in val_row["outcomes"]] == (predict(v_logits, bias) == v_gold).astype(int).tolist()
     eps_frame, _ = res.frames()
     assert set(eps_frame["phase"]) == {"baseline:none:test", "baseline:letter_prior:test"}
 
@@ -148,13 +153,19 @@ def test_selection_picks_the_best_on_val_ties_to_the_shorter_and_never_scores_sh
 
     def score(c, split, examples):
         seen[split] = [e.id for e in examples]
-        return ({"train": train, "val": val}[split][c.name], 1.0, len(examples))
+        outs = [[e.id, int(i % 2 == 0), 1] for i, e in enumerate(examples)]
+        return ({"train": train, "val": val}[split][c.name], 1.0, len(examples), outs)
 
-    chosen, rows = select_prompt(cands, ex, score, max_prompts=4)
+    chosen, rows = select_prompt(cands, ex, score, max_prompts=4, max_pick_prompts=3)
     assert chosen.name == "short"  # best on val (0.7, tied with "long"), shorter prefix; train scores do not pick
-    assert seen == {"train": ["train1", "train2", "train3", "train4"], "val": ["val0", "val1", "val2", "val3"]}
+    assert seen == {"train": ["train1", "train2", "train3", "train4"], "val": ["val0", "val1", "val2"]}
     assert [(r["candidate"], r["stage"]) for r in rows[:2]] == [("as_is", "prompt@train"), ("as_is", "prompt@val")]
-    assert sum(r["rollouts"] for r in rows) == 4 * 2 * 4
+    assert sum(r["rollouts"] for r in rows) == 4 * (4 + 3)
+    # The scorer's outcomes go on the val rows only, as it gave them.
+    assert all("outcomes" not in r for r in rows if r["stage"] == "prompt@train")
+    assert all(r["outcomes"] == [["val0", 1, 1], ["val1", 0, 1], ["val2", 1, 1]] for r in rows[1::2])
+    select_prompt(cands, ex, score, max_prompts=4)
+    assert seen["val"] == [f"val{i}" for i in range(6)]  # no val cap: the whole val split
     val["as_is"] = 0.7
     assert select_prompt(cands, ex, score, max_prompts=4)[0].name == "as_is"  # a tie with no prefix: keep the prompt
 
@@ -182,7 +193,8 @@ def test_the_prompting_baseline_on_the_planted_world(comps):
     res = run_baselines(comps, BaselineConfig(seeds=[0], methods=["none", "prompting"], max_select_prompts=3))
     rows = res.selection
     assert set(rows["candidate"]) == {"as_is", "think", "shots2", "shots4"}  # planted answers are tokens, not letters
-    assert rows["rollouts"].tolist() == [3] * 8 and res.budgets["prompting"] == 24
+    assert rows["rollouts"].tolist() == [3, 8] * 4 and res.budgets["prompting"] == 44  # 3 train, the whole val (8)
+    check_val_outcomes(rows, comps.splits["val"], 8)
     val = rows[rows["stage"] == "prompt@val"]
     best = val.sort_values(["accuracy", "prefix_chars"], ascending=[False, True]).iloc[0]
     assert res.chosen["prompting_candidate"] == best["candidate"]

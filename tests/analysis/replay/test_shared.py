@@ -125,6 +125,8 @@ def test_the_second_seed_reuses_every_shared_baseline_and_logs_the_same_rows(com
     pd.testing.assert_frame_equal(rows_a_all, rows_plain)
     sel = lambda d: pd.read_csv(d / "analysis" / "baseline_selection.csv")  # noqa: E731
     pd.testing.assert_frame_equal(sel(a), sel(plain))
+    outs = lambda d: pd.read_csv(d / "analysis" / "baseline_val_outcomes.csv")  # noqa: E731
+    pd.testing.assert_frame_equal(outs(a), outs(plain))  # the val outcomes too
     sel_b = sel(b)
     pd.testing.assert_frame_equal(
         sel_b[sel_b["method"] == "prompting"].reset_index(drop=True),
@@ -178,6 +180,26 @@ def test_a_killed_or_damaged_entry_is_computed_again(comps, analyze, tmp_path):
     assert re.search(r"baselines: corr, letter_prior \(.*\) reused from ", err)
     assert json.loads((entry / "random.json").read_text())["key"].startswith(key)  # whole again
     pd.testing.assert_frame_equal(_rows(a, SHARED_PHASES)[0], _rows(b, SHARED_PHASES)[0])
+
+
+def test_a_stored_entry_keeps_the_val_outcomes(comps, tmp_path):
+    from crl.analysis.replay.baselines import BaselineConfig, run_baselines, write_rows
+    from tests.analysis.replay.planted import check_val_outcomes
+
+    cfg = BaselineConfig(seeds=[0], methods=["prompting"], max_select_prompts=2)
+    fields = {"any": "key"}
+    stored = SharedBaselines(tmp_path / "s", fields).method(comps, cfg, "prompting")
+    second = SharedBaselines(tmp_path / "s", fields)
+    read = second.method(comps, cfg, "prompting")  # read back from its JSON
+    assert second.reused == ["prompting"] and not second.stored
+    fresh = run_baselines(comps, cfg).rows().selection
+    assert read.selection == stored.selection == fresh
+    check_val_outcomes(pd.DataFrame(read.selection), comps.splits["val"], len(comps.splits["val"]))
+    d = _run(tmp_path, comps, "cell")
+    write_rows(d, read)
+    outs = pd.read_csv(d / "analysis" / "baseline_val_outcomes.csv")
+    val_rows = [i for i, r in enumerate(fresh) if r["stage"] == "prompt@val"]
+    assert sorted(set(outs["row"])) == val_rows and len(outs) == len(val_rows) * len(comps.splits["val"])
 
 
 def test_two_processes_compute_one_entry_once(tmp_path):
