@@ -547,7 +547,9 @@ def _task_text(t: TaskNumbers) -> list[str]:
             ]
             for r in t.fixed.to_dict("records")
         ]
-        lines += _table(["layer", "budget", "method", "n_seeds", "accuracy", "[lo, hi]", "diff", "[lo, hi]", ""], rows)
+        lines += _table(
+            ["layer", "budget", "method", "n_seeds", "accuracy", "[lo, hi]", "diff", "[lo, hi]", "outcome"], rows
+        )
     lines.append("Held out (accuracy: mean over seeds, bootstrap 95% CI; diff: CRL minus the method):")
     if "accuracy" in t.held.columns and len(t.held):
         get = lambda r, k: r.get(k, float("nan"))  # noqa: E731 - format_share: only with well-formed columns
