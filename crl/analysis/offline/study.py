@@ -487,11 +487,15 @@ def side_effects(runs: Mapping[Cell, RunDir]) -> pd.DataFrame:
 
 
 # -- the sentence --------------------------------------------------------------------------------------------------
+def _join(items: Sequence[Any]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = [str(x) for x in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
 def _layers(layers: list[int]) -> str:
     """'layer 6', 'layers 6 and 15', 'layers 6, 15 and 24'."""
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    return "layers " + ", ".join(map(str, layers[:-1])) + f" and {layers[-1]}"
+    return ("layer " if len(layers) == 1 else "layers ") + _join(layers)
 
 
 def _where(layers: list[int], n: int) -> str:
@@ -515,7 +519,8 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
             f"{task}: no baselines in its cells (baselines=false, or `crl analyze env=true` not run on them), so "
             "nothing is compared at equal budget."
         )
-    clauses, unreached, unpaired = [], [], []
+    clauses: dict[str, list[str]] = {}  # a clause (NAME: its baselines, IT: it or them) -> its baselines
+    unreached, unpaired = [], []
     for base in _order(eq["baseline"]):
         b = eq[eq["baseline"] == base].sort_values("layer")
         reached = b[b["outcome"] != "unreached"]
@@ -531,18 +536,23 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
         better = b[b["outcome"] == "better"]["layer"].tolist()
         worse = b[b["outcome"] == "worse"]["layer"].tolist()
         if better:
-            head = f"beats {base}{_where(better, len(b))}"
-            head += f" and loses to it at {_layers(worse)}" if worse else ""
+            head = f"beats NAME{_where(better, len(b))}"
+            head += f" and loses to IT at {_layers(worse)}" if worse else ""
         elif worse:
-            head = f"loses to {base}{_where(worse, len(b))}"
+            head = f"loses to NAME{_where(worse, len(b))}"
         else:
-            head = f"cannot be told apart from {base}"
-        clauses.append(f"{head} ({', '.join(_diff(r) for r in b.to_dict('records'))})")
+            head = "cannot be told apart from NAME"
+        clauses.setdefault(f"{head} ({', '.join(_diff(r) for r in b.to_dict('records'))})", []).append(base)
     text = (
         f"{task}: at {budget:g} rollouts (val accuracy, best so far; CRL minus baseline on the same val prompts, 95% "
         "interval over seeds and prompts), "
     )
-    text += ("CRL " + "; ".join(clauses) + ".") if clauses else "no baseline has a val point to compare with."
+    # baselines with the same numbers are named in one clause
+    said = [
+        c.replace("NAME", _join(bases)).replace("IT", "them" if len(bases) > 1 else "it")
+        for c, bases in clauses.items()
+    ]
+    text += ("CRL " + "; ".join(said) + ".") if said else "no baseline has a val point to compare with."
     if unreached:
         text += f" Not reached within the budget: {', '.join(unreached)}."
     if unpaired:

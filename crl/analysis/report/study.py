@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crl.analysis.offline.budget import budget_table
 from crl.analysis.offline.layers import LayerConfig, add_probe, coef_curve, layer_claim, layer_table
 from crl.analysis.offline.stats import StatsConfig
 from crl.analysis.offline.study import (
@@ -215,9 +214,11 @@ def task_probe(task: str, runs: list[RunDir], probes: ProbeRecords) -> tuple[dic
     return rec, notes
 
 
-def _curves_plot(cur: pd.DataFrame, layers: list[int], path: Path, title: str, budget: float) -> Path:
-    """Per layer: each method's mean best-so-far val accuracy over seeds against rollouts, with its t-interval (clipped
-    to [0, 1]); the dotted line is the budget the methods are compared at."""
+def _curves_plot(t: TaskNumbers, path: Path, stats: StatsConfig) -> Path:
+    """Per layer: each method's mean best-so-far val accuracy over seeds against rollouts, with its 95% bootstrap
+    interval over seeds and val prompts (`budget_at`; clipped to [0, 1]); the dotted line is the budget the methods are
+    compared at."""
+    cur, layers, budget = t.curves, t.layers, t.budget
     fig, axes = _figure(max(4.0, 3.6 * len(layers)) + 1.6, 3.4, ncols=len(layers))
     methods = list(dict.fromkeys(cur["method"]))
     for ax, layer in zip(axes, layers, strict=True):
@@ -226,10 +227,11 @@ def _curves_plot(cur: pd.DataFrame, layers: list[int], path: Path, title: str, b
             _empty(ax, "no val points")
             continue
         top = max(float(g["rollouts"].max()), budget if not np.isnan(budget) else 0.0, 1.0) * 1.1  # last level shows
-        grid = np.unique(np.concatenate([[0.0], g["rollouts"].to_numpy(float), np.geomspace(1, top, 40)]))
-        t = budget_table(g, grid)
+        grid = np.unique(np.concatenate([[0.0, top], g["rollouts"].to_numpy(float)]))  # a step only moves at a point
+        o = t.outcomes[t.outcomes["layer"] == layer]
+        tb = pd.concat([budget_at(g, o, {t.task: b}, stats) for b in grid], ignore_index=True)
         for i, m in enumerate(methods):
-            tm = t[(t["method"] == m) & (t["n_seeds"] > 0)]
+            tm = tb[(tb["method"] == m) & (tb["n_seeds"] > 0)]
             if tm.empty:
                 continue
             ax.step(tm["budget"], tm["accuracy"], where="post", color=f"C{i}", label=m)
@@ -245,7 +247,7 @@ def _curves_plot(cur: pd.DataFrame, layers: list[int], path: Path, title: str, b
         ax.set_title(f"layer {layer}", fontsize=9)
     axes[0].set_ylabel("val accuracy, best so far")
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(t.task, fontsize=10)
     return _save(fig, path)
 
 
@@ -309,6 +311,7 @@ class TaskNumbers:
     budget: float  # NaN: no CRL val curve
     verdict: str  # crl.analysis.offline.study.verdict
     curves: pd.DataFrame  # its rows of `curves`
+    outcomes: pd.DataFrame  # its rows of `outcomes`: the per-prompt val outcomes of its curves' points
     at: pd.DataFrame  # accuracy at the budget per (layer, method): budget_at, without the task column
     fixed: pd.DataFrame  # every method at the fixed budgets (fixed_budgets, without task; empty: budgets=[])
     per_cell: pd.DataFrame  # each cell at the budget (cells_at, without task; empty without a budget)
@@ -378,6 +381,7 @@ def study_numbers(cfg: StudyConfig, out: Path, cells: list[Cell], baselines: boo
                 budget=budget,
                 verdict=verdict(task, budget, eq, held),
                 curves=tc,
+                outcomes=outs[outs["task"] == task],
                 at=at[at["task"] == task].drop(columns="task"),
                 fixed=fixed[fixed["task"] == task].drop(columns="task"),
                 per_cell=cells_at(tc, budgets).drop(columns="task", errors="ignore"),
@@ -421,7 +425,7 @@ def study_report(
             s.append(para("Every method at fixed budgets (diff: CRL minus it at that budget, as above):"))
             rep.add_table(s, f"{t.key}_fixed_budgets", t.fixed)
         path = figures / f"{t.key}_curves.png"
-        rep.add_image(s, f"{t.key}_curves", _curves_plot(t.curves, t.layers, path, t.task, t.budget))
+        rep.add_image(s, f"{t.key}_curves", _curves_plot(t, path, StatsConfig(n_boot=cfg.n_boot, seed=cfg.boot_seed)))
 
         s = rep.section(f"{t.task}: held-out accuracy, format versus answer")
         s.append(para(HELD_NOTE + FORMAT_NOTE, "note"))

@@ -538,3 +538,23 @@ def test_doctests():
     modules = (crl.analysis.offline.study, crl.analysis.offline.layers, crl.analysis.report.study, crl.commands.study)
     for module in modules:
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_baselines_with_the_same_numbers_share_one_clause():
+    """none and static read the same at both layers: one clause names both (and says "them"); corr differs."""
+
+    def row(base: str, layer: int, diff: float, outcome: str) -> dict:
+        lo, hi = diff - 0.05, diff + 0.05
+        return dict(task="t", layer=layer, baseline=base, n_seeds=3, diff=diff, lo=lo, hi=hi, outcome=outcome)
+
+    eq = pd.DataFrame(
+        [row(b, 6, -0.2, "worse") for b in ("none", "static")]
+        + [row(b, 24, 0.3, "better") for b in ("none", "static")]
+        + [row("corr", 6, 0.0, "unresolved"), row("corr", 24, 0.01, "unresolved")]
+    ).assign(first_point=0.0)
+    text = verdict("t", 100.0, eq, pd.DataFrame())
+    both = "beats none and static at layer 24 and loses to them at layer 6 (L6 -0.20 [-0.25, -0.15], L24 +0.30"
+    assert both in text and text.count("none") == 1
+    assert "cannot be told apart from corr (L6 +0.00 [-0.05, +0.05], L24 +0.01 [-0.04, +0.06])" in text
+    one = verdict("t", 100.0, eq[eq["baseline"] != "static"], pd.DataFrame())
+    assert "beats none at layer 24 and loses to it at layer 6" in one
