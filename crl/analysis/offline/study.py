@@ -561,7 +561,7 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
             f"{', '.join(unpaired)}."
         )
     held = held[(held["task"] == task) & (held["method"] != "crl")] if "method" in held.columns else held.iloc[0:0]
-    shares = []
+    shares: dict[str, list[str]] = {}  # "<share> (<layers>)" -> the baselines it holds for
     if "net_format" in held.columns:
         for base in _order(held["method"]):
             h = held[held["method"] == base]
@@ -569,12 +569,13 @@ def verdict(task: str, budget: float, eq: pd.DataFrame, held: pd.DataFrame) -> s
             pos = h[gain > 0]
             if len(pos):
                 share = float(pos["net_format"].sum() / (pos["net_format"] + pos["net_answer"]).sum())
-                shares.append(f"{share:.0%} over {base} ({_layers(pos['layer'].astype(int).tolist())})")
+                shares.setdefault(f"{share:.0%} over NAME ({_layers(pos['layer'].astype(int).tolist())})", []).append(
+                    base
+                )
     if shares:
-        text += " Of its held-out gains, format fixes (malformed -> correct, net of breaks) make up " + ", ".join(
-            shares
-        )
-        text += "; the rest are answer fixes."
+        said = ", ".join(c.replace("NAME", _join(bases)) for c, bases in shares.items())
+        text += f" Of its held-out gains, format fixes (malformed -> correct, net of breaks) make up {said}; the rest "
+        text += "are answer fixes."
     elif len(held):
         text += " It has no held-out gain over any baseline to split into format and answer."
     return text

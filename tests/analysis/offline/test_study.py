@@ -215,7 +215,7 @@ def test_equal_budget_differences_and_the_verdict(study):
     e = eq.reset_index()
     assert f"CRL beats none at layer 6 ({_diffs(e, 'none')})" in text
     assert f"beats static at layer 6 ({_diffs(e, 'static')})" in text
-    assert "make up 47% over none (layers 6 and 24), 47% over static (layers 6 and 24)" in text
+    assert "make up 47% over none and static (layers 6 and 24); the rest are answer fixes" in text
     # A budget below static's first val point (40 rollouts): static is not reached.
     low = equal_budget(cur, outs, {"arith": 30.0}, FAST)
     assert set(low[low["baseline"] == "static"]["outcome"]) == {"unreached"}
