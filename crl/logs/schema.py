@@ -36,9 +36,22 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FAILED = "FAILED.json"
 SHORTLIST = "shortlist.json"  # masking=shortlist: how the run's features were picked
+BASELINE_SELECTION = "analysis/baseline_selection.csv"  # every baseline candidate tried (`crl analyze env=true`)
+# Per-prompt outcomes of the selection rows scored on val; row = the row's 0-based index in BASELINE_SELECTION.
+BASELINE_VAL_OUTCOMES = "analysis/baseline_val_outcomes.csv"
+VAL_OUTCOME_COLUMNS = ("row", "prompt_id", "correct", "well_formed")
 LOGS = (INTERVENTIONS, EPISODES, METRICS)  # the append-only JSONL logs
 NO_STEER = -1  # the feature id logged for the "no steering" action
 PHASE_KINDS = ("train", "eval", "baseline")
+
+
+def base_id(prompt_id: str) -> str:
+    """A prompt id without the `#<tag>` a replay adds to run variants of one prompt in one batch.
+
+    >>> base_id("q12#causal3"), base_id("q12")
+    ('q12', 'q12')
+    """
+    return prompt_id.split("#", 1)[0]
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,10 @@ import pandas as pd
 from crl.analysis.offline.stats import t_half_width
 from crl.errors import CRLError
 from crl.logs.reader import RunDir
-from crl.logs.schema import Phase
+from crl.logs.schema import BASELINE_VAL_OUTCOMES, VAL_OUTCOME_COLUMNS, Phase, base_id
 
 BUDGETS = (500, 2000, 8000)
 CURVE_COLUMNS = ["method", "seed", "rollouts", "accuracy", "best", "source"]
-OUTCOMES_FILE = "analysis/baseline_val_outcomes.csv"  # per-prompt outcomes of the selection rows scored on val
 OUTCOME_COLUMNS = ["source", "prompt_id", "correct"]
 
 
@@ -133,11 +132,11 @@ def run_curves(run: RunDir, selection: pd.DataFrame | None, val_split: str = "va
 def read_val_outcomes(run_dir: str | Path) -> pd.DataFrame | None:
     """analysis/baseline_val_outcomes.csv (columns row, prompt_id, correct, ...), or None when the run has none
     (analyzed before the baselines recorded per-prompt val outcomes)."""
-    path = Path(run_dir) / OUTCOMES_FILE
+    path = Path(run_dir) / BASELINE_VAL_OUTCOMES
     if not path.exists():
         return None
     df = pd.read_csv(path, dtype={"prompt_id": str})
-    missing = [c for c in ("row", "prompt_id", "correct") if c not in df.columns]
+    missing = [c for c in VAL_OUTCOME_COLUMNS[:3] if c not in df.columns]  # well_formed is not read
     if missing:
         raise CRLError(f"{path} lacks the columns {missing}; run the baselines again (`crl analyze env=true`)")
     return df
@@ -161,7 +160,7 @@ def point_outcomes(run: RunDir, val_split: str = "val") -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=OUTCOME_COLUMNS)
     out = pd.concat([p[OUTCOME_COLUMNS] for p in parts], ignore_index=True)
-    out["prompt_id"] = out["prompt_id"].astype(str).str.split("#").str[0]
+    out["prompt_id"] = out["prompt_id"].astype(str).map(base_id)
     out["correct"] = out["correct"].astype(float)
     return out
 

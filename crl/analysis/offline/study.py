@@ -66,7 +66,7 @@ from crl.errors import CRLError
 from crl.logs.atomic import atomic_write_json
 from crl.logs.lifecycle import LOCK, foreign_entries
 from crl.logs.reader import REQUIRED_FILES, RunDir, failure_line, load_run
-from crl.logs.schema import CONFIG_YAML, FAILED, RUN_JSON, Phase
+from crl.logs.schema import BASELINE_SELECTION, CONFIG_YAML, FAILED, RUN_JSON, Phase
 
 PLAN_FILE = "study.json"
 CELLS_DIR = "cells"
@@ -224,7 +224,7 @@ def load_cells(out: str | Path, cells: list[Cell], baselines: bool) -> tuple[dic
 
 
 def _selection(run: RunDir) -> pd.DataFrame | None:
-    path = run.path / "analysis" / "baseline_selection.csv"
+    path = run.path / BASELINE_SELECTION
     if not path.exists():
         return None
     sel = pd.read_csv(path)

@@ -65,7 +65,7 @@ from crl.analysis.replay.runner import (
 from crl.errors import CRLError
 from crl.logs.reader import load_run
 from crl.logs.rows import episode_rows
-from crl.logs.schema import Phase
+from crl.logs.schema import BASELINE_SELECTION, BASELINE_VAL_OUTCOMES, VAL_OUTCOME_COLUMNS, Phase
 
 if TYPE_CHECKING:
     from crl.envs.rollout import Episode
@@ -73,9 +73,6 @@ if TYPE_CHECKING:
     from crl.run.components import Components
 
 METHODS = ("none", "random", "static", "corr", "prompting", "letter_prior", "crl")
-SELECTION_CSV = "baseline_selection.csv"
-VAL_OUTCOMES_CSV = "baseline_val_outcomes.csv"
-VAL_OUTCOME_COLUMNS = ["row", "prompt_id", "correct", "well_formed"]
 
 
 @dataclass
@@ -557,29 +554,27 @@ def _fit_prior(comps: Components, cfg: BaselineConfig) -> tuple[np.ndarray | Non
                 "so there are no option-letter logits to bias"
             ),
         )
-    rows = []
     train = comps.splits[cfg.select_split][: cfg.prior_prompts]
     val = _val_prompts(comps, cfg)
     size = f"one forward each on {len(train)} {cfg.select_split} + {len(val)} {cfg.coef_split} prompts"
     with announce.phase("baselines: letter prior", size, len(train) + len(val)):
         logits, gold, _ = letter_logits(comps, train, progress=f"fit on {cfg.select_split}")
         bias = fit_letter_prior(logits, gold)
-        v_logits, v_gold, v_allowed = letter_logits(comps, val, progress=f"score on {cfg.coef_split}")
-    for stage, lg, gd in ((f"fit@{cfg.select_split}", logits, gold), (f"score@{cfg.coef_split}", v_logits, v_gold)):
-        rows.append(
-            {
-                "method": "letter_prior",
-                "stage": stage,
-                "bias": " ".join(f"{x:+.3f}" for x in bias),
-                "accuracy": accuracy_of(lg, gd, bias),
-                "well_formed": 1.0,  # an option letter is always emitted
-                "rollouts": len(gd),
-            }
-        )
-    # The val outcomes as the test episodes are scored (the task's verifier on the biased letter); the row's accuracy
-    # is theirs, so the row and its prompts never disagree.
+        v_logits, _, v_allowed = letter_logits(comps, val, progress=f"score on {cfg.coef_split}")
+    # Val is scored as the test episodes are (the task's verifier on the biased letter), so its accuracy is its
+    # outcomes' mean and the row and its prompts never disagree.
     val_outcomes = outcomes(prior_episodes(comps, val, v_logits, v_allowed, bias))
-    rows[-1] |= {"accuracy": float(np.mean([o[1] for o in val_outcomes])), "outcomes": val_outcomes}
+
+    def row(stage: str, accuracy: float, n: int, **extra: Any) -> dict[str, Any]:
+        bias_text = " ".join(f"{x:+.3f}" for x in bias)
+        # an option letter is always emitted, so always well-formed
+        point = {"accuracy": accuracy, "well_formed": 1.0, "rollouts": n, **extra}
+        return {"method": "letter_prior", "stage": stage, "bias": bias_text, **point}
+
+    rows = [
+        row(f"fit@{cfg.select_split}", accuracy_of(logits, gold, bias), len(gold)),
+        row(f"score@{cfg.coef_split}", float(np.mean([o[1] for o in val_outcomes])), len(val), outcomes=val_outcomes),
+    ]
     return bias, rows, None
 
 
@@ -620,15 +615,15 @@ def write_rows(run_dir: str | Path, rows: BaselineRows) -> list[str]:
         append_rows(run_dir, [_own(r, run.name, next_id) for r in inter], [_own(r, run.name, next_id) for r in eps])
         next_id += len(eps)
         written.append(phase)
-    out = Path(run_dir) / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    (run_dir / "analysis").mkdir(parents=True, exist_ok=True)
     selection, val = val_outcome_rows(rows.selection)
     if selection:  # both or neither: the outcomes' `row` indexes this selection table
-        pd.DataFrame(selection).to_csv(out / SELECTION_CSV, index=False)
+        pd.DataFrame(selection).to_csv(run_dir / BASELINE_SELECTION, index=False)
         if val:
-            pd.DataFrame(val, columns=VAL_OUTCOME_COLUMNS).to_csv(out / VAL_OUTCOMES_CSV, index=False)
+            pd.DataFrame(val, columns=list(VAL_OUTCOME_COLUMNS)).to_csv(run_dir / BASELINE_VAL_OUTCOMES, index=False)
         else:  # a stale file would point into another table
-            (out / VAL_OUTCOMES_CSV).unlink(missing_ok=True)
+            (run_dir / BASELINE_VAL_OUTCOMES).unlink(missing_ok=True)
     return written
 
 

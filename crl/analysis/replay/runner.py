@@ -19,7 +19,7 @@ from crl.analysis.replay import announce
 from crl.errors import CRLError
 from crl.logs import schema
 from crl.logs.rows import episode_rows
-from crl.logs.schema import NO_STEER
+from crl.logs.schema import NO_STEER, base_id
 
 if TYPE_CHECKING:  # importing these at run time pulls in torch and transformers
     from crl.envs.rollout import ActionPolicy, Episode
@@ -185,10 +185,6 @@ def tagged(examples: list[Example], tag: str) -> list[Example]:
     """Copies with ids `<id>#<tag>`, so several variants of one prompt can share a batch (`Scripted` is
     keyed by prompt id). `base_id` recovers the original."""
     return [dataclasses.replace(e, id=f"{e.id}#{tag}") for e in examples]
-
-
-def base_id(prompt_id: str) -> str:
-    return prompt_id.split("#", 1)[0]
 
 
 def episode_frames(
